@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv if needed, then run the whole DVC pipeline (on the embedded sample by default).
+# Extra arguments go to `dvc repro`, e.g. `bash scripts/repro.sh train`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source .venv/bin/activate
+dvc repro "$@"
+dvc metrics show

@@ -1,0 +1,119 @@
+"""The clean stage's logic: normalised target text, a report-level split, the vocabulary."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import CleanParams
+from .errors import InputError
+from .layout import uid_of_image
+from .text import normalise
+from .tokenizer import Vocabulary
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class CleanResult:
+    examples: pd.DataFrame  # uid, split, text, n_words, mesh, problems, ...
+    images: pd.DataFrame  # the kept reports' found images, with their split
+    vocab: Vocabulary
+    counts: dict[str, object]
+
+
+def random_split(uids: np.ndarray, fractions: tuple[float, float, float], seed: int) -> pd.Series:
+    """Assign each report uid to train/val/test, seeded and independent of input order."""
+    uids = np.sort(np.asarray(uids))
+    order = np.random.default_rng(seed).permutation(len(uids))
+    n_train = int(round(fractions[0] * len(uids)))
+    n_val = int(round(fractions[1] * len(uids)))
+    labels = np.empty(len(uids), dtype=object)
+    labels[order[:n_train]] = "train"
+    labels[order[n_train:n_train + n_val]] = "val"
+    labels[order[n_train + n_val:]] = "test"
+    return pd.Series(labels, index=uids, name="split")
+
+
+def r2gen_split(annotation: str | Path) -> pd.Series:
+    """R2Gen's fixed split: report uid -> train/val/test (study `CXR2384_IM-0942` is uid 2384)."""
+    path = Path(annotation)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: R2Gen annotation not found (clean.r2gen_annotation)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON (line {exc.lineno})") from None
+    rows = {}
+    for split in SPLITS:
+        if split not in data:
+            raise InputError(f"{path}: no '{split}' key")
+        for study in data[split]:
+            uid = uid_of_image(str(study["id"]).removeprefix("CXR"))
+            rows[uid] = split
+    return pd.Series(rows, name="split").sort_index()
+
+
+def clean_reports(reports: pd.DataFrame, images: pd.DataFrame, params: CleanParams) -> CleanResult:
+    found = images[images["exists"]]
+    n_images = found.groupby("uid").size()
+    frame = reports.copy()
+    frame["text"] = frame[params.target].fillna("").map(
+        lambda t: normalise(t, params.sentence_token))
+    frame["n_images"] = frame["uid"].map(n_images).fillna(0).astype(int)
+
+    no_text = frame["text"] == ""
+    no_images = (frame["n_images"] == 0) & ~no_text
+    dropped = {f"no_{params.target}": int(no_text.sum()), "no_images": int(no_images.sum())}
+    for reason, mask in (("no target text", no_text), ("no image found", no_images)):
+        if mask.any():
+            log.info("dropped %d reports with %s", int(mask.sum()), reason)
+    frame = frame[~no_text & ~no_images]
+
+    if params.split == "r2gen":
+        split = r2gen_split(params.r2gen_annotation)
+        outside = ~frame["uid"].isin(split.index)
+        dropped["not_in_r2gen_split"] = int(outside.sum())
+        frame = frame[~outside]
+        frame["split"] = frame["uid"].map(split)
+    else:
+        frame["split"] = frame["uid"].map(random_split(frame["uid"].to_numpy(),
+                                                       params.fractions, params.seed))
+    frame = frame.sort_values("uid").reset_index(drop=True)
+    frame["n_words"] = frame["text"].str.split().str.len()
+
+    train_text = frame.loc[frame["split"] == "train", "text"]
+    if train_text.empty:
+        raise InputError("clean: the training split is empty (too few reports for "
+                         "clean.fractions, or no reports left after dropping)")
+    max_len = params.max_len or int(np.ceil(
+        np.percentile(train_text.str.split().str.len() + 2, params.max_len_percentile)))
+    vocab = Vocabulary.build(train_text, params.min_count, params.start_token, params.end_token,
+                             max_len)
+    kept_images = found[found["uid"].isin(frame["uid"])].merge(frame[["uid", "split"]], on="uid")
+    kept_images = kept_images.sort_values(["uid", "image_id"]).reset_index(drop=True)
+
+    train_words = [w for t in train_text for w in t.split()]
+    known = vocab.index
+    counts = {
+        "target": params.target,
+        "split_kind": params.split,
+        "reports_in": int(len(reports)),
+        "reports_kept": int(len(frame)),
+        "dropped": dropped,
+        "reports": {s: int((frame["split"] == s).sum()) for s in SPLITS},
+        "images": {s: int((kept_images["split"] == s).sum()) for s in SPLITS},
+        "vocab_size": len(vocab),
+        "max_len": max_len,
+        "train_unk_rate": round(sum(w not in known for w in train_words)
+                                / max(len(train_words), 1), 4),
+        "truncated_share": round(float((frame["n_words"] + 2 > max_len).mean()), 4),
+    }
+    return CleanResult(frame, kept_images, vocab, counts)

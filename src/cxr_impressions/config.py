@@ -1,0 +1,187 @@
+"""The one config loader: `params.yaml` sections as validated dataclasses.
+
+Every stage reads its section through `load_section`, so a wrong param (unknown key, wrong type,
+value out of range) is one clear line naming the param, never a traceback from deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from .errors import InputError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+T = TypeVar("T")
+
+
+def at_least(low: float, default: Any, at_most: float | None = None) -> Any:
+    """A dataclass field whose value must lie in [low, at_most]."""
+    return dataclasses.field(default=default, metadata={"min": low, "max": at_most})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    """Where the input lives. `root` is the one switch between the sample and the full data."""
+
+    root: str = "data/sample"
+    format: Literal["auto", "csv", "xml"] = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseParams:
+    skip_bad_reports: bool = False
+    measure_view_rule: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CleanParams:
+    target: Literal["impression", "findings"] = "impression"
+    split: Literal["random", "r2gen"] = "random"
+    r2gen_annotation: str = "../shared/iuxray/r2gen_annotation.json"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = at_least(0, 42)
+    min_count: int = at_least(1, 2)
+    max_len: int = at_least(0, 0)  # 0: take max_len_percentile of the training lengths
+    max_len_percentile: float = at_least(1.0, 95.0, at_most=100.0)
+    sentence_token: str = "."  # empty: drop sentence boundaries
+    start_token: str = "startseq"
+    end_token: str = "endseq"
+
+    def validate(self, source: str) -> None:
+        if any(x < 0 for x in self.fractions) or abs(sum(self.fractions) - 1.0) > 1e-6:
+            raise InputError(
+                f"{source}: clean.fractions must be three non-negative numbers summing to 1, "
+                f"got {list(self.fractions)}"
+            )
+        if not self.start_token or not self.end_token or self.start_token == self.end_token:
+            raise InputError(f"{source}: clean.start_token and clean.end_token must differ")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "parse": ParseParams,
+    "clean": CleanParams,
+}
+
+
+def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise InputError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise InputError(f"{path}:{where} not valid YAML") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: expected a mapping of sections at the top level")
+    return loaded
+
+
+def load_section(name: str, cls: type[T] | None = None, path: str | Path = DEFAULT_PARAMS) -> T:
+    """Read section `name` of the params file into its dataclass, validating every key."""
+    cls = cls or SECTIONS[name]
+    raw = read_params(path).get(name, {}) or {}
+    return build_section(name, cls, raw, source=str(path))
+
+
+def build_section(name: str, cls: type[T], raw: dict[str, Any], source: str = "params") -> T:
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: section '{name}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise InputError(
+            f"{source}: unknown param {name}.{unknown[0]} (known: {', '.join(sorted(fields))})"
+        )
+    values = {}
+    for key, value in raw.items():
+        values[key] = _coerce(f"{name}.{key}", hints[key], value, source)
+    section = cls(**values)
+    _check_ranges(name, section, source)
+    return section
+
+
+def _coerce(param: str, hint: Any, value: Any, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    bad = InputError(f"{source}: {param} must be {_describe(hint)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise bad
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(param, arg, value, source)
+            except InputError:
+                continue
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise bad
+        return tuple(_coerce(param, a, v, source) for a, v in zip(args, value, strict=True))
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(param, args[0], v, source) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    return value
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        return f"a list of {len(args)} {_describe(args[0])}s"
+    if origin is list:
+        return f"a list of {_describe(args[0])}s"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None)) + " or null"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, str(hint)
+    )
+
+
+def _check_ranges(name: str, section: Any, source: str) -> None:
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        low, high = f.metadata.get("min"), f.metadata.get("max")
+        if low is not None and value < low:
+            raise InputError(f"{source}: {name}.{f.name} must be >= {low}, got {value!r}")
+        if high is not None and value > high:
+            raise InputError(f"{source}: {name}.{f.name} must be <= {high}, got {value!r}")
+    validate = getattr(section, "validate", None)
+    if validate is not None:
+        validate(source)

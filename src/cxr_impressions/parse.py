@@ -1,0 +1,288 @@
+"""Parse the IU X-Ray reports (Open-i XML or the Kaggle CSV pair) into a report and an image table.
+
+Report table: one row per report, `uid, mesh, mesh_automatic, problems, caption, indication,
+comparison, findings, impression, source`. MeSH terms are `;`-joined.
+
+Image table: one row per image the reports list, `uid, image_id, view, view_source, path, exists`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from lxml import etree
+
+from .errors import InputError
+from .layout import (
+    PROJECTION_COLUMNS,
+    REPORT_COLUMNS,
+    InputLayout,
+    canonical_image_id,
+    index_images,
+)
+
+log = logging.getLogger(__name__)
+
+TEXT_FIELDS = ("comparison", "indication", "findings", "impression")
+REPORT_TABLE_COLUMNS = ("uid", "mesh", "mesh_automatic", "problems", "caption", *TEXT_FIELDS,
+                        "source")
+VIEWS = ("frontal", "lateral")
+
+
+@dataclass
+class ParseResult:
+    reports: pd.DataFrame
+    images: pd.DataFrame
+    skipped_files: list[str] = field(default_factory=list)
+
+
+_XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]*encoding=[\"']([\w.-]+)[\"']")
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def check_utf8(path: Path, data: bytes) -> str:
+    """Decode UTF-8, with a one-line error naming the line of the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}: not valid UTF-8 (line {line}, byte {exc.start})") from None
+
+
+def read_text_file(path: Path) -> str:
+    return check_utf8(path, read_bytes(path))
+
+
+def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    text = read_text_file(path)
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    bad = ~frame["uid"].str.strip().str.fullmatch(r"\d+")
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+        raise InputError(f"{path}: line {row}: uid {frame['uid'].iloc[row - 2]!r} is not a number")
+    frame["uid"] = frame["uid"].astype("int64")
+    return frame
+
+
+def read_kaggle_csv(reports_csv: Path, projections_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Kaggle pair: `indiana_reports.csv` and `indiana_projections.csv`."""
+    raw = _read_csv(reports_csv, REPORT_COLUMNS)
+    reports = pd.DataFrame({
+        "uid": raw["uid"],
+        "mesh": raw["MeSH"].str.strip(),
+        "mesh_automatic": "",
+        "problems": raw["Problems"].str.strip(),
+        "caption": raw["image"].str.strip(),
+        **{f: raw[f].str.strip() for f in TEXT_FIELDS},
+        "source": reports_csv.name,
+    })
+    proj = _read_csv(projections_csv, PROJECTION_COLUMNS)
+    ids = proj["filename"].map(canonical_image_id)
+    if ids.isna().any():
+        row = int(np.flatnonzero(ids.isna().to_numpy())[0]) + 2
+        raise InputError(f"{projections_csv}: line {row}: {proj['filename'].iloc[row - 2]!r} "
+                         "is not an IU X-Ray image name")
+    view = proj["projection"].str.strip().str.lower()
+    images = pd.DataFrame({
+        "uid": proj["uid"],
+        "image_id": ids,
+        "view": view.where(view.isin(VIEWS), "unknown"),
+        "view_source": "csv",
+    })
+    return reports, images
+
+
+def parse_xml_report(path: Path) -> tuple[dict[str, object], list[str]]:
+    """One Open-i XML report: its fields and the canonical ids of its images."""
+    data = read_bytes(path)
+    declared = _XML_ENCODING.match(data)
+    if declared is None or declared[1].lower() in (b"utf-8", b"utf8"):
+        check_utf8(path, data)
+    try:
+        root = etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True))
+    except etree.XMLSyntaxError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise InputError(f"{path}: malformed XML ({message})") from None
+    texts = root.findall(".//Abstract/AbstractText")
+    if not texts:
+        raise InputError(f"{path}: no AbstractText elements (not an Open-i report?)")
+    fields = {f: "" for f in TEXT_FIELDS}
+    for element in texts:
+        label = (element.get("Label") or "").strip().lower()
+        if label in fields:
+            fields[label] = " ".join("".join(element.itertext()).split())
+    uid_element = root.find("IUXRId")
+    uid_text = uid_element.get("id") if uid_element is not None else None
+    if uid_text is None or not uid_text.strip().isdigit():
+        uid_text = path.stem if path.stem.isdigit() else None
+    if uid_text is None:
+        raise InputError(f"{path}: no numeric IUXRId and the file name is not a number")
+    major = [t.text.strip() for t in root.findall("MeSH/major") if t.text and t.text.strip()]
+    automatic = [t.text.strip() for t in root.findall("MeSH/automatic")
+                 if t.text and t.text.strip()]
+    captions, image_ids = [], []
+    for image in root.findall("parentImage"):
+        image_id = canonical_image_id(image.get("id", ""))
+        if image_id is None:
+            raise InputError(f"{path}: parentImage id {image.get('id')!r} is not an image id")
+        image_ids.append(image_id)
+        caption = image.findtext("caption")
+        if caption:
+            captions.append(caption.strip())
+    report = {
+        "uid": int(uid_text),
+        "mesh": ";".join(major),
+        "mesh_automatic": ";".join(automatic),
+        "problems": ";".join(dict.fromkeys(term.split("/")[0] for term in major)),
+        "caption": captions[0] if captions else "",
+        **fields,
+        "source": path.name,
+    }
+    return report, image_ids
+
+
+def read_openi_xml(files: Iterable[Path], skip_bad: bool = False) -> ParseResult:
+    """A directory's worth of Open-i XML reports. Bad files raise, or are skipped and listed."""
+    reports, image_rows, skipped = [], [], []
+    for path in files:
+        try:
+            report, image_ids = parse_xml_report(path)
+        except InputError as exc:
+            if not skip_bad:
+                raise
+            log.warning("skipped %s", exc)
+            skipped.append(str(exc))
+            continue
+        reports.append(report)
+        image_rows.extend({"uid": report["uid"], "image_id": i} for i in image_ids)
+    frame = pd.DataFrame(reports, columns=list(REPORT_TABLE_COLUMNS))
+    images = pd.DataFrame(image_rows, columns=["uid", "image_id"])
+    images["view"] = "unknown"
+    images["view_source"] = "none"
+    return ParseResult(frame, images, skipped)
+
+
+def attach_image_files(images: pd.DataFrame, image_dir: Path) -> pd.DataFrame:
+    """Add each image's `path` (found by id, whatever its extension) and whether it `exists`."""
+    index = index_images(image_dir)
+    images = images.copy()
+    paths = images["image_id"].map(lambda i: str(index[i]) if i in index else "")
+    images["path"] = paths
+    images["exists"] = paths != ""
+    return images
+
+
+def symmetry_scores(paths: Sequence[str], size: int = 64) -> np.ndarray:
+    """Left-right mirror correlation of each image (NaN where unreadable).
+
+    Frontal chest films are close to mirror-symmetric; laterals are not.
+    """
+    from .images import image_dataset
+
+    scores = np.full(len(paths), np.nan, dtype=np.float64)
+    readable = np.flatnonzero([bool(p) for p in paths])
+    if readable.size == 0:
+        return scores
+    dataset = image_dataset([paths[i] for i in readable], size, channels=1)
+    for index, image in dataset.batch(256):
+        pixels = image.numpy()[..., 0].astype(np.float64)
+        pixels -= pixels.mean(axis=(1, 2), keepdims=True)
+        mirrored = pixels[:, :, ::-1]
+        num = (pixels * mirrored).sum(axis=(1, 2))
+        den = np.sqrt((pixels**2).sum(axis=(1, 2)) * (mirrored**2).sum(axis=(1, 2))) + 1e-9
+        scores[readable[index.numpy()]] = num / den
+    return scores
+
+
+SYMMETRY_THRESHOLD = 0.65
+
+
+def views_from_symmetry(uids: Sequence[int], scores: np.ndarray) -> np.ndarray:
+    """The view rule for reports with no view labels (the Open-i XML).
+
+    In a report with two or more readable images, the most mirror-symmetric image is frontal and
+    the least symmetric is lateral; any others, and single images, are frontal when their
+    symmetry is at least SYMMETRY_THRESHOLD. Unreadable images are `unknown`.
+    """
+    views = np.where(scores >= SYMMETRY_THRESHOLD, "frontal", "lateral").astype(object)
+    views[np.isnan(scores)] = "unknown"
+    frame = pd.DataFrame({"uid": np.asarray(uids), "score": scores})
+    for _, group in frame[~np.isnan(scores)].groupby("uid"):
+        if len(group) >= 2:
+            views[group["score"].idxmax()] = "frontal"
+            views[group["score"].idxmin()] = "lateral"
+    return views
+
+
+def parse_inputs(layout: InputLayout, skip_bad: bool = False,
+                 measure_view_rule: bool = True) -> tuple[ParseResult, dict[str, object]]:
+    """Parse whichever format `layout` holds; return the tables and the view-rule measurement."""
+    if layout.format == "csv":
+        reports, images = read_kaggle_csv(layout.reports_csv, layout.projections_csv)
+        result = ParseResult(reports, images)
+    else:
+        result = read_openi_xml(layout.xml_files, skip_bad=skip_bad)
+    if result.reports.empty:
+        raise InputError(f"{layout.root}: no reports could be parsed")
+    duplicated = result.reports["uid"].duplicated()
+    if duplicated.any():
+        uid = int(result.reports.loc[duplicated, "uid"].iloc[0])
+        raise InputError(f"{layout.root}: report uid {uid} appears more than once")
+    images = attach_image_files(result.images, layout.images).reset_index(drop=True)
+    view_rule: dict[str, object] = {}
+    needs_rule = (images["view"] == "unknown") & images["exists"]
+    if needs_rule.any() or (measure_view_rule and layout.format == "csv"):
+        scores = symmetry_scores(images["path"].where(images["exists"], "").tolist())
+        predicted = views_from_symmetry(images["uid"].to_numpy(), scores)
+        images.loc[needs_rule, "view"] = predicted[needs_rule.to_numpy()]
+        images.loc[needs_rule, "view_source"] = "symmetry"
+        labelled = (images["view_source"] == "csv") & images["exists"]
+        if labelled.any():
+            agree = predicted[labelled.to_numpy()] == images.loc[labelled, "view"].to_numpy()
+            view_rule = {"images_compared": int(labelled.sum()),
+                         "agreement": round(float(agree.mean()), 4)}
+    result.images = images
+    return result, view_rule
+
+
+def parse_counts(reports: pd.DataFrame, images: pd.DataFrame) -> dict[str, object]:
+    """The counts the earlier notebooks reported, for `metrics/parse.json`."""
+    found = images[images["exists"]]
+    per_report = found.groupby("uid").size().reindex(reports["uid"], fill_value=0)
+    views = found.groupby("uid")["view"].agg(set).reindex(reports["uid"])
+    both = views.map(lambda v: isinstance(v, set) and set(VIEWS) <= v)
+    empty = {f: int((reports[f].str.strip() == "").sum()) for f in ("findings", "impression")}
+    return {
+        "reports": int(len(reports)),
+        "images_listed": int(len(images)),
+        "images_found": int(len(found)),
+        "images_missing": int((~images["exists"]).sum()),
+        "reports_missing_findings": empty["findings"],
+        "reports_missing_impression": empty["impression"],
+        "reports_missing_both": int(((reports["findings"].str.strip() == "")
+                                     & (reports["impression"].str.strip() == "")).sum()),
+        "reports_without_images": int((per_report == 0).sum()),
+        "images_per_report_mean": round(float(per_report.mean()), 4),
+        "images_per_report_max": int(per_report.max()),
+        "reports_with_both_views": int(both.sum()),
+        "views": {v: int((found["view"] == v).sum()) for v in (*VIEWS, "unknown")},
+    }
