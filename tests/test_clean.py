@@ -54,7 +54,9 @@ def test_random_split_is_seeded_and_order_free() -> None:
 def test_clean_sample(sample_tables) -> None:
     reports, images = sample_tables
     result = clean_reports(reports, images, CleanParams())
-    examples, kept_images = result.examples, result.images
+    examples = result.examples
+    kept_images = result.images.merge(examples[["uid", "split"]], on="uid")
+    assert "split" not in result.images.columns
     assert len(examples) == 100
     assert examples["split"].value_counts().to_dict() == {"train": 80, "val": 10, "test": 10}
     # A report's images never straddle splits.

@@ -24,7 +24,7 @@ SPLITS = ("train", "val", "test")
 @dataclass
 class CleanResult:
     examples: pd.DataFrame  # uid, split, text, n_words, mesh, problems, ...
-    images: pd.DataFrame  # the kept reports' found images, with their split
+    images: pd.DataFrame  # the kept reports' found images (no split column: features depend on it)
     vocab: Vocabulary
     counts: dict[str, object]
 
@@ -97,8 +97,9 @@ def clean_reports(reports: pd.DataFrame, images: pd.DataFrame, params: CleanPara
         np.percentile(train_text.str.split().str.len() + 2, params.max_len_percentile)))
     vocab = Vocabulary.build(train_text, params.min_count, params.start_token, params.end_token,
                              max_len)
-    kept_images = found[found["uid"].isin(frame["uid"])].merge(frame[["uid", "split"]], on="uid")
+    kept_images = found.loc[found["uid"].isin(frame["uid"]), ["uid", "image_id", "view", "path"]]
     kept_images = kept_images.sort_values(["uid", "image_id"]).reset_index(drop=True)
+    image_split = kept_images["uid"].map(frame.set_index("uid")["split"])
 
     train_words = [w for t in train_text for w in t.split()]
     known = vocab.index
@@ -109,7 +110,7 @@ def clean_reports(reports: pd.DataFrame, images: pd.DataFrame, params: CleanPara
         "reports_kept": int(len(frame)),
         "dropped": dropped,
         "reports": {s: int((frame["split"] == s).sum()) for s in SPLITS},
-        "images": {s: int((kept_images["split"] == s).sum()) for s in SPLITS},
+        "images": {s: int((image_split == s).sum()) for s in SPLITS},
         "vocab_size": len(vocab),
         "max_len": max_len,
         "train_unk_rate": round(sum(w not in known for w in train_words)

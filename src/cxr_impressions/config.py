@@ -64,10 +64,34 @@ class CleanParams:
             raise InputError(f"{source}: clean.start_token and clean.end_token must differ")
 
 
+@dataclasses.dataclass(frozen=True)
+class FeaturesParams:
+    backbone: Literal["xception", "inceptionv3", "densenet121"] = "xception"
+    weights: str = "imagenet"  # imagenet | none | path to a Keras weights file
+    weights_dir: str = "../shared/weights"
+    allow_download: bool = False
+    image_size: int = at_least(32, 299)
+    resize: Literal["squash", "pad"] = "squash"
+    grid: bool = False
+    batch_size: int = at_least(1, 8)
+    threads: int = at_least(0, 0)  # 0: all cores
+    seed: int = at_least(0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingsParams:
+    glove: str = "../shared/glove/glove.6B.50d.iuxray-subset.txt"
+    member: str = ""  # with a .zip: the member to read, e.g. glove.6B.300d.txt
+    dim: int = at_least(0, 0)  # 0: take the file's dimension; else it must match
+    seed: int = at_least(0, 0)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "parse": ParseParams,
     "clean": CleanParams,
+    "features": FeaturesParams,
+    "embeddings": EmbeddingsParams,
 }
 
 

@@ -1,0 +1,138 @@
+"""Feature extraction throughput: the stage against the bare forward pass and the notebooks' way.
+
+Times, on the same images and at the same batch size:
+  (a) the stage's extraction end to end, files on disk -> finished HDF5 (`extract_features`,
+      the function the stage runs, including the HDF5 assembly; steady state after its first
+      batch);
+  (b) the bare model forward pass on tensors already decoded in memory;
+  (c) the earlier notebooks' way: a Python loop that loads one image with PIL and calls
+      `model.predict` on it.
+(a), (b) and (c) alternate over several rounds ((c) on the first 16 images, it is slow) and the
+medians are compared, because a shared 2-core machine's speed drifts by 30% from minute to
+minute. The stage's peak resident memory is measured by running the real stage script once in a
+subprocess.
+
+    python benchmarks/features.py [--n 64] [--rounds 3] [--batch-size 8] [--image-size 299]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stage_peak_memory(images: pd.DataFrame, params: dict) -> tuple[float, dict]:
+    """Run the real stage script in a subprocess; return its peak RSS (MB) and its metrics."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "params.yaml").write_text(yaml.safe_dump({"features": params}))
+        images.to_parquet(workdir / "images.parquet")
+        subprocess.run(
+            [sys.executable, str(REPO / "stages" / "features.py"), "--images", "images.parquet",
+             "--out", "out.h5", "--metrics", "metrics.json"],
+            cwd=workdir, check=True, stderr=subprocess.DEVNULL)
+        metrics = json.loads((workdir / "metrics.json").read_text())
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, metrics
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__)
+    cli.add_argument("--images", default=str(REPO / "data" / "sample" / "images"))
+    cli.add_argument("--n", type=int, default=64)
+    cli.add_argument("--rounds", type=int, default=3)
+    cli.add_argument("--batch-size", type=int, default=8)
+    cli.add_argument("--image-size", type=int, default=299)
+    cli.add_argument("--backbone", default="xception")
+    cli.add_argument("--weights", default="imagenet")
+    cli.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"))
+    args = cli.parse_args()
+
+    files = sorted(p for p in Path(args.images).iterdir()
+                   if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[: args.n]
+    n = len(files)
+    ids = [p.name for p in files]
+    paths = [str(p.resolve()) for p in files]
+    params = {"backbone": args.backbone, "weights": args.weights,
+              "weights_dir": args.weights_dir, "image_size": args.image_size,
+              "batch_size": args.batch_size}
+    peak_mb, stage_metrics = stage_peak_memory(pd.DataFrame({"image_id": ids, "path": paths}),
+                                               params)
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from cxr_impressions.backbones import build_backbone, get_spec, resolve_weights
+    from cxr_impressions.config import FeaturesParams, build_section
+    from cxr_impressions.features import extract_features
+    from cxr_impressions.images import load_image
+
+    weights = resolve_weights(get_spec(args.backbone), args.weights, args.weights_dir, False)
+    model = build_backbone(args.backbone, weights, args.image_size, grid=False)
+    features_params = build_section("features", FeaturesParams, params)
+
+    def stage_round(workdir: Path) -> float:
+        stats = extract_features(ids, paths, workdir / "out.h5", features_params, weights,
+                                 progress=False)
+        return float(stats["images_per_second"])
+
+    decoded = tf.stack([load_image(p, args.image_size) for p in files])
+    forward = tf.function(lambda x: model(x, training=False), autograph=False)
+    batches = [decoded[i:i + args.batch_size] for i in range(0, n, args.batch_size)]
+
+    def bare_round() -> float:
+        forward(batches[0])["pooled"].numpy()  # warm-up, as the stage's first batch
+        began = time.perf_counter()
+        for batch in batches[1:]:
+            forward(batch)["pooled"].numpy()
+        return (n - len(batches[0])) / (time.perf_counter() - began)
+
+    def notebook_features(path: Path) -> np.ndarray:
+        image = Image.open(path).convert("RGB").resize((args.image_size, args.image_size))
+        batch = np.expand_dims(np.asarray(image, dtype=np.float32), 0)
+        return model.predict(batch, verbose=0)["pooled"]
+
+    def notebook_round() -> float:
+        notebook_features(files[0])
+        began = time.perf_counter()
+        for path in files[1:16]:
+            notebook_features(path)
+        return (min(n, 16) - 1) / (time.perf_counter() - began)
+
+    stage_ips, bare_ips, notebook_runs = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.rounds):
+            stage_ips.append(stage_round(Path(tmp)))
+            bare_ips.append(bare_round())
+            notebook_runs.append(notebook_round())
+
+    a, b = statistics.median(stage_ips), statistics.median(bare_ips)
+    notebook_ips = statistics.median(notebook_runs)
+    print(f"\n{args.backbone} @ {args.image_size}px, batch {args.batch_size}, {n} images, "
+          f"{args.rounds} alternating rounds of (a) and (b)")
+    print(f"{'path':44} {'img/s':>8} {'ms/img':>8}  rounds (img/s)")
+    for name, ips, runs in (("(a) stage, disk -> HDF5", a, stage_ips),
+                            ("(b) bare forward pass, in memory", b, bare_ips),
+                            ("(c) notebooks: PIL + predict per image", notebook_ips,
+                             notebook_runs)):
+        print(f"{name:44} {ips:8.2f} {1000 / ips:8.1f}  {' '.join(f'{r:.2f}' for r in runs)}")
+    print(f"\n(a)/(b) = {a / b:.3f}   (goal >= 0.9)")
+    print(f"(a)/(c) = {a / notebook_ips:.3f}   (goal >= 2)")
+    print(f"stage script in a subprocess: {stage_metrics['seconds']:.1f} s for {n} images "
+          f"(model build included), peak RSS {peak_mb:.0f} MB (goal <= 3000)")
+
+
+if __name__ == "__main__":
+    main()

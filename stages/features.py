@@ -1,0 +1,35 @@
+"""features: ImageNet CNN features of every kept image, cached in one HDF5 file per backbone."""
+
+import argparse
+
+import pandas as pd
+
+from cxr_impressions.atomic import write_json
+from cxr_impressions.config import load_section
+from cxr_impressions.stage import run_stage
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__)
+    cli.add_argument("--images", required=True, help="input: image table from clean (Parquet)")
+    cli.add_argument("--out", required=True, help="output: features HDF5 file")
+    cli.add_argument("--metrics", required=True, help="output: extraction counts (JSON)")
+    args = cli.parse_args()
+
+    params = load_section("features")
+    from cxr_impressions.features import configure_threads
+
+    configure_threads(params.threads)
+    from cxr_impressions.backbones import get_spec, resolve_weights
+    from cxr_impressions.features import extract_features
+
+    weights = resolve_weights(get_spec(params.backbone), params.weights, params.weights_dir,
+                              params.allow_download)
+    images = pd.read_parquet(args.images)
+    stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,
+                             params, weights)
+    write_json(args.metrics, {"backbone": params.backbone, **stats})
+
+
+if __name__ == "__main__":
+    run_stage(main)
