@@ -1,4 +1,8 @@
-"""features: ImageNet CNN features of every kept image, cached in one HDF5 file per backbone."""
+"""features: ImageNet CNN features of every image found, cached in one HDF5 file per backbone.
+
+Every image parse found, not only those of the reports clean keeps: switching the target or the
+split then never recomputes this, the pipeline's most expensive output.
+"""
 
 import argparse
 
@@ -11,7 +15,7 @@ from cxr_impressions.stage import run_stage
 
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__)
-    cli.add_argument("--images", required=True, help="input: image table from clean (Parquet)")
+    cli.add_argument("--images", required=True, help="input: image table from parse (Parquet)")
     cli.add_argument("--out", required=True, help="output: features HDF5 file")
     cli.add_argument("--metrics", required=True, help="output: extraction counts (JSON)")
     args = cli.parse_args()
@@ -26,6 +30,7 @@ def main() -> None:
     weights = resolve_weights(get_spec(params.backbone), params.weights, params.weights_dir,
                               params.allow_download)
     images = pd.read_parquet(args.images)
+    images = images[images["exists"]].sort_values(["uid", "image_id"])
     stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,
                              params, weights)
     write_json(args.metrics, {"backbone": params.backbone, **stats})

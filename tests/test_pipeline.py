@@ -77,7 +77,7 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
 @needs_shared(SHARED)
 def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     dag = sh(DVC, "dag", "--dot", cwd=pipeline_repo)
-    for edge in ('"parse" -> "clean"', '"clean" -> "features"', '"clean" -> "embeddings"'):
+    for edge in ('"parse" -> "clean"', '"parse" -> "features"', '"clean" -> "embeddings"'):
         assert edge in dag
     shown = sh(DVC, "metrics", "show", "--json", cwd=pipeline_repo)
     metrics = json.loads(shown)
@@ -104,7 +104,7 @@ def test_only_affected_stages_rerun(pipeline_repo: Path) -> None:
     out = sh(DVC, "repro", cwd=repo)
     assert "Running stage 'clean'" in out and "Running stage 'embeddings'" in out
     assert "Running stage 'parse'" not in out
-    assert "Running stage 'features'" not in out  # the image list did not change
+    assert "Running stage 'features'" not in out  # clean params never touch the features
     set_params(repo, features={"resize": "pad"})
     out = sh(DVC, "repro", cwd=repo)
     assert "Running stage 'features'" in out and "Running stage 'clean'" not in out

@@ -22,9 +22,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     """Yield a temporary path beside `path`; rename it onto `path` only on success."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent
-    )
+    # The suffix stays last: some writers (Keras, h5py, numpy) insist on their extension.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + suffix,
+                                    dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -86,12 +86,51 @@ class EmbeddingsParams:
     seed: int = at_least(0, 0)
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    kind: Literal["merge", "bilstm_attention", "transformer"] = "transformer"
+    units: int = at_least(8, 256)
+    fuse: Literal["concat", "sum"] = "concat"  # bilstm_attention: how the two views combine
+    freeze_embeddings: bool = False
+    dropout: float = at_least(0.0, 0.3, at_most=0.9)
+    heads: int = at_least(1, 4)  # transformer
+    layers: int = at_least(1, 2)  # transformer decoder layers
+    grid_pool: int = at_least(1, 1)  # transformer: average-pool the 10x10 grid by this factor
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    epochs: int = at_least(1, 30)
+    batch_size: int = at_least(1, 32)
+    learning_rate: float = at_least(1e-6, 1e-3, at_most=1.0)
+    patience: int = at_least(1, 4)
+    monitor: Literal["val_loss", "val_bleu4"] = "val_loss"
+    seed: int = at_least(0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeParams:
+    method: Literal["greedy", "beam"] = "beam"
+    beam_size: int = at_least(1, 3)
+    length_penalty: float = at_least(0.0, 0.7, at_most=3.0)  # score / length ** length_penalty
+    no_repeat_ngram: int = at_least(0, 3)  # 0: no blocking
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    worst: int = at_least(1, 20)
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "parse": ParseParams,
     "clean": CleanParams,
     "features": FeaturesParams,
     "embeddings": EmbeddingsParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "decode": DecodeParams,
+    "evaluate": EvaluateParams,
 }
 
 

@@ -66,7 +66,8 @@ def read_text_file(path: Path) -> str:
     return check_utf8(path, read_bytes(path))
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
+def read_csv_checked(path: Path, required: Sequence[str]) -> pd.DataFrame:
+    """A UTF-8 CSV with its required columns and numeric uids, or a one-line error."""
     text = read_text_file(path)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
@@ -85,7 +86,7 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
 
 def read_kaggle_csv(reports_csv: Path, projections_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The Kaggle pair: `indiana_reports.csv` and `indiana_projections.csv`."""
-    raw = _read_csv(reports_csv, REPORT_COLUMNS)
+    raw = read_csv_checked(reports_csv, REPORT_COLUMNS)
     reports = pd.DataFrame({
         "uid": raw["uid"],
         "mesh": raw["MeSH"].str.strip(),
@@ -95,7 +96,7 @@ def read_kaggle_csv(reports_csv: Path, projections_csv: Path) -> tuple[pd.DataFr
         **{f: raw[f].str.strip() for f in TEXT_FIELDS},
         "source": reports_csv.name,
     })
-    proj = _read_csv(projections_csv, PROJECTION_COLUMNS)
+    proj = read_csv_checked(projections_csv, PROJECTION_COLUMNS)
     ids = proj["filename"].map(canonical_image_id)
     if ids.isna().any():
         row = int(np.flatnonzero(ids.isna().to_numpy())[0]) + 2

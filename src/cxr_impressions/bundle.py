@@ -1,0 +1,69 @@
+"""The trained model as files under `models/`, loadable without DVC.
+
+- `config.json`: the model params, the backbone settings of the features it was trained on,
+  and the shapes needed to rebuild it;
+- `model.weights.h5`: the Keras weights; `vocab.json`: the vocabulary;
+- `decoding.json` (written by evaluate): the decoding settings used for the reported metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, write_json
+from .config import DecodeParams, ModelParams, build_section
+from .errors import InputError
+from .models import CaptionModel, build_model
+from .tokenizer import Vocabulary
+
+
+@dataclass
+class Bundle:
+    model: CaptionModel
+    vocab: Vocabulary
+    config: dict
+    decode: DecodeParams
+
+
+def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: Vocabulary,
+                config: dict) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / "model.weights.h5", suffix=".weights.h5") as tmp:
+        model.train_model.save_weights(tmp)
+    vocab.save(directory / "vocab.json")
+    write_json(directory / "config.json", config)
+
+
+def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
+                  regions: int | None, embedding_dim: int, vocab: Vocabulary) -> dict:
+    return {"model": dataclasses.asdict(model_params), "features": features,
+            "feature_dim": feature_dim, "regions": regions, "embedding_dim": embedding_dim,
+            "vocab_size": len(vocab), "max_len": vocab.max_len}
+
+
+def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
+    directory = Path(directory)
+    for name in ("config.json", "model.weights.h5", "vocab.json"):
+        if not (directory / name).is_file():
+            raise InputError(f"{directory / name}: not found (train the model with `dvc repro "
+                             "train`, or pass --model DIR)")
+    config = json.loads((directory / "config.json").read_text())
+    vocab = Vocabulary.load(directory / "vocab.json")
+    params = build_section("model", ModelParams, config["model"], source=str(directory))
+    matrix = np.zeros((config["vocab_size"], config["embedding_dim"]), dtype=np.float32)
+    model = build_model(params, matrix, config["feature_dim"], config["max_len"],
+                        config["regions"])
+    model.train_model.load_weights(directory / "model.weights.h5")
+    decode = DecodeParams()
+    if (directory / "decoding.json").is_file():
+        decode = build_section("decode", DecodeParams,
+                               json.loads((directory / "decoding.json").read_text()),
+                               source=str(directory / "decoding.json"))
+    return Bundle(model, vocab, config, decode)

@@ -1,0 +1,73 @@
+"""The `cxr` command: impressions for new studies, without DVC.
+
+    cxr predict FRONTAL.png [LATERAL.png] --model models/
+    cxr predict --projections indiana_projections.csv --images DIR --model models/ \\
+        --out predictions.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .stage import run_stage
+
+    cli = argparse.ArgumentParser(prog="cxr", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = cli.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="write impressions for studies")
+    predict.add_argument("images", nargs="*", type=Path, help="FRONTAL [LATERAL] image files")
+    predict.add_argument("--model", default="models", type=Path, help="model directory")
+    predict.add_argument("--weights-dir", default="../shared/weights",
+                         help="folder of the backbone's ImageNet weights (default: %(default)s)")
+    predict.add_argument("--beam", type=int, help="beam size (default: the model's decoding.json)")
+    predict.add_argument("--projections", type=Path, help="batch: a Kaggle projections CSV")
+    predict.add_argument("--images-dir", "--images-folder", dest="image_dir", type=Path,
+                         help="batch: the folder of the images")
+    predict.add_argument("--out", type=Path, help="batch: the CSV to write (uid,impression)")
+    args = cli.parse_args(_batch_alias(argv if argv is not None else sys.argv[1:]))
+    run_stage(lambda: _predict(args))
+
+
+def _batch_alias(argv: list[str]) -> list[str]:
+    """Accept `--images DIR` in batch mode (with --projections) as the README shows it."""
+    if "--projections" in argv and "--images" in argv:
+        argv = ["--images-dir" if a == "--images" else a for a in argv]
+    return argv
+
+
+def _predict(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .atomic import write_csv
+    from .errors import InputError
+    from .predict import Predictor, Study, predict_batch, studies_from_projections
+
+    batch = args.projections is not None
+    if batch and (args.image_dir is None or args.out is None):
+        raise InputError("batch prediction needs --projections, --images DIR and --out FILE")
+    if not batch and not 1 <= len(args.images) <= 2:
+        raise InputError("give one or two image files (frontal, then lateral), or --projections")
+    began = time.perf_counter()
+    predictor = Predictor(args.model, args.weights_dir, args.beam)
+    if not batch:
+        frontal, *lateral = args.images
+        print(predictor.predict([Study("-", frontal, lateral[0] if lateral else None)])[0])
+        return
+    studies, errors = studies_from_projections(args.projections, args.image_dir)
+    rows, read_errors = predict_batch(predictor, studies)
+    errors += read_errors
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    write_csv(args.out, pd.DataFrame(rows, columns=["uid", "impression"]))
+    seconds = time.perf_counter() - began
+    print(f"{len(rows)} studies -> {args.out} ({len(errors)} failed) in {seconds:.1f} s",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Greedy and beam-search decoding, batched over studies.
+
+Every hypothesis carries its own token prefix, and the decoder recomputes from that prefix at
+each step, so no beam shares recurrent or attention state with another (the earlier notebook's
+bug). Beams sum log-probabilities; finished hypotheses are ranked by
+`sum_logprob / length ** length_penalty`; `no_repeat_ngram` bans any token that would repeat an
+n-gram already in the hypothesis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from .config import DecodeParams
+from .models import CaptionModel
+from .tokenizer import Vocabulary
+
+
+@dataclass
+class Decoded:
+    ids: list[int]  # generated word ids, end token excluded
+    score: float
+    attention: np.ndarray | None = None  # (steps, regions) for the transformer
+
+
+class Decoder:
+    """Decodes studies with one model; tf.functions are traced once per input shape."""
+
+    def __init__(self, model: CaptionModel, vocab: Vocabulary) -> None:
+        self.model = model
+        self.vocab = vocab
+        self.length = vocab.max_len - 1  # token positions the decoder takes
+        self._encode = tf.function(lambda x: model.encoder(x, training=False),
+                                   reduce_retracing=True)
+        self._decode = tf.function(lambda x: model.decoder(x, training=False),
+                                   reduce_retracing=True)
+
+    def encode(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in self._encode(inputs).items()}
+
+    def step(self, memory: dict[str, np.ndarray], tokens: np.ndarray,
+             t: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Log-probabilities of the word after each prefix `tokens[:, :t]`, and attention."""
+        out = self._decode({**memory, "tokens": tf.constant(tokens)})
+        logits = out["logits"].numpy()
+        if not self.model.prefix_training:
+            logits = logits[:, t - 1]
+        logits = logits.astype(np.float64)
+        logits[:, [0, self.vocab.start_id]] = -np.inf  # never pad or restart
+        logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+        attention = out["attention"].numpy()[:, t - 1] if "attention" in out else None
+        return logp, attention
+
+    def greedy(self, inputs: dict[str, np.ndarray]) -> list[Decoded]:
+        memory = self.encode(inputs)
+        n = len(next(iter(memory.values())))
+        tokens = np.zeros((n, self.length), dtype=np.int32)
+        tokens[:, 0] = self.vocab.start_id
+        done = np.zeros(n, dtype=bool)
+        scores = np.zeros(n)
+        attention: list[np.ndarray] = []
+        for t in range(1, self.length + 1):
+            logp, att = self.step(memory, tokens, t)
+            # With no room left, the caption ends here.
+            choice = np.full(n, self.vocab.end_id) if t == self.length else logp.argmax(axis=1)
+            scores += np.where(done, 0.0, logp[np.arange(n), choice])
+            if att is not None:
+                attention.append(att)
+            ended = choice == self.vocab.end_id
+            if t < self.length:
+                tokens[:, t] = np.where(done | ended, 0, choice)
+            done |= ended
+            if done.all():
+                break
+        results = []
+        for i in range(n):
+            ids = [int(x) for x in tokens[i, 1:] if x != 0]
+            att = np.stack([a[i] for a in attention[: len(ids) + 1]]) if attention else None
+            results.append(Decoded(ids, float(scores[i]), att))
+        return results
+
+    def beam(self, inputs: dict[str, np.ndarray], params: DecodeParams) -> list[Decoded]:
+        memory = self.encode(inputs)
+        n = len(next(iter(memory.values())))
+        k = params.beam_size
+        tiled = {name: np.repeat(v, k, axis=0) for name, v in memory.items()}
+        tokens = np.zeros((n, k, self.length), dtype=np.int32)
+        tokens[:, :, 0] = self.vocab.start_id
+        scores = np.full((n, k), -np.inf)
+        scores[:, 0] = 0.0  # the first step expands one beam, not k copies of it
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(n)]
+        active = np.ones(n, dtype=bool)
+        vocab_size = len(self.vocab)
+        for t in range(1, self.length + 1):
+            logp, _ = self.step(tiled, tokens.reshape(n * k, self.length), t)
+            logp = logp.reshape(n, k, vocab_size)
+            if params.no_repeat_ngram:
+                _block_repeats(logp, tokens[:, :, 1:t], params.no_repeat_ngram)
+            if t == self.length:  # out of room: every live beam must end now
+                forced = np.full_like(logp, -np.inf)
+                forced[:, :, self.vocab.end_id] = logp[:, :, self.vocab.end_id]
+                logp = forced
+            total = (scores[:, :, None] + logp).reshape(n, k * vocab_size)
+            top = np.argsort(-total, axis=1)[:, : 2 * k]
+            new_tokens = tokens.copy()
+            new_scores = np.full((n, k), -np.inf)
+            for i in np.flatnonzero(active):
+                kept = 0
+                for flat in top[i]:
+                    score = total[i, flat]
+                    if not np.isfinite(score):
+                        break
+                    beam, word = divmod(int(flat), vocab_size)
+                    if word == self.vocab.end_id:
+                        prefix = [int(x) for x in tokens[i, beam, 1:t]]
+                        norm = score / (len(prefix) + 1) ** params.length_penalty
+                        finished[i].append((norm, prefix))
+                        continue
+                    new_tokens[i, kept, :t] = tokens[i, beam, :t]
+                    if t < self.length:
+                        new_tokens[i, kept, t] = word
+                    new_scores[i, kept] = score
+                    kept += 1
+                    if kept == k:
+                        break
+                best_live = new_scores[i].max()
+                if len(finished[i]) >= k or not np.isfinite(best_live):
+                    active[i] = False
+            tokens, scores = new_tokens, new_scores
+            if not active.any():
+                break
+        results = []
+        for i in range(n):
+            norm, ids = max(finished[i], key=lambda h: h[0]) if finished[i] else (0.0, [])
+            results.append(Decoded(ids, float(norm)))
+        return results
+
+    def decode(self, inputs: dict[str, np.ndarray], params: DecodeParams,
+               batch_size: int = 64) -> list[Decoded]:
+        """Decode every study of `inputs` by `params.method`, `batch_size` studies at a time."""
+        n = len(next(iter(inputs.values())))
+        results: list[Decoded] = []
+        for start in range(0, n, batch_size):
+            chunk = {name: v[start:start + batch_size] for name, v in inputs.items()}
+            if params.method == "greedy" or params.beam_size == 1:
+                results.extend(self.greedy(chunk))
+            else:
+                results.extend(self.beam(chunk, params))
+        return results
+
+    def texts(self, decoded: Sequence[Decoded]) -> list[str]:
+        return [self.vocab.decode(d.ids) for d in decoded]
+
+
+def _block_repeats(logp: np.ndarray, prefixes: np.ndarray, n: int) -> None:
+    """Set to -inf every next word that would repeat an n-gram already in its prefix."""
+    for i in range(prefixes.shape[0]):
+        for b in range(prefixes.shape[1]):
+            prefix = [int(x) for x in prefixes[i, b] if x != 0]
+            if len(prefix) < n - 1:
+                continue
+            key = tuple(prefix[len(prefix) - n + 1:]) if n > 1 else ()
+            banned = {prefix[j + n - 1] for j in range(len(prefix) - n + 1)
+                      if tuple(prefix[j:j + n - 1]) == key}
+            if banned:
+                logp[i, b, list(banned)] = -np.inf

@@ -1,0 +1,92 @@
+"""The evaluate stage's logic: the model and the baselines scored the same way on one split."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .labeller import label_text, mesh_labels
+from .scoring import (
+    MeteorScorer,
+    clinical_scores,
+    labeller_agreement,
+    per_study_scores,
+    text_metrics,
+)
+from .text import normalise
+
+LENGTH_BINS = (0, 3, 5, 8, 12, 20, 1000)
+
+
+def score_system(references: Sequence[str], hypotheses: Sequence[str],
+                 meteor: MeteorScorer | None) -> dict[str, object]:
+    reference_labels = [label_text(r) for r in references]
+    predicted_labels = [label_text(h) for h in hypotheses]
+    return {**text_metrics(references, hypotheses, meteor),
+            "clinical": clinical_scores(reference_labels, predicted_labels)}
+
+
+def evaluate_systems(references: Sequence[str], systems: dict[str, Sequence[str]],
+                     normal: np.ndarray, meteor: MeteorScorer | None) -> dict[str, object]:
+    """Every system on every metric, overall and split by normal vs abnormal reference."""
+    results: dict[str, object] = {}
+    refs = list(references)
+    for name, hypotheses in systems.items():
+        hyps = list(hypotheses)
+        overall = score_system(refs, hyps, meteor)
+        by_reference = {}
+        for group, mask in (("normal", normal), ("abnormal", ~normal)):
+            if mask.any():
+                chosen = np.flatnonzero(mask)
+                by_reference[group] = text_metrics([refs[i] for i in chosen],
+                                                   [hyps[i] for i in chosen])
+        results[name] = {**overall, "by_reference": by_reference}
+    return results
+
+
+def per_study_table(uids: Sequence[int], references: Sequence[str],
+                    systems: dict[str, Sequence[str]], normal: np.ndarray) -> pd.DataFrame:
+    table = pd.DataFrame({"uid": uids, "reference": references,
+                          "reference_words": [len(r.replace(" .", "").split())
+                                              for r in references],
+                          "mesh_normal": normal})
+    reference_abnormal = [label_text(r)["abnormal"] for r in references]
+    table["reference_abnormal"] = reference_abnormal
+    for name, hypotheses in systems.items():
+        scores = per_study_scores(references, hypotheses)
+        table[name] = list(hypotheses)
+        table[f"{name}_bleu4"] = np.round(scores["bleu4"], 4)
+        table[f"{name}_rouge_l"] = np.round(scores["rouge_l"], 4)
+        table[f"{name}_abnormal"] = [label_text(h)["abnormal"] for h in hypotheses]
+    return table
+
+
+def by_reference_length(table: pd.DataFrame, systems: Sequence[str]) -> pd.DataFrame:
+    """Mean per-study ROUGE-L of each system (a column each) by reference length bucket."""
+    bucket = pd.cut(table["reference_words"], LENGTH_BINS, right=False,
+                    labels=[f"{a}-{b - 1}" if b < 1000 else f"{a}+"
+                            for a, b in zip(LENGTH_BINS, LENGTH_BINS[1:], strict=False)])
+    rows = []
+    for label, group in table.groupby(bucket, observed=True):
+        row = {"reference_words": str(label), "studies": len(group)}
+        for name in systems:
+            row[name] = round(float(group[f"{name}_rouge_l"].mean()), 4)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def confusion_table(table: pd.DataFrame, system: str) -> pd.DataFrame:
+    """(actual, predicted) normal/abnormal per study, for DVC's confusion template."""
+    name = {True: "abnormal", False: "normal"}
+    return pd.DataFrame({"actual": table["reference_abnormal"].map(name),
+                         "predicted": table[f"{system}_abnormal"].map(name)})
+
+
+def validate_labeller(examples: pd.DataFrame) -> dict[str, object]:
+    """The labeller on each report's findings + impression against its MeSH codes."""
+    texts = [normalise(f"{f} {i}") for f, i in zip(examples["findings"].fillna(""),
+                                                   examples["impression"].fillna(""),
+                                                   strict=True)]
+    return labeller_agreement(texts, [mesh_labels(m) for m in examples["mesh"].fillna("")])

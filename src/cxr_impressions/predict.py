@@ -1,0 +1,133 @@
+"""Impressions for new studies straight from image files: the backbone, then the caption model.
+
+Needs no DVC and no network: the model directory holds everything, and the backbone's weights
+come from the same setting as the features stage (looked up in `weights_dir`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .backbones import build_backbone, get_spec, resolve_weights
+from .bundle import Bundle, load_bundle
+from .decoding import Decoder
+from .errors import InputError
+from .images import load_image
+from .layout import PROJECTION_COLUMNS, canonical_image_id, index_images
+from .parse import read_csv_checked
+from .studies import pool_grid
+
+
+@dataclass
+class Study:
+    uid: str
+    frontal: Path
+    lateral: Path | None = None
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.frontal] + ([self.lateral] if self.lateral else [])
+
+
+class Predictor:
+    def __init__(self, model_dir: str | Path, weights_dir: str,
+                 beam_size: int | None = None) -> None:
+        import tensorflow as tf
+
+        self.bundle: Bundle = load_bundle(model_dir)
+        settings = self.bundle.config["features"]
+        self.kind = self.bundle.model.kind
+        self.image_size = settings["image_size"]
+        self.resize = settings["resize"]
+        weights = resolve_weights(get_spec(settings["backbone"]), settings["weights"],
+                                  weights_dir, allow_download=False)
+        backbone = build_backbone(settings["backbone"], weights, self.image_size,
+                                  grid=self.kind == "transformer")
+        self._backbone = tf.function(lambda x: backbone(x, training=False),
+                                     reduce_retracing=True)
+        self.decoder = Decoder(self.bundle.model, self.bundle.vocab)
+        self.decode_params = self.bundle.decode
+        if beam_size is not None:
+            self.decode_params = replace(self.decode_params, beam_size=beam_size,
+                                         method="beam" if beam_size > 1 else "greedy")
+
+    def load(self, study: Study) -> list:
+        """The study's decoded images; an unreadable one raises a one-line `InputError`."""
+        return [load_image(p, self.image_size, policy=self.resize) for p in study.paths]
+
+    def inputs(self, images: Sequence[list]) -> dict[str, np.ndarray]:
+        """Model inputs for studies given as lists of decoded images (one or two each)."""
+        import tensorflow as tf
+
+        out = self._backbone(tf.stack([image for study in images for image in study]))
+        pooled_all = out["pooled"].numpy()
+        regions = None
+        if "grid" in out:
+            pool = self.bundle.config["model"]["grid_pool"]
+            regions = pool_grid(out["grid"].numpy().astype(np.float16), pool)
+        n = len(images)
+        inputs = {"pooled": np.zeros((n, 2, pooled_all.shape[1]), np.float32),
+                  "views": np.zeros((n, 2), np.float32)}
+        if regions is not None:
+            inputs["grid"] = np.zeros((n, 2, *regions.shape[1:]), np.float16)
+        row = 0
+        for i, study in enumerate(images):
+            count = len(study)
+            inputs["pooled"][i, 0] = pooled_all[row]
+            inputs["pooled"][i, 1] = pooled_all[row + count - 1]  # one image fills both slots
+            inputs["views"][i, :count] = 1.0  # ... but the attention model masks the empty one
+            if regions is not None:
+                inputs["grid"][i, :count] = regions[row:row + count]
+            row += count
+        return inputs
+
+    def predict(self, studies: Sequence[Study]) -> list[str]:
+        """Impressions for `studies`; raises `InputError` on the first unreadable image."""
+        inputs = self.inputs([self.load(s) for s in studies])
+        return self.decoder.texts(self.decoder.decode(inputs, self.decode_params))
+
+
+def studies_from_projections(projections: str | Path, image_dir: str | Path
+                             ) -> tuple[list[Study], list[str]]:
+    """Studies from a Kaggle-layout projections CSV and an image folder (images matched by id,
+    whatever their extension), and one error line per study with no image file."""
+    frame = read_csv_checked(Path(projections), PROJECTION_COLUMNS)
+    index = index_images(image_dir)
+    studies, errors = [], []
+    for uid, group in frame.groupby("uid", sort=True):
+        files = {}
+        for row in group.itertuples():
+            path = index.get(canonical_image_id(row.filename) or "")
+            if path is not None:
+                files.setdefault(row.projection.strip().lower(), path)
+                files.setdefault("any", path)
+        if not files:
+            errors.append(f"uid {uid}: no image file in {image_dir} for "
+                          f"{', '.join(group['filename'])}")
+            continue
+        frontal = files.get("frontal", files["any"])
+        lateral = files.get("lateral")
+        studies.append(Study(str(uid), frontal, lateral if lateral != frontal else None))
+    return studies, errors
+
+
+def predict_batch(predictor: Predictor, studies: Sequence[Study], chunk: int = 8
+                  ) -> tuple[list[tuple[str, str]], list[str]]:
+    """(uid, impression) rows, and one error line per study whose images could not be read."""
+    rows, errors = [], []
+    for start in range(0, len(studies), chunk):
+        good, images = [], []
+        for study in studies[start:start + chunk]:
+            try:
+                images.append(predictor.load(study))
+                good.append(study)
+            except InputError as exc:
+                errors.append(f"uid {study.uid}: {exc}")
+        if good:
+            decoded = predictor.decoder.decode(predictor.inputs(images), predictor.decode_params)
+            rows.extend(zip([s.uid for s in good], predictor.decoder.texts(decoded), strict=True))
+    return rows, errors

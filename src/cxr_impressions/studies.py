@@ -1,0 +1,95 @@
+"""Studies as model inputs: each report's two view slots, its features and its token ids.
+
+Slot 0 holds the frontal image and slot 1 the lateral (the first of each; with no frontal, the
+first image stands in). A study with one image has `views = [1, 0]`: the attention models mask
+the empty slot, and the pooled-vector models use the one image for both slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .feature_store import FeatureStore
+from .tokenizer import Vocabulary
+
+
+@dataclass
+class Studies:
+    uids: np.ndarray  # (N,)
+    image_ids: np.ndarray  # (N, 2) str, "" for an empty slot
+    pooled: np.ndarray  # (N, 2, D) float32; an empty slot repeats the other view
+    views: np.ndarray  # (N, 2) float32, 1 where the slot has an image
+    tokens: np.ndarray  # (N, max_len) int32, startseq ... endseq, 0-padded
+    texts: list[str]  # the normalised reference text
+    grid: np.ndarray | None = None  # (N, 2, R, D) float16
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    def inputs(self, index: np.ndarray | slice | None = None) -> dict[str, np.ndarray]:
+        index = slice(None) if index is None else index
+        out = {"pooled": self.pooled[index], "views": self.views[index]}
+        if self.grid is not None:
+            out["grid"] = self.grid[index]
+        return out
+
+
+def view_slots(images: pd.DataFrame) -> pd.DataFrame:
+    """Per report uid: the frontal and lateral image ids ("" where missing)."""
+    rows = []
+    for uid, group in images.sort_values("image_id").groupby("uid", sort=True):
+        frontal = group.loc[group["view"] == "frontal", "image_id"].tolist()
+        lateral = group.loc[group["view"] == "lateral", "image_id"].tolist()
+        others = [i for i in group["image_id"] if i not in frontal[:1] + lateral[:1]]
+        first = frontal[0] if frontal else (others.pop(0) if others else lateral.pop(0))
+        second = lateral[0] if lateral else ""
+        rows.append({"uid": uid, "frontal": first, "lateral": second})
+    return pd.DataFrame(rows, columns=["uid", "frontal", "lateral"])
+
+
+def pool_grid(grid: np.ndarray, factor: int) -> np.ndarray:
+    """Average-pool (N, H, W, D) grids by `factor`, then flatten to (N, R, D) regions."""
+    n, h, w, d = grid.shape
+    if factor > 1:
+        h2, w2 = h // factor, w // factor
+        grid = grid[:, : h2 * factor, : w2 * factor].astype(np.float32)
+        grid = grid.reshape(n, h2, factor, w2, factor, d).mean(axis=(2, 4)).astype(np.float16)
+        h, w = h2, w2
+    return grid.reshape(n, h * w, d)
+
+
+def load_studies(examples: pd.DataFrame, images: pd.DataFrame, store: FeatureStore,
+                 vocab: Vocabulary, with_grid: bool = False, grid_pool: int = 1) -> Studies:
+    """Studies of `examples` whose images have features (reports with none are left out)."""
+    available = images[images["image_id"].isin(set(store.ids))]
+    slots = view_slots(available).merge(examples[["uid", "text"]], on="uid")
+    frontal = slots["frontal"].to_numpy()
+    lateral = slots["lateral"].to_numpy()
+    has_lateral = lateral != ""
+    pooled_f = store.pooled(list(frontal))
+    pooled_l = pooled_f.copy()
+    if has_lateral.any():
+        pooled_l[has_lateral] = store.pooled(list(lateral[has_lateral]))
+    grid = None
+    if with_grid:
+        grid_f = pool_grid(store.grid(list(frontal)), grid_pool)
+        grid_l = np.zeros_like(grid_f)
+        if has_lateral.any():
+            grid_l[has_lateral] = pool_grid(store.grid(list(lateral[has_lateral])), grid_pool)
+        grid = np.stack([grid_f, grid_l], axis=1)
+    tokens = np.zeros((len(slots), vocab.max_len), dtype=np.int32)
+    for i, text in enumerate(slots["text"]):
+        ids = vocab.encode(text)
+        tokens[i, : len(ids)] = ids
+    return Studies(
+        uids=slots["uid"].to_numpy(),
+        image_ids=np.stack([frontal, lateral], axis=1),
+        pooled=np.stack([pooled_f, pooled_l], axis=1).astype(np.float32),
+        views=np.stack([np.ones(len(slots)), has_lateral], axis=1).astype(np.float32),
+        tokens=tokens,
+        texts=slots["text"].tolist(),
+        grid=grid,
+    )

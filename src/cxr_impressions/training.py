@@ -1,0 +1,161 @@
+"""Training: tf.data input, masked loss, selection on the validation split, resume, DVCLive.
+
+Resume: Keras' BackupAndRestore keeps the model, optimizer and epoch in a backup folder beside
+the outputs (DVC deletes declared outputs before a rerun, not that folder), and
+`SelectOnValidation` keeps its best score, its patience counter and the best weights there too,
+so an interrupted `dvc repro` continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .atomic import write_json
+from .config import DecodeParams, TrainParams
+from .decoding import Decoder
+from .models import CaptionModel, MaskedAccuracy, masked_loss
+from .scoring import text_metrics
+from .studies import Studies
+from .tokenizer import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+def training_pairs(studies: Studies, prefix_training: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(study index, prefix length) pairs: one per study, or one per prefix for prefix models."""
+    if not prefix_training:
+        return np.arange(len(studies)), np.zeros(len(studies), dtype=np.int64)
+    lengths = (studies.tokens != 0).sum(axis=1)
+    index = np.repeat(np.arange(len(studies)), lengths - 1)
+    prefix = np.concatenate([np.arange(1, n) for n in lengths])
+    return index, prefix
+
+
+def make_dataset(studies: Studies, model: CaptionModel, batch_size: int, shuffle: bool,
+                 seed: int) -> tf.data.Dataset:
+    """Batches of (inputs, targets). Teacher forcing: tokens[:-1] -> tokens[1:]; prefix models:
+    tokens[:t] (0-padded) -> tokens[t]. Built from a generator so that large feature arrays
+    never become graph constants."""
+    index, prefix = training_pairs(studies, model.prefix_training)
+    length = studies.tokens.shape[1] - 1
+    epoch = [0]
+
+    def batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+        order = np.arange(len(index))
+        if shuffle:
+            order = np.random.default_rng(seed + epoch[0]).permutation(len(index))
+            epoch[0] += 1
+        for start in range(0, len(order), batch_size):
+            chosen = order[start:start + batch_size]
+            rows = index[chosen]
+            inputs = studies.inputs(rows)
+            tokens = studies.tokens[rows]
+            if model.prefix_training:
+                t = prefix[chosen]
+                keep = np.arange(length)[None, :] < t[:, None]
+                inputs["tokens"] = np.where(keep, tokens[:, :length], 0).astype(np.int32)
+                targets = tokens[np.arange(len(rows)), t].astype(np.int32)
+            else:
+                inputs["tokens"] = tokens[:, :-1]
+                targets = tokens[:, 1:]
+            yield inputs, targets
+
+    first_inputs, first_targets = next(batches())
+    epoch[0] = 0
+    signature = (
+        {k: tf.TensorSpec((None, *v.shape[1:]), tf.as_dtype(v.dtype))
+         for k, v in first_inputs.items()},
+        tf.TensorSpec((None, *first_targets.shape[1:]), tf.int32),
+    )
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    steps = math.ceil(len(index) / batch_size)
+    return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
+
+
+class ValidationBleu(keras.callbacks.Callback):
+    """Adds `val_bleu4` (greedy decoding of the validation split) to each epoch's logs."""
+
+    def __init__(self, caption_model: CaptionModel, vocab: Vocabulary, val: Studies) -> None:
+        super().__init__()
+        self.decoder = Decoder(caption_model, vocab)
+        self.val = val
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        decoded = self.decoder.decode(self.val.inputs(), DecodeParams(method="greedy"))
+        scores = text_metrics(self.val.texts, self.decoder.texts(decoded))
+        if logs is not None:
+            logs["val_bleu4"] = scores["bleu4"]
+            logs["val_distinct"] = float(scores["distinct"])
+
+
+class SelectOnValidation(keras.callbacks.Callback):
+    """Keeps the weights of the best epoch on the monitored validation score, stops training
+    after `patience` epochs without improvement, and persists both across a resume."""
+
+    def __init__(self, monitor: str, patience: int, state_dir: Path) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.sign = 1.0 if monitor == "val_bleu4" else -1.0  # higher is better for BLEU
+        self.patience = patience
+        self.state_path = state_dir / "selection.json"
+        self.weights_path = state_dir / "best.weights.h5"
+        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.best = state.get("best", -math.inf)
+        self.best_epoch = state.get("best_epoch", -1)
+        self.wait = state.get("wait", 0)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = float((logs or {})[self.monitor])
+        score = self.sign * value
+        if score > self.best:
+            self.best, self.best_epoch, self.wait = score, epoch, 0
+            self.model.save_weights(self.weights_path)
+        else:
+            self.wait += 1
+        write_json(self.state_path, {"best": self.best, "best_epoch": self.best_epoch,
+                                     "wait": self.wait, "monitor": self.monitor})
+        if self.wait >= self.patience:
+            log.info("early stop: %s has not improved for %d epochs", self.monitor, self.wait)
+            self.model.stop_training = True
+
+    @property
+    def best_value(self) -> float:
+        return self.sign * self.best
+
+
+def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, val_set: Studies,
+          params: TrainParams, state_dir: Path, live_dir: Path) -> dict[str, object]:
+    """Fit with teacher forcing; leave the best validation epoch's weights in the model."""
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    model = caption_model.train_model
+    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate, clipnorm=5.0),
+                  loss=masked_loss, metrics=[MaskedAccuracy()])
+    state_dir.mkdir(parents=True, exist_ok=True)
+    resuming = (state_dir / "selection.json").exists()
+    selection = SelectOnValidation(params.monitor, params.patience, state_dir)
+    train_data = make_dataset(train_set, caption_model, params.batch_size, True, params.seed)
+    val_data = make_dataset(val_set, caption_model, params.batch_size, False, params.seed)
+    with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None) as live:
+        history = model.fit(
+            train_data, validation_data=val_data, epochs=params.epochs, verbose=2,
+            callbacks=[
+                keras.callbacks.BackupAndRestore(str(state_dir / "backup")),
+                ValidationBleu(caption_model, vocab, val_set),
+                selection,
+                DVCLiveCallback(live=live),
+            ])
+    if selection.weights_path.exists():
+        model.load_weights(selection.weights_path)
+    return {"epochs_run": len(history.epoch), "best_epoch": selection.best_epoch + 1,
+            "monitor": params.monitor, "best_value": round(selection.best_value, 4),
+            "resumed": resuming}

@@ -1,0 +1,88 @@
+"""evaluate: decode the test split; score the model beside the constant and 1-NN baselines."""
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+
+from cxr_impressions.atomic import write_csv, write_json
+from cxr_impressions.config import load_section
+from cxr_impressions.stage import run_stage
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__)
+    cli.add_argument("--clean", required=True, help="input: directory of the clean outputs")
+    cli.add_argument("--features", required=True, help="input: features HDF5 file")
+    cli.add_argument("--model", required=True, help="input: model directory (train's output)")
+    cli.add_argument("--decoding", required=True, help="output: decoding settings (JSON)")
+    cli.add_argument("--metrics", required=True, help="output: all scores (JSON)")
+    cli.add_argument("--tables", required=True, help="output: directory of per-study tables")
+    args = cli.parse_args()
+
+    decode = load_section("decode")
+    params = load_section("evaluate")
+
+    from cxr_impressions.baselines import (
+        constant_baseline,
+        nearest_neighbour_baseline,
+        study_vectors,
+    )
+    from cxr_impressions.bundle import load_bundle
+    from cxr_impressions.decoding import Decoder
+    from cxr_impressions.evaluation import (
+        by_reference_length,
+        confusion_table,
+        evaluate_systems,
+        per_study_table,
+        validate_labeller,
+    )
+    from cxr_impressions.feature_store import FeatureStore
+    from cxr_impressions.scoring import MeteorScorer
+    from cxr_impressions.studies import load_studies
+
+    bundle = load_bundle(args.model)
+    clean = Path(args.clean)
+    examples = pd.read_parquet(clean / "examples.parquet")
+    images = pd.read_parquet(clean / "images.parquet")
+    with_grid = bundle.model.kind == "transformer"
+    with FeatureStore(args.features) as store:
+        test = load_studies(examples[examples["split"] == "test"], images, store, bundle.vocab,
+                            with_grid, bundle.config["model"]["grid_pool"])
+        train = load_studies(examples[examples["split"] == "train"], images, store,
+                             bundle.vocab)
+
+    decoder = Decoder(bundle.model, bundle.vocab)
+    generated = decoder.texts(decoder.decode(test.inputs(), decode))
+    systems = {
+        "model": generated,
+        "constant": constant_baseline(train.texts, len(test)),
+        "nearest_neighbour": nearest_neighbour_baseline(
+            study_vectors(train.pooled, train.views), train.texts,
+            study_vectors(test.pooled, test.views)),
+    }
+    mesh = examples.set_index("uid").loc[test.uids, "mesh"].fillna("").str.lower()
+    normal = (mesh == "normal").to_numpy()
+    meteor = MeteorScorer()
+    try:
+        scores = evaluate_systems(test.texts, systems, normal, meteor)
+    finally:
+        meteor.close()
+
+    table = per_study_table(test.uids, test.texts, systems, normal)
+    tables = Path(args.tables)
+    write_csv(tables / "per_study.csv", table)
+    write_csv(tables / "worst.csv", table.sort_values(["model_bleu4", "model_rouge_l"])
+              .head(params.worst))
+    write_csv(tables / "by_reference_length.csv", by_reference_length(table, list(systems)))
+    write_csv(tables / "confusion.csv", confusion_table(table, "model"))
+    write_json(args.decoding, dataclasses.asdict(decode))
+    write_json(args.metrics, {
+        "kind": bundle.model.kind, "test_studies": len(test),
+        "decode": dataclasses.asdict(decode), **scores,
+        "labeller": validate_labeller(examples)})
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,82 @@
+"""train: a caption model on cached features and the GloVe matrix, selected on validation."""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr_impressions.atomic import write_json
+from cxr_impressions.config import load_section
+from cxr_impressions.stage import run_stage
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__)
+    cli.add_argument("--clean", required=True, help="input: directory of the clean outputs")
+    cli.add_argument("--features", required=True, help="input: features HDF5 file")
+    cli.add_argument("--embeddings", required=True, help="input: embedding matrix (.npy)")
+    cli.add_argument("--out", required=True, help="output: model directory")
+    cli.add_argument("--live", required=True, help="output: DVCLive directory")
+    cli.add_argument("--metrics", required=True, help="output: training summary (JSON)")
+    args = cli.parse_args()
+
+    model_params = load_section("model")
+    params = load_section("train")
+    features = load_section("features")
+
+    import keras
+    import tensorflow as tf
+
+    from cxr_impressions.bundle import bundle_config, save_bundle
+    from cxr_impressions.feature_store import FeatureStore
+    from cxr_impressions.models import build_model
+    from cxr_impressions.studies import load_studies
+    from cxr_impressions.tokenizer import Vocabulary
+    from cxr_impressions.training import train
+
+    keras.utils.set_random_seed(params.seed)
+    tf.config.experimental.enable_op_determinism()
+    clean = Path(args.clean)
+    vocab = Vocabulary.load(clean / "vocab.json")
+    examples = pd.read_parquet(clean / "examples.parquet")
+    images = pd.read_parquet(clean / "images.parquet")
+    matrix = np.load(args.embeddings)
+    with_grid = model_params.kind == "transformer"
+    with FeatureStore(args.features) as store:
+        splits = {s: load_studies(examples[examples["split"] == s], images, store, vocab,
+                                  with_grid, model_params.grid_pool) for s in ("train", "val")}
+        feature_dim = store.dim
+    regions = splits["train"].grid.shape[2] if with_grid else None
+
+    out = Path(args.out)
+    state_dir = out.parent / f".{out.name}.train-state"
+    fingerprint = hashlib.sha256(json.dumps(
+        [dataclasses.asdict(model_params), dataclasses.asdict(params), len(vocab),
+         splits["train"].uids.tolist()], sort_keys=True).encode()).hexdigest()
+    stamp = state_dir / "fingerprint"
+    if state_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
+        shutil.rmtree(state_dir)  # left by a run with other params or data
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+
+    model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions)
+    summary = train(model, vocab, splits["train"], splits["val"], params, state_dir,
+                    Path(args.live))
+    config = bundle_config(model_params, {k: getattr(features, k) for k in (
+        "backbone", "weights", "image_size", "resize")}, feature_dim, regions, matrix.shape[1],
+        vocab)
+    save_bundle(out, model, vocab, config)
+    write_json(args.metrics, {"kind": model_params.kind, **summary,
+                              "train_studies": len(splits["train"]),
+                              "val_studies": len(splits["val"]),
+                              "parameters": model.train_model.count_params()})
+    shutil.rmtree(state_dir)
+
+
+if __name__ == "__main__":
+    run_stage(main)
