@@ -40,7 +40,8 @@ class Decoder:
                                    reduce_retracing=True)
 
     def encode(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: v.numpy() for k, v in self._encode(inputs).items()}
+        taken = {k: v for k, v in inputs.items() if k in self.model.encoder.input}
+        return {k: v.numpy() for k, v in self._encode(taken).items()}
 
     def step(self, memory: dict[str, np.ndarray], tokens: np.ndarray,
              t: int) -> tuple[np.ndarray, np.ndarray | None]:

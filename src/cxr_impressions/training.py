@@ -40,13 +40,13 @@ def training_pairs(studies: Studies, prefix_training: bool) -> tuple[np.ndarray,
 
 
 def make_dataset(studies: Studies, model: CaptionModel, batch_size: int, shuffle: bool,
-                 seed: int) -> tf.data.Dataset:
+                 seed: int, first_epoch: int = 0) -> tf.data.Dataset:
     """Batches of (inputs, targets). Teacher forcing: tokens[:-1] -> tokens[1:]; prefix models:
     tokens[:t] (0-padded) -> tokens[t]. Built from a generator so that large feature arrays
     never become graph constants."""
     index, prefix = training_pairs(studies, model.prefix_training)
     length = studies.tokens.shape[1] - 1
-    epoch = [0]
+    epoch = [first_epoch]  # each epoch's order depends on (seed, epoch) only, also on resume
 
     def batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         order = np.arange(len(index))
@@ -69,7 +69,7 @@ def make_dataset(studies: Studies, model: CaptionModel, batch_size: int, shuffle
             yield inputs, targets
 
     first_inputs, first_targets = next(batches())
-    epoch[0] = 0
+    epoch[0] = first_epoch
     signature = (
         {k: tf.TensorSpec((None, *v.shape[1:]), tf.as_dtype(v.dtype))
          for k, v in first_inputs.items()},
@@ -111,6 +111,7 @@ class SelectOnValidation(keras.callbacks.Callback):
         self.best = state.get("best", -math.inf)
         self.best_epoch = state.get("best_epoch", -1)
         self.wait = state.get("wait", 0)
+        self.epochs_done = state.get("epochs_done", 0)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         value = float((logs or {})[self.monitor])
@@ -120,8 +121,10 @@ class SelectOnValidation(keras.callbacks.Callback):
             self.model.save_weights(self.weights_path)
         else:
             self.wait += 1
+        self.epochs_done = epoch + 1
         write_json(self.state_path, {"best": self.best, "best_epoch": self.best_epoch,
-                                     "wait": self.wait, "monitor": self.monitor})
+                                     "wait": self.wait, "monitor": self.monitor,
+                                     "epochs_done": self.epochs_done})
         if self.wait >= self.patience:
             log.info("early stop: %s has not improved for %d epochs", self.monitor, self.wait)
             self.model.stop_training = True
@@ -143,10 +146,11 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     state_dir.mkdir(parents=True, exist_ok=True)
     resuming = (state_dir / "selection.json").exists()
     selection = SelectOnValidation(params.monitor, params.patience, state_dir)
-    train_data = make_dataset(train_set, caption_model, params.batch_size, True, params.seed)
+    train_data = make_dataset(train_set, caption_model, params.batch_size, True, params.seed,
+                              first_epoch=selection.epochs_done)
     val_data = make_dataset(val_set, caption_model, params.batch_size, False, params.seed)
     with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None) as live:
-        history = model.fit(
+        model.fit(
             train_data, validation_data=val_data, epochs=params.epochs, verbose=2,
             callbacks=[
                 keras.callbacks.BackupAndRestore(str(state_dir / "backup")),
@@ -156,6 +160,6 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
             ])
     if selection.weights_path.exists():
         model.load_weights(selection.weights_path)
-    return {"epochs_run": len(history.epoch), "best_epoch": selection.best_epoch + 1,
+    return {"epochs_run": selection.epochs_done, "best_epoch": selection.best_epoch + 1,
             "monitor": params.monitor, "best_value": round(selection.best_value, 4),
             "resumed": resuming}
