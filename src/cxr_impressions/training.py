@@ -141,8 +141,9 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     from dvclive.keras import DVCLiveCallback
 
     model = caption_model.train_model
+    # Keras' default jit_compile="auto" turns XLA on, which is several times slower on CPU here.
     model.compile(optimizer=keras.optimizers.Adam(params.learning_rate, clipnorm=5.0),
-                  loss=masked_loss, metrics=[MaskedAccuracy()])
+                  loss=masked_loss, metrics=[MaskedAccuracy()], jit_compile=False)
     state_dir.mkdir(parents=True, exist_ok=True)
     resuming = (state_dir / "selection.json").exists()
     selection = SelectOnValidation(params.monitor, params.patience, state_dir)
