@@ -68,8 +68,8 @@ def main() -> None:
     params = {"backbone": args.backbone, "weights": args.weights,
               "weights_dir": args.weights_dir, "image_size": args.image_size,
               "batch_size": args.batch_size}
-    peak_mb, stage_metrics = stage_peak_memory(pd.DataFrame({"image_id": ids, "path": paths}),
-                                               params)
+    table = pd.DataFrame({"uid": range(n), "image_id": ids, "path": paths, "exists": True})
+    peak_mb, stage_metrics = stage_peak_memory(table, params)
 
     import tensorflow as tf
     from PIL import Image

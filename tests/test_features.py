@@ -105,7 +105,8 @@ def _stage(workdir: Path) -> subprocess.Popen:
 
 def _stage_workdir(workdir: Path) -> Path:
     ids, paths = sample_images(30)
-    pd.DataFrame({"image_id": ids, "path": paths}).to_parquet(workdir / "images.parquet")
+    pd.DataFrame({"uid": [int(i.split("_")[0]) for i in ids], "image_id": ids, "path": paths,
+                  "exists": True}).to_parquet(workdir / "images.parquet")
     write_params(workdir, "features:\n  weights: none\n  image_size: 96\n  batch_size: 2\n")
     return workdir / "features" / "xception.h5"
 
