@@ -54,7 +54,7 @@ def main() -> None:
     regions = splits["train"].grid.shape[2] if with_grid else None
 
     out = Path(args.out)
-    state_dir = out.parent / f".{out.name}.train-state"
+    state_dir = out / ".train-state"  # DVC deletes only the declared files in `out`
     fingerprint = hashlib.sha256(json.dumps(
         [dataclasses.asdict(model_params), dataclasses.asdict(params), len(vocab),
          splits["train"].uids.tolist()], sort_keys=True).encode()).hexdigest()

@@ -173,7 +173,7 @@ def test_training_is_seeded_and_resumes(pipeline_repo: Path) -> None:
     process = subprocess.Popen([DVC, "repro", "train"], cwd=repo, env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    state = repo / "models" / ".models.train-state" / "selection.json"
+    state = repo / "models" / ".train-state" / "selection.json"
     deadline = time.monotonic() + 600
     while not state.exists():
         assert process.poll() is None and time.monotonic() < deadline
