@@ -16,13 +16,16 @@ The shards carry a fingerprint of the params and the image list, and are discard
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -86,6 +89,27 @@ def decode_ahead(dataset: object, batch_size: int) -> object:
     return dataset.batch(batch_size).prefetch(2).with_options(options)
 
 
+@contextlib.contextmanager
+def _noting_interrupts() -> Iterator[threading.Event]:
+    """Record Ctrl-C while still raising KeyboardInterrupt: TensorFlow's dataset iterator can
+    swallow the exception and end the loop as if the images had run out, and an interrupted run
+    must never go on to assemble a complete-looking file."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def partial_dir(out_path: Path) -> Path:
     return out_path.parent / f".{out_path.name}.partial"
 
@@ -147,8 +171,9 @@ def extract_features(
         dataset = decode_ahead(image_dataset(paths[start:], params.image_size, 3, params.resize,
                                              parallel=1), params.batch_size)
         number = len(shards)
-        with tqdm(total=len(paths), initial=start, unit="img", disable=not progress,
-                  desc=f"features {params.backbone}") as bar:
+        with _noting_interrupts() as interrupted, tqdm(
+                total=len(paths), initial=start, unit="img", disable=not progress,
+                desc=f"features {params.backbone}") as bar:
             position = start
             for index, images in dataset:
                 if warm_at is None and position > start:
@@ -162,6 +187,8 @@ def extract_features(
                 number += 1
                 bar.update(int(indices[-1]) + 1 - position)
                 position = int(indices[-1]) + 1
+            if interrupted.is_set():
+                raise KeyboardInterrupt
     if paths and not any(folder.glob("*.npz")):
         shutil.rmtree(folder)
         raise InputError(f"none of the {len(paths)} images could be read (first: {paths[0]}); "
