@@ -12,7 +12,6 @@ U-Ones policy does. A report is abnormal when any finding is positive.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 
 # finding -> phrases in normalised text (word-boundary regexes)
 FINDINGS: dict[str, tuple[str, ...]] = {
@@ -111,7 +110,3 @@ def mesh_labels(mesh: str) -> dict[str, bool]:
                 labels[finding] = True
     abnormal = bool(terms) and not set(terms) <= NORMAL_MESH
     return {"abnormal": abnormal, **labels}
-
-
-def label_many(texts: Iterable[str]) -> list[dict[str, bool]]:
-    return [label_text(t) for t in texts]

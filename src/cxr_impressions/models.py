@@ -56,6 +56,17 @@ def _embedding(matrix: np.ndarray, params: ModelParams, mask_zero: bool) -> laye
         embeddings_initializer=keras.initializers.Constant(matrix), name="glove_embedding")
 
 
+def _lstm_decoder_inputs(params: ModelParams, matrix: np.ndarray, max_len: int
+                         ) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor,
+                                    keras.KerasTensor]:
+    """The LSTM decoders' inputs: the encoded image, the tokens, and their masked embedding."""
+    memory = {"image": keras.Input((params.units,), name="image")}
+    tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
+    words = _embedding(matrix, params, mask_zero=True)(tokens)
+    words = layers.Dropout(params.dropout, name="word_dropout")(words)
+    return memory, tokens, words
+
+
 def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int) -> CaptionModel:
     inputs = _study_inputs(feature_dim, None)
     views = ops.expand_dims(inputs["views"], -1)
@@ -64,10 +75,7 @@ def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: i
     image = layers.Dense(params.units, activation="relu", name="image_dense")(image)
     encoder = keras.Model(inputs, {"image": image}, name="merge_encoder")
 
-    memory = {"image": keras.Input((params.units,), name="image")}
-    tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
-    words = _embedding(matrix, params, mask_zero=True)(tokens)
-    words = layers.Dropout(params.dropout, name="word_dropout")(words)
+    memory, tokens, words = _lstm_decoder_inputs(params, matrix, max_len)
     sequence = layers.LSTM(params.units, return_sequences=True, name="caption_lstm")(words)
     merged = layers.Add(name="merge")([sequence, ops.expand_dims(memory["image"], 1)])
     hidden = layers.Dense(params.units, activation="relu", name="decoder_dense")(merged)
@@ -88,10 +96,7 @@ def _bilstm_attention(params: ModelParams, matrix: np.ndarray, feature_dim: int,
     image = layers.Dense(params.units, activation="relu", name="image_encoder")(fused)
     encoder = keras.Model(inputs, {"image": image}, name="bilstm_encoder")
 
-    memory = {"image": keras.Input((params.units,), name="image")}
-    tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
-    words = _embedding(matrix, params, mask_zero=True)(tokens)
-    words = layers.Dropout(params.dropout, name="word_dropout")(words)
+    memory, tokens, words = _lstm_decoder_inputs(params, matrix, max_len)
     steps = layers.Bidirectional(layers.LSTM(params.units, return_sequences=True),
                                  name="bilstm_1")(words)
     steps = layers.Bidirectional(layers.LSTM(params.units, return_sequences=True),
