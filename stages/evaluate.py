@@ -19,6 +19,9 @@ def main() -> None:
     cli.add_argument("--decoding", required=True, help="output: decoding settings (JSON)")
     cli.add_argument("--metrics", required=True, help="output: all scores (JSON)")
     cli.add_argument("--tables", required=True, help="output: directory of per-study tables")
+    cli.add_argument("--attention", required=True,
+                     help="output: where each generated word looked (.npz; empty without "
+                          "spatial attention)")
     args = cli.parse_args()
 
     decode = load_section("decode")
@@ -36,6 +39,7 @@ def main() -> None:
         confusion_table,
         evaluate_systems,
         per_study_table,
+        save_attention,
         validate_labeller,
     )
     from cxr_impressions.feature_store import FeatureStore
@@ -53,8 +57,12 @@ def main() -> None:
         train = load_studies(examples[examples["split"] == "train"], images, store,
                              bundle.vocab)
 
-    decoder = Decoder(bundle.model, bundle.vocab)
-    generated = decoder.texts(decoder.decode(test.inputs(), decode))
+    decoder = Decoder(bundle.model, bundle.vocab, bundle.threshold)
+    decoded = decoder.decode(test.inputs(), decode)
+    generated = decoder.texts(decoded)
+    maps = (decoder.explain(test.inputs(), decoded)
+            if "attention" in bundle.model.decoder.output else [])
+    save_attention(args.attention, test.uids, maps)
     systems = {
         "model": generated,
         "constant": constant_baseline(train.texts, len(test)),
@@ -71,6 +79,8 @@ def main() -> None:
         meteor.close()
 
     table = per_study_table(test.uids, test.texts, systems, normal)
+    table.insert(table.columns.get_loc("model_abnormal") + 1, "model_abnormal_probability",
+                 [None if d.abnormal is None else round(d.abnormal, 4) for d in decoded])
     tables = Path(args.tables)
     write_csv(tables / "per_study.csv", table)
     write_csv(tables / "worst.csv", table.sort_values(["model_bleu4", "model_rouge_l"])

@@ -33,11 +33,12 @@ def main() -> None:
     import tensorflow as tf
 
     from cxr_impressions.bundle import bundle_config, save_bundle
+    from cxr_impressions.decoding import Decoder
     from cxr_impressions.feature_store import FeatureStore
     from cxr_impressions.models import build_model
     from cxr_impressions.studies import load_studies
     from cxr_impressions.tokenizer import Vocabulary
-    from cxr_impressions.training import train
+    from cxr_impressions.training import choose_threshold, train
 
     keras.utils.set_random_seed(params.seed)
     tf.config.experimental.enable_op_determinism()
@@ -70,6 +71,14 @@ def main() -> None:
     config = bundle_config(model_params, {k: getattr(features, k) for k in (
         "backbone", "weights", "image_size", "resize")}, feature_dim, regions, matrix.shape[1],
         vocab)
+    if model.conditioned:
+        # The label threshold, like everything selected, is chosen on the validation split.
+        val = splits["val"]
+        probabilities = Decoder(model, vocab).encode(val.inputs())["abnormal"]
+        threshold, f1 = choose_threshold(probabilities, val.abnormal)
+        config["abnormal_threshold"] = threshold
+        summary.update(abnormal_threshold=round(threshold, 4), val_abnormal_f1=round(f1, 4),
+                       val_abnormal_share=round(float(val.abnormal.mean()), 4))
     save_bundle(out, model, vocab, config)
     write_json(args.metrics, {"kind": model_params.kind, **summary,
                               "train_studies": len(splits["train"]),

@@ -9,7 +9,7 @@ from cxr_impressions.decoding import Decoder
 from cxr_impressions.models import MaskedAccuracy, build_model, masked_loss
 from cxr_impressions.studies import Studies
 from cxr_impressions.tokenizer import Vocabulary
-from cxr_impressions.training import make_dataset, training_pairs
+from cxr_impressions.training import choose_threshold, make_dataset, training_pairs
 
 WORDS = ("<pad>", "<unk>", "startseq", "endseq", "no", "effusion", ".")
 
@@ -51,11 +51,12 @@ def test_causal_models_never_see_the_future(kind: str) -> None:
     model, _ = tiny(kind)
     inputs = {k: tf.constant(v) for k, v in study_inputs(1).items()
               if k in model.train_model.input}
+    inputs["condition"] = tf.constant([[1.0]])
     tokens = np.array([[2, 4, 5, 6, 3]], np.int32)
     other = tokens.copy()
     other[0, 3:] = [4, 4]
-    a = model.train_model({**inputs, "tokens": tf.constant(tokens)}).numpy()
-    b = model.train_model({**inputs, "tokens": tf.constant(other)}).numpy()
+    a = model.train_model({**inputs, "tokens": tf.constant(tokens)})["logits"].numpy()
+    b = model.train_model({**inputs, "tokens": tf.constant(other)})["logits"].numpy()
     np.testing.assert_allclose(a[0, :3], b[0, :3], rtol=1e-5, atol=1e-6)
     assert not np.allclose(a[0, 3:], b[0, 3:])
 
@@ -65,13 +66,49 @@ def test_prefix_training_pairs_hide_the_future() -> None:
     tokens = np.array([[2, 4, 5, 3, 0, 0], [2, 6, 3, 0, 0, 0]], np.int32)
     studies = Studies(np.array([1, 2]), np.array([["a", "b"], ["c", ""]]),
                       np.zeros((2, 2, 8), np.float32), np.ones((2, 2), np.float32), tokens,
-                      ["no effusion", "."])
+                      ["no effusion", "."], np.array([0.0, 1.0], np.float32))
     index, prefix = training_pairs(studies, True)
     assert index.tolist() == [0, 0, 0, 1, 1] and prefix.tolist() == [1, 2, 3, 1, 2]
     inputs, targets = next(iter(make_dataset(studies, model, 8, False, 0)))
     np.testing.assert_array_equal(inputs["tokens"].numpy()[:3],
                                   [[2, 0, 0, 0, 0], [2, 4, 0, 0, 0], [2, 4, 5, 0, 0]])
-    assert targets.numpy().tolist() == [4, 5, 3, 6, 3]
+    assert targets["logits"].numpy().tolist() == [4, 5, 3, 6, 3]
+    # The reference's label is both the decoder's condition and the abnormal head's target.
+    assert inputs["condition"].numpy()[:, 0].tolist() == [0, 0, 0, 1, 1]
+    assert targets["abnormal"].numpy()[:, 0].tolist() == [0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("kind", ["merge", "bilstm_attention", "transformer"])
+def test_the_condition_steers_the_decoder(kind: str) -> None:
+    model, vocab = tiny(kind)
+    decoder = Decoder(model, vocab)
+    memory = decoder.encode(study_inputs(1))
+    assert 0.0 < memory["abnormal"][0] < 1.0
+    assert memory["condition"][0, 0] == float(memory["abnormal"][0] >= 0.5)
+    tokens = np.zeros((1, decoder.length), np.int32)
+    tokens[0, 0] = 2
+    normal, _ = decoder.step({**memory, "condition": np.zeros((1, 1), np.float32)}, tokens, 1)
+    abnormal, _ = decoder.step({**memory, "condition": np.ones((1, 1), np.float32)}, tokens, 1)
+    assert not np.allclose(normal, abnormal)
+    # The threshold decides which label the decoder writes under.
+    always = Decoder(model, vocab, threshold=0.0).encode(study_inputs(1))
+    never = Decoder(model, vocab, threshold=1.01).encode(study_inputs(1))
+    assert always["condition"][0, 0] == 1.0 and never["condition"][0, 0] == 0.0
+
+
+def test_unconditioned_models_have_no_label_head() -> None:
+    vocab = Vocabulary(WORDS, "startseq", "endseq", 6)
+    matrix = np.zeros((len(WORDS), 4), np.float32)
+    model = build_model(ModelParams(kind="merge", units=8, condition="none"), matrix, 8, 6)
+    assert not model.conditioned and "abnormal" not in model.encoder.output
+    assert Decoder(model, vocab).greedy(study_inputs(1))[0].abnormal is None
+
+
+def test_threshold_is_the_best_f1_on_the_given_split() -> None:
+    probabilities = np.array([0.1, 0.2, 0.35, 0.4, 0.8, 0.9])
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    threshold, f1 = choose_threshold(probabilities, labels)
+    assert threshold == 0.35 and f1 == pytest.approx(2 * 3 / (4 + 3))
 
 
 def _all_hypotheses(decoder: Decoder, inputs: dict, alpha: float) -> tuple[float, list[int]]:
@@ -132,3 +169,15 @@ def test_transformer_attention_is_retrievable_and_masks_missing_view() -> None:
     assert decoded.attention.shape == (len(decoded.ids) + 1, 6)
     np.testing.assert_allclose(decoded.attention.sum(axis=1), 1.0, rtol=1e-3)
     assert np.abs(decoded.attention[:, 3:]).max() < 1e-6  # the missing view gets no attention
+
+
+def test_explain_matches_the_attention_seen_while_decoding() -> None:
+    model, vocab = tiny("transformer", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(3, seed=5)
+    greedy = decoder.greedy(inputs)
+    explained = decoder.explain(inputs, greedy)
+    for decoded, maps in zip(greedy, explained, strict=True):
+        np.testing.assert_allclose(maps, decoded.attention, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="no spatial attention"):
+        Decoder(*tiny("merge")).explain(inputs, greedy)

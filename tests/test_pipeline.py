@@ -10,57 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from .conftest import GLOVE, REPO, SHARED, needs_shared
+from .conftest import SHARED, needs_shared
+from .repos import DVC, env, set_params, sh, small_pipeline_repo
 
-DVC = str(Path(sys.executable).parent / "dvc")
-
-
-def sh(*args: str, cwd: Path) -> str:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=1800,
-                            env=_env())
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return env
-
-
-def copy_working_tree(target: Path) -> None:
-    """The working tree as git sees it (tracked and untracked-not-ignored), committed anew."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
-    for name in filter(None, files):
-        source = REPO / name.decode()
-        if source.is_file():
-            (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name.decode())
-
-
-def set_params(repo: Path, **sections: dict) -> None:
-    path = repo / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for section, values in sections.items():
-        params.setdefault(section, {}).update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    repo.mkdir()
-    copy_working_tree(repo)
-    # Small random-weight features keep this test fast; real weights are tested elsewhere.
-    set_params(repo, features={"weights": "none", "image_size": 71, "batch_size": 16},
-               embeddings={"glove": str(GLOVE)},
-               model={"units": 32, "layers": 1}, train={"epochs": 2, "batch_size": 16})
-    sh("git", "init", "-q", cwd=repo)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A", cwd=repo)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=repo)
+    repo = small_pipeline_repo(tmp_path_factory.mktemp("pipeline") / "repo")
     sh(DVC, "repro", cwd=repo)
     return repo
 
@@ -133,12 +92,91 @@ def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
 
 
 @needs_shared(SHARED)
+def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    report = pipeline_repo / "reports" / "test"
+    assert len(list((report / "thumbs").glob("*.jpg"))) == 20  # 10 test studies, 2 views each
+    counts = json.loads((pipeline_repo / "metrics/report.json").read_text())
+    assert counts == {"studies": 10, "thumbnails": 20, "unreadable_images": 0}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-extensions", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            failed: list[str] = []
+            page.on("requestfailed", lambda request: failed.append(request.url))
+            page.goto((report / "index.html").as_uri())
+            page.wait_for_selector("body[data-ready='1']", timeout=30000)
+            # The headline table: every metric row, with the model and both baselines.
+            header = page.locator("#headline thead th").all_inner_texts()
+            assert header == ["metric", "model", "constant", "1-NN"]
+            for metric in ("bleu4", "meteor", "rouge_l", "cider", "distinct", "abnormal_f1",
+                           "findings_macro_f1"):
+                cells = page.locator(f"#headline tr[data-metric='{metric}'] td")
+                assert cells.count() == 4 and "–" not in cells.all_inner_texts()[1:], metric
+            assert page.locator("#labeller").count() == 1
+            assert page.locator("svg.chart").count() >= 5  # curves, by length, top impressions
+            assert page.locator("#confusion td").count() == 4
+            # The gallery: one card per test study, its images loaded once scrolled to.
+            cards = page.locator("article.study")
+            assert cards.count() == 10
+            first = cards.first
+            first.scroll_into_view_if_needed()
+            page.wait_for_function(
+                "c => Array.from(c.querySelectorAll('img')).every("
+                "i => i.complete && i.naturalWidth > 0)", arg=first.element_handle(),
+                timeout=30000)
+            assert first.locator(".reference").inner_text().strip()
+            assert first.locator(".generated").inner_text().strip()
+            assert first.locator(".nearest").inner_text().strip()
+            # The transformer's heat-map is drawn, and changes with the word pointed at.
+            heat = ("c => { const x = c.getContext('2d').getImageData(0, 0, c.width, c.height)"
+                    ".data; let s = 0; for (let i = 3; i < x.length; i += 4) s += x[i] * (i % 97);"
+                    " return s; }")
+            canvas = first.locator("canvas").first
+            page.wait_for_function(f"c => ({heat})(c) > 0", arg=canvas.element_handle())
+            mean_map = canvas.evaluate(heat)
+            words = first.locator(".word")
+            assert words.count() >= 1
+            words.first.click()
+            assert canvas.evaluate(heat) != mean_map or words.count() == 1
+            # Filters and sort.
+            page.select_option("#filter-reference", "abnormal")
+            shown = page.locator("article.study:visible")
+            expected = page.locator("article.study[data-reference='abnormal']").count()
+            assert shown.count() == expected
+            assert page.inner_text("#shown-count") == str(expected)
+            page.select_option("#filter-reference", "all")
+            page.select_option("#sort", "rouge:asc")
+            rouge = [float(v) for v in page.eval_on_selector_all(
+                "article.study", "cs => cs.map(c => c.dataset.rouge)")]
+            assert rouge == sorted(rouge)
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+            assert (tmp_path / "report.png").stat().st_size > 10_000
+            assert not failed, failed
+        finally:
+            browser.close()
+
+
+@needs_shared(SHARED)
 def test_predict_command(pipeline_repo: Path, tmp_path: Path) -> None:
     images = pipeline_repo / "data/sample/images"
     out = sh(sys.executable, "-m", "cxr_impressions.cli", "predict",
              str(images / "1_IM-0001-4001.dcm.jpg"), str(images / "1_IM-0001-3001.dcm.jpg"),
              "--model", "models", cwd=pipeline_repo)
     assert out.strip().splitlines()[-1].strip()
+    figure = tmp_path / "explain.png"
+    out = sh(sys.executable, "-m", "cxr_impressions.cli", "predict",
+             str(images / "1_IM-0001-4001.dcm.jpg"), str(images / "1_IM-0001-3001.dcm.jpg"),
+             "--model", "models", "--explain", str(figure), cwd=pipeline_repo)
+    from PIL import Image
+
+    with Image.open(figure) as image:
+        words = len(out.strip().splitlines()[0].split())
+        assert image.format == "PNG" and image.height > (words + 1) * 192  # a row per word
     folder = tmp_path / "new"
     folder.mkdir()
     for name in ("1_IM-0001-4001", "1_IM-0001-3001", "2_IM-0652-1001"):
@@ -151,7 +189,7 @@ def test_predict_command(pipeline_repo: Path, tmp_path: Path) -> None:
         [sys.executable, "-m", "cxr_impressions.cli", "predict", "--projections",
          str(projections), "--images", str(folder), "--model", "models", "--out",
          str(tmp_path / "predictions.csv")], cwd=pipeline_repo, capture_output=True, text=True,
-        timeout=600, env=_env())
+        timeout=600, env=env())
     assert result.returncode == 0, result.stderr
     assert "error: uid 2:" in result.stderr
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
@@ -170,7 +208,7 @@ def test_training_is_seeded_and_resumes(pipeline_repo: Path) -> None:
     assert (repo / "models/model.weights.h5").read_bytes() == weights  # bit for bit
 
     set_params(repo, train={"epochs": 4})
-    process = subprocess.Popen([DVC, "repro", "train"], cwd=repo, env=_env(),
+    process = subprocess.Popen([DVC, "repro", "train"], cwd=repo, env=env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     state = repo / "models" / ".train-state" / "selection.json"

@@ -1,7 +1,7 @@
 """The trained model as files under `models/`, loadable without DVC.
 
 - `config.json`: the model params, the backbone settings of the features it was trained on,
-  and the shapes needed to rebuild it;
+  the shapes needed to rebuild it, and the abnormal-label threshold chosen on validation;
 - `model.weights.h5`: the Keras weights; `vocab.json`: the vocabulary;
 - `decoding.json` (written by evaluate): the decoding settings used for the reported metrics.
 """
@@ -29,6 +29,11 @@ class Bundle:
     vocab: Vocabulary
     config: dict
     decode: DecodeParams
+
+    @property
+    def threshold(self) -> float:
+        """The abnormal-label threshold chosen on validation (0.5 for older bundles)."""
+        return float(self.config.get("abnormal_threshold", 0.5))
 
 
 def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: Vocabulary,

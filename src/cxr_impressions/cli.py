@@ -1,6 +1,6 @@
 """The `cxr` command: impressions for new studies, without DVC.
 
-    cxr predict FRONTAL.png [LATERAL.png] --model models/
+    cxr predict FRONTAL.png [LATERAL.png] --model models/ [--explain heatmaps.png]
     cxr predict --projections indiana_projections.csv --images DIR --model models/ \\
         --out predictions.csv
 """
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--images-dir", "--images-folder", dest="image_dir", type=Path,
                          help="batch: the folder of the images")
     predict.add_argument("--out", type=Path, help="batch: the CSV to write (uid,impression)")
+    predict.add_argument("--explain", type=Path, metavar="PNG",
+                         help="one study: also write where each word looked, as a PNG")
     args = cli.parse_args(_batch_alias(argv if argv is not None else sys.argv[1:]))
     run_stage(lambda: _predict(args))
 
@@ -43,7 +45,7 @@ def _batch_alias(argv: list[str]) -> list[str]:
 def _predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .atomic import write_csv
+    from .atomic import atomic_path, write_csv
     from .errors import InputError
     from .predict import Predictor, Study, predict_batch, studies_from_projections
 
@@ -52,11 +54,21 @@ def _predict(args: argparse.Namespace) -> None:
         raise InputError("batch prediction needs --projections, --images DIR and --out FILE")
     if not batch and not 1 <= len(args.images) <= 2:
         raise InputError("give one or two image files (frontal, then lateral), or --projections")
+    if batch and args.explain is not None:
+        raise InputError("--explain works on one study; the HTML report shows every test study")
     began = time.perf_counter()
     predictor = Predictor(args.model, args.weights_dir, args.beam)
     if not batch:
         frontal, *lateral = args.images
-        print(predictor.predict([Study("-", frontal, lateral[0] if lateral else None)])[0])
+        study = Study("-", frontal, lateral[0] if lateral else None)
+        if args.explain is None:
+            print(predictor.predict([study])[0])
+            return
+        text, figure = predictor.explain(study)
+        with atomic_path(args.explain, suffix=".png") as tmp:
+            figure.save(tmp, format="PNG")
+        print(text)
+        print(f"heat-maps -> {args.explain}", file=sys.stderr)
         return
     studies, errors = studies_from_projections(args.projections, args.image_dir)
     rows, read_errors = predict_batch(predictor, studies)

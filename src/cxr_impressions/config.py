@@ -96,6 +96,7 @@ class ModelParams:
     heads: int = at_least(1, 4)  # transformer
     layers: int = at_least(1, 2)  # transformer decoder layers
     grid_pool: int = at_least(1, 1)  # transformer: average-pool the 10x10 grid by this factor
+    condition: Literal["abnormal", "none"] = "abnormal"  # decode conditioned on a predicted label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +122,11 @@ class EvaluateParams:
     worst: int = at_least(1, 20)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReportParams:
+    top_impressions: int = at_least(1, 15)  # the most frequent impressions charted
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "parse": ParseParams,
@@ -131,6 +137,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "decode": DecodeParams,
     "evaluate": EvaluateParams,
+    "report": ReportParams,
 }
 
 

@@ -5,6 +5,10 @@ each step, so no beam shares recurrent or attention state with another (the earl
 bug). Beams sum log-probabilities; finished hypotheses are ranked by
 `sum_logprob / length ** length_penalty`; `no_repeat_ngram` bans any token that would repeat an
 n-gram already in the hypothesis.
+
+A conditioned model (`model.condition: abnormal`) first predicts whether the study is abnormal;
+the decoder then writes under that label, `probability >= threshold` (the threshold chosen on
+the validation split by the train stage and kept in the model bundle).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import tensorflow as tf
 
 from .config import DecodeParams
 from .models import CaptionModel
-from .tokenizer import Vocabulary
+from .tokenizer import UNKNOWN_ID, Vocabulary
 
 
 @dataclass
@@ -25,14 +29,16 @@ class Decoded:
     ids: list[int]  # generated word ids, end token excluded
     score: float
     attention: np.ndarray | None = None  # (steps, regions) for the transformer
+    abnormal: float | None = None  # the predicted probability that the study is abnormal
 
 
 class Decoder:
     """Decodes studies with one model; tf.functions are traced once per input shape."""
 
-    def __init__(self, model: CaptionModel, vocab: Vocabulary) -> None:
+    def __init__(self, model: CaptionModel, vocab: Vocabulary, threshold: float = 0.5) -> None:
         self.model = model
         self.vocab = vocab
+        self.threshold = threshold
         self.length = vocab.max_len - 1  # token positions the decoder takes
         self._encode = tf.function(lambda x: model.encoder(x, training=False),
                                    reduce_retracing=True)
@@ -40,18 +46,33 @@ class Decoder:
                                    reduce_retracing=True)
 
     def encode(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The decoder's memory; for a conditioned model also `condition` (the thresholded
+        label) and `abnormal` (its probability, which the decoder does not take)."""
         taken = {k: v for k, v in inputs.items() if k in self.model.encoder.input}
-        return {k: v.numpy() for k, v in self._encode(taken).items()}
+        memory = {k: v.numpy() for k, v in self._encode(taken).items()}
+        if "abnormal" in memory:
+            probability = 1.0 / (1.0 + np.exp(-memory["abnormal"].astype(np.float64)))
+            memory["abnormal"] = probability[:, 0]
+            memory["condition"] = (probability >= self.threshold).astype(np.float32)
+        return memory
+
+    @staticmethod
+    def _probabilities(memory: dict[str, np.ndarray], n: int) -> list[float | None]:
+        if "abnormal" not in memory:
+            return [None] * n
+        return [float(p) for p in memory["abnormal"]]
 
     def step(self, memory: dict[str, np.ndarray], tokens: np.ndarray,
              t: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Log-probabilities of the word after each prefix `tokens[:, :t]`, and attention."""
-        out = self._decode({**memory, "tokens": tf.constant(tokens)})
+        taken = {k: v for k, v in memory.items() if k in self.model.decoder.input}
+        out = self._decode({**taken, "tokens": tf.constant(tokens)})
         logits = out["logits"].numpy()
         if not self.model.prefix_training:
             logits = logits[:, t - 1]
         logits = logits.astype(np.float64)
-        logits[:, [0, self.vocab.start_id]] = -np.inf  # never pad or restart
+        # Never pad, restart, or write the unknown word (it reads as nothing).
+        logits[:, [0, UNKNOWN_ID, self.vocab.start_id]] = -np.inf
         logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
         attention = out["attention"].numpy()[:, t - 1] if "attention" in out else None
         return logp, attention
@@ -78,10 +99,11 @@ class Decoder:
             if done.all():
                 break
         results = []
+        probabilities = self._probabilities(memory, n)
         for i in range(n):
             ids = [int(x) for x in tokens[i, 1:] if x != 0]
             att = np.stack([a[i] for a in attention[: len(ids) + 1]]) if attention else None
-            results.append(Decoded(ids, float(scores[i]), att))
+            results.append(Decoded(ids, float(scores[i]), att, probabilities[i]))
         return results
 
     def beam(self, inputs: dict[str, np.ndarray], params: DecodeParams) -> list[Decoded]:
@@ -135,10 +157,35 @@ class Decoder:
             if not active.any():
                 break
         results = []
+        probabilities = self._probabilities(memory, n)
         for i in range(n):
             norm, ids = max(finished[i], key=lambda h: h[0]) if finished[i] else (0.0, [])
-            results.append(Decoded(ids, float(norm)))
+            results.append(Decoded(ids, float(norm), abnormal=probabilities[i]))
         return results
+
+    def explain(self, inputs: dict[str, np.ndarray], decoded: Sequence[Decoded],
+                batch_size: int = 64) -> list[np.ndarray]:
+        """Where each word of each decoded caption looked: (words + 1, regions) per study, the
+        last row for the end token. One teacher-forced pass over the final captions; with a
+        causal decoder this equals the attention at each decoding step."""
+        if "attention" not in self.model.decoder.output:
+            raise ValueError(f"the {self.model.kind} model has no spatial attention")
+        n = len(decoded)
+        maps: list[np.ndarray] = []
+        for start in range(0, n, batch_size):
+            chunk = decoded[start:start + batch_size]
+            memory = self.encode({k: v[start:start + batch_size] for k, v in inputs.items()})
+            tokens = np.zeros((len(chunk), self.length), dtype=np.int32)
+            tokens[:, 0] = self.vocab.start_id
+            for i, d in enumerate(chunk):
+                ids = d.ids[: self.length - 1]
+                tokens[i, 1:1 + len(ids)] = ids
+            taken = {k: v for k, v in memory.items() if k in self.model.decoder.input}
+            attention = self._decode({**taken, "tokens": tf.constant(tokens)})["attention"]
+            attention = attention.numpy()
+            for i, d in enumerate(chunk):
+                maps.append(attention[i, : min(len(d.ids) + 1, self.length)])
+        return maps
 
     def decode(self, inputs: dict[str, np.ndarray], params: DecodeParams,
                batch_size: int = 64) -> list[Decoded]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from .atomic import atomic_path
 from .labeller import label_text, mesh_labels
 from .scoring import (
     MeteorScorer,
@@ -90,3 +92,25 @@ def validate_labeller(examples: pd.DataFrame) -> dict[str, object]:
                                                    examples["impression"].fillna(""),
                                                    strict=True)]
     return labeller_agreement(texts, [mesh_labels(m) for m in examples["mesh"].fillna("")])
+
+
+def save_attention(path: str | os.PathLike[str], uids: Sequence, maps: Sequence[np.ndarray]
+                   ) -> None:
+    """Per study, where each generated word looked, 0-padded: `uids`, `lengths` (rows per
+    study) and `maps` (studies, rows, regions) float16. No maps: empty arrays."""
+    lengths = np.array([len(m) for m in maps], dtype=np.int32)
+    rows = int(lengths.max()) if len(maps) else 0
+    regions = maps[0].shape[1] if len(maps) else 0
+    padded = np.zeros((len(maps), rows, regions), dtype=np.float16)
+    for i, m in enumerate(maps):
+        padded[i, : len(m)] = m
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, uids=np.asarray([str(u) for u in uids]) if len(maps)
+                            else np.zeros(0, dtype=str), lengths=lengths, maps=padded)
+
+
+def load_attention(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """{uid: (rows, regions) float32} as `save_attention` wrote them."""
+    with np.load(path) as data:
+        return {str(uid): data["maps"][i, :n].astype(np.float32)
+                for i, (uid, n) in enumerate(zip(data["uids"], data["lengths"], strict=True))}

@@ -13,6 +13,14 @@
   view and position embeddings; a causal Transformer decoder whose cross-attention looks at
   the regions (empty view slots masked). Its last layer's attention weights are a model output,
   for heat-maps.
+
+With `condition: abnormal` (the default), every encoder also predicts whether the study is
+abnormal (a logit, trained against the labeller's reading of the reference text), and every
+decoder takes a `condition` input (1: write an abnormal report, 0: a normal one), embedded and
+added to the image vector (LSTM models) or to every word (transformer). Training feeds the
+reference's label (teacher forcing); decoding feeds the encoder's prediction, thresholded at a
+value chosen on the validation split. Without it, the decoder falls back on the most likely
+report, which is a normal one, for every study.
 """
 
 from __future__ import annotations
@@ -29,14 +37,14 @@ from .config import ModelParams
 @dataclass
 class CaptionModel:
     kind: str
-    encoder: keras.Model  # study inputs -> memory (dict of tensors)
-    decoder: keras.Model  # memory + tokens -> logits; plus attention for the transformer
-    train_model: keras.Model  # study inputs + tokens -> logits
+    encoder: keras.Model  # study inputs -> memory (dict of tensors), plus `abnormal` logits
+    decoder: keras.Model  # memory (+ condition) + tokens -> logits; plus attention
+    train_model: keras.Model  # study inputs (+ condition) + tokens -> logits (+ abnormal)
     prefix_training: bool  # True: trained on (prefix -> next word) samples
 
     @property
-    def memory_names(self) -> list[str]:
-        return list(self.encoder.output.keys())
+    def conditioned(self) -> bool:
+        return "condition" in self.decoder.input
 
 
 def _study_inputs(feature_dim: int, regions: int | None) -> dict[str, keras.KerasTensor]:
@@ -56,15 +64,41 @@ def _embedding(matrix: np.ndarray, params: ModelParams, mask_zero: bool) -> laye
         embeddings_initializer=keras.initializers.Constant(matrix), name="glove_embedding")
 
 
+def _abnormal_head(inputs: dict[str, keras.KerasTensor], params: ModelParams
+                   ) -> dict[str, keras.KerasTensor]:
+    """{"abnormal": logits (batch, 1)} from the views' mean pooled vector, if conditioned."""
+    if params.condition == "none":
+        return {}
+    views = ops.expand_dims(inputs["views"], -1)
+    mean = ops.sum(inputs["pooled"] * views, axis=1) / ops.maximum(ops.sum(views, axis=1), 1.0)
+    mean = layers.Dropout(params.dropout, name="abnormal_dropout")(mean)
+    return {"abnormal": layers.Dense(1, name="abnormal_head")(mean)}
+
+
+def _condition_input(params: ModelParams, width: int
+                     ) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor | None]:
+    """The decoder's `condition` input and its embedding (None when unconditioned)."""
+    if params.condition == "none":
+        return {}, None
+    condition = keras.Input((1,), name="condition")
+    return {"condition": condition}, layers.Dense(width, name="condition_embedding")(condition)
+
+
 def _lstm_decoder_inputs(params: ModelParams, matrix: np.ndarray, max_len: int
                          ) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor,
-                                    keras.KerasTensor]:
-    """The LSTM decoders' inputs: the encoded image, the tokens, and their masked embedding."""
-    memory = {"image": keras.Input((params.units,), name="image")}
+                                    keras.KerasTensor, keras.KerasTensor]:
+    """The LSTM decoders' inputs: the memory inputs, the tokens, their masked embedding, and
+    the image vector (plus the condition's embedding when conditioned)."""
+    image = keras.Input((params.units,), name="image")
+    conditions, embedded = _condition_input(params, params.units)
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     words = _embedding(matrix, params, mask_zero=True)(tokens)
     words = layers.Dropout(params.dropout, name="word_dropout")(words)
-    return memory, tokens, words
+    if embedded is not None:
+        image_vector = layers.Add(name="conditioned_image")([image, embedded])
+    else:
+        image_vector = image
+    return {"image": image, **conditions}, tokens, words, image_vector
 
 
 def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int) -> CaptionModel:
@@ -73,11 +107,12 @@ def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: i
     mean = ops.sum(inputs["pooled"] * views, axis=1) / ops.maximum(ops.sum(views, axis=1), 1.0)
     image = layers.Dropout(params.dropout, name="image_dropout")(mean)
     image = layers.Dense(params.units, activation="relu", name="image_dense")(image)
-    encoder = keras.Model(inputs, {"image": image}, name="merge_encoder")
+    encoder = keras.Model(inputs, {"image": image, **_abnormal_head(inputs, params)},
+                          name="merge_encoder")
 
-    memory, tokens, words = _lstm_decoder_inputs(params, matrix, max_len)
+    memory, tokens, words, image_vector = _lstm_decoder_inputs(params, matrix, max_len)
     sequence = layers.LSTM(params.units, return_sequences=True, name="caption_lstm")(words)
-    merged = layers.Add(name="merge")([sequence, ops.expand_dims(memory["image"], 1)])
+    merged = layers.Add(name="merge")([sequence, ops.expand_dims(image_vector, 1)])
     hidden = layers.Dense(params.units, activation="relu", name="decoder_dense")(merged)
     logits = layers.Dense(matrix.shape[0], name="next_word")(hidden)
     decoder = keras.Model({**memory, "tokens": tokens}, {"logits": logits}, name="merge_decoder")
@@ -94,17 +129,18 @@ def _bilstm_attention(params: ModelParams, matrix: np.ndarray, feature_dim: int,
         fused = layers.Add(name="fuse_views")([frontal, lateral])
     fused = layers.Dropout(params.dropout, name="image_dropout")(fused)
     image = layers.Dense(params.units, activation="relu", name="image_encoder")(fused)
-    encoder = keras.Model(inputs, {"image": image}, name="bilstm_encoder")
+    encoder = keras.Model(inputs, {"image": image, **_abnormal_head(inputs, params)},
+                          name="bilstm_encoder")
 
-    memory, tokens, words = _lstm_decoder_inputs(params, matrix, max_len)
+    memory, tokens, words, image_vector = _lstm_decoder_inputs(params, matrix, max_len)
     steps = layers.Bidirectional(layers.LSTM(params.units, return_sequences=True),
                                  name="bilstm_1")(words)
     steps = layers.Bidirectional(layers.LSTM(params.units, return_sequences=True),
                                  name="bilstm_2")(steps)
-    query = layers.Dense(2 * params.units, name="attention_query")(memory["image"])
+    query = layers.Dense(2 * params.units, name="attention_query")(image_vector)
     context = layers.AdditiveAttention(name="additive_attention")(
         [ops.expand_dims(query, 1), steps])
-    joined = layers.Concatenate(name="context_and_image")([context[:, 0], memory["image"]])
+    joined = layers.Concatenate(name="context_and_image")([context[:, 0], image_vector])
     hidden = layers.Dense(params.units, activation="relu", name="decoder_dense")(joined)
     logits = layers.Dense(matrix.shape[0], name="next_word")(hidden)
     decoder = keras.Model({**memory, "tokens": tokens}, {"logits": logits},
@@ -123,17 +159,22 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
         ops.arange(2 * regions)[None, :])
     regions_d = layers.LayerNormalization(name="region_norm")(regions_d + position)
     region_mask = ops.repeat(inputs["views"], regions, axis=1)
-    encoder = keras.Model(inputs, {"regions": regions_d, "region_mask": region_mask},
+    encoder = keras.Model(inputs, {"regions": regions_d, "region_mask": region_mask,
+                                   **_abnormal_head(inputs, params)},
                           name="transformer_encoder")
 
+    conditions, embedded = _condition_input(params, d)
     memory = {"regions": keras.Input((2 * regions, d), name="regions"),
-              "region_mask": keras.Input((2 * regions,), name="region_mask")}
+              "region_mask": keras.Input((2 * regions,), name="region_mask"), **conditions}
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     words = _embedding(matrix, params, mask_zero=False)(tokens)
     words = layers.Dense(d, name="word_projection")(words)
     word_position = layers.Embedding(max_len - 1, d, name="word_position")(
         ops.arange(max_len - 1)[None, :])
-    x = layers.Dropout(params.dropout, name="word_dropout")(words + word_position)
+    x = words + word_position
+    if embedded is not None:
+        x = x + ops.expand_dims(embedded, 1)
+    x = layers.Dropout(params.dropout, name="word_dropout")(x)
     cross_mask = ops.repeat(ops.expand_dims(memory["region_mask"], 1), max_len - 1, axis=1)
     attention = None
     for i in range(params.layers):
@@ -159,12 +200,21 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
 
 def _assemble(kind: str, encoder: keras.Model, decoder: keras.Model, max_len: int,
               prefix_training: bool) -> CaptionModel:
+    """The training model: the encoder and decoder joined, with the reference's `condition`
+    fed in (teacher forcing) and the encoder's `abnormal` logits as a second output."""
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     inputs = {name: keras.Input(t.shape[1:], dtype=t.dtype, name=name)
               for name, t in encoder.input.items()}
-    memory = encoder(inputs)
-    logits = decoder({**memory, "tokens": tokens})["logits"]
-    train_model = keras.Model({**inputs, "tokens": tokens}, logits, name=f"{kind}_captioner")
+    if "condition" in decoder.input:
+        inputs["condition"] = keras.Input((1,), name="condition")
+    memory = encoder({k: v for k, v in inputs.items() if k in encoder.input})
+    decoded = decoder({**{k: v for k, v in memory.items() if k in decoder.input},
+                       **{k: v for k, v in inputs.items() if k in decoder.input},
+                       "tokens": tokens})
+    outputs = {"logits": decoded["logits"]}
+    if "abnormal" in memory:
+        outputs["abnormal"] = memory["abnormal"]
+    train_model = keras.Model({**inputs, "tokens": tokens}, outputs, name=f"{kind}_captioner")
     return CaptionModel(kind, encoder, decoder, train_model, prefix_training)
 
 

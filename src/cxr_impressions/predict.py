@@ -49,7 +49,7 @@ class Predictor:
                                   grid=self.kind == "transformer")
         self._backbone = tf.function(lambda x: backbone(x, training=False),
                                      reduce_retracing=True)
-        self.decoder = Decoder(self.bundle.model, self.bundle.vocab)
+        self.decoder = Decoder(self.bundle.model, self.bundle.vocab, self.bundle.threshold)
         self.decode_params = self.bundle.decode
         if beam_size is not None:
             self.decode_params = replace(self.decode_params, beam_size=beam_size,
@@ -84,6 +84,24 @@ class Predictor:
                 inputs["grid"][i, :count] = regions[row:row + count]
             row += count
         return inputs
+
+    def explain(self, study: Study):
+        """The study's impression and a figure of where each word looked (PIL image)."""
+        from PIL import Image
+
+        from .heatmap import explain_figure
+
+        if "attention" not in self.bundle.model.decoder.output:
+            raise InputError(f"--explain needs a model with spatial attention (model.kind: "
+                             f"transformer); {self.bundle.config['model']['kind']} has none")
+        images = self.load(study)
+        inputs = self.inputs([images])
+        decoded = self.decoder.decode(inputs, self.decode_params)
+        text = self.decoder.texts(decoded)[0]
+        maps = self.decoder.explain(inputs, decoded)[0]
+        shown = [Image.fromarray(np.clip(image.numpy(), 0, 255).astype(np.uint8))
+                 for image in images]
+        return text, explain_figure(shown, text.split(), maps)
 
     def predict(self, studies: Sequence[Study]) -> list[str]:
         """Impressions for `studies`; raises `InputError` on the first unreadable image."""

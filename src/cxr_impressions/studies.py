@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .feature_store import FeatureStore
+from .labeller import label_text
 from .tokenizer import Vocabulary
 
 
@@ -24,6 +25,7 @@ class Studies:
     views: np.ndarray  # (N, 2) float32, 1 where the slot has an image
     tokens: np.ndarray  # (N, max_len) int32, startseq ... endseq, 0-padded
     texts: list[str]  # the normalised reference text
+    abnormal: np.ndarray  # (N,) float32, 1 where the labeller reads the reference as abnormal
     grid: np.ndarray | None = None  # (N, 2, R, D) float16
 
     def __len__(self) -> int:
@@ -91,5 +93,6 @@ def load_studies(examples: pd.DataFrame, images: pd.DataFrame, store: FeatureSto
         views=np.stack([np.ones(len(slots)), has_lateral], axis=1).astype(np.float32),
         tokens=tokens,
         texts=slots["text"].tolist(),
+        abnormal=np.array([label_text(t)["abnormal"] for t in slots["text"]], dtype=np.float32),
         grid=grid,
     )

@@ -13,6 +13,7 @@ from .errors import InputError
 
 PAD = "<pad>"
 UNK = "<unk>"
+UNKNOWN_ID = 1  # the id of UNK in every vocabulary
 
 
 @dataclass(frozen=True)

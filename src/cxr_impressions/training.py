@@ -62,19 +62,21 @@ def make_dataset(studies: Studies, model: CaptionModel, batch_size: int, shuffle
                 t = prefix[chosen]
                 keep = np.arange(length)[None, :] < t[:, None]
                 inputs["tokens"] = np.where(keep, tokens[:, :length], 0).astype(np.int32)
-                targets = tokens[np.arange(len(rows)), t].astype(np.int32)
+                targets = {"logits": tokens[np.arange(len(rows)), t].astype(np.int32)}
             else:
                 inputs["tokens"] = tokens[:, :-1]
-                targets = tokens[:, 1:]
+                targets = {"logits": tokens[:, 1:]}
+            if model.conditioned:
+                # Teacher forcing of the label too: the decoder learns to write what it is told.
+                inputs["condition"] = studies.abnormal[rows, None]
+                targets["abnormal"] = studies.abnormal[rows, None]
             yield inputs, targets
 
     first_inputs, first_targets = next(batches())
     epoch[0] = first_epoch
-    signature = (
-        {k: tf.TensorSpec((None, *v.shape[1:]), tf.as_dtype(v.dtype))
-         for k, v in first_inputs.items()},
-        tf.TensorSpec((None, *first_targets.shape[1:]), tf.int32),
-    )
+    signature = tuple(
+        {k: tf.TensorSpec((None, *v.shape[1:]), tf.as_dtype(v.dtype)) for k, v in part.items()}
+        for part in (first_inputs, first_targets))
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     steps = math.ceil(len(index) / batch_size)
     return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
@@ -85,7 +87,7 @@ class ValidationBleu(keras.callbacks.Callback):
 
     def __init__(self, caption_model: CaptionModel, vocab: Vocabulary, val: Studies) -> None:
         super().__init__()
-        self.decoder = Decoder(caption_model, vocab)
+        self.decoder = Decoder(caption_model, vocab)  # the label threshold at 0.5 until chosen
         self.val = val
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -134,6 +136,20 @@ class SelectOnValidation(keras.callbacks.Callback):
         return self.sign * self.best
 
 
+def choose_threshold(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The probability threshold with the best F1 for `abnormal` (on validation), and that F1.
+    Ties go to the highest threshold, the most conservative one."""
+    labels = labels.astype(bool)
+    best_f1, best_t = -1.0, 0.5
+    for t in np.unique(probabilities)[::-1]:
+        guess = probabilities >= t
+        true_positive = float((guess & labels).sum())
+        f1 = 2 * true_positive / max(guess.sum() + labels.sum(), 1)
+        if f1 > best_f1:
+            best_f1, best_t = f1, float(t)
+    return best_t, best_f1
+
+
 def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, val_set: Studies,
           params: TrainParams, state_dir: Path, live_dir: Path) -> dict[str, object]:
     """Fit with teacher forcing; leave the best validation epoch's weights in the model."""
@@ -141,9 +157,14 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     from dvclive.keras import DVCLiveCallback
 
     model = caption_model.train_model
+    losses: dict[str, object] = {"logits": masked_loss}
+    metrics: dict[str, list] = {"logits": [MaskedAccuracy()]}
+    if caption_model.conditioned:
+        losses["abnormal"] = keras.losses.BinaryCrossentropy(from_logits=True)
+        metrics["abnormal"] = [keras.metrics.AUC(from_logits=True, name="auc")]
     # Keras' default jit_compile="auto" turns XLA on, which is several times slower on CPU here.
     model.compile(optimizer=keras.optimizers.Adam(params.learning_rate, clipnorm=5.0),
-                  loss=masked_loss, metrics=[MaskedAccuracy()], jit_compile=False)
+                  loss=losses, metrics=metrics, jit_compile=False)
     state_dir.mkdir(parents=True, exist_ok=True)
     resuming = (state_dir / "selection.json").exists()
     selection = SelectOnValidation(params.monitor, params.patience, state_dir)

@@ -1,0 +1,97 @@
+"""Training time per epoch for each model kind, on the data of a DVC checkout.
+
+Times `--steps` training steps (after `--warmup` steps that trace the graph) of each model over
+the checkout's clean split, features and embedding matrix, and extrapolates to one epoch of its
+training split. The merge model, the article's, is the baseline of the ratios. Validation
+(val_loss and the greedy val_bleu4 decoding) is timed once per kind as well.
+
+    python benchmarks/train.py [--repo .] [--kinds merge,bilstm_attention,transformer]
+Needs `dvc repro embeddings features` in that checkout (e.g. one with data.root ../shared/iuxray
+for the full data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+
+import numpy as np
+import pandas as pd
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("--repo", default=".", help="a DVC checkout with the pipeline's outputs")
+    cli.add_argument("--kinds", default="merge,bilstm_attention,transformer")
+    cli.add_argument("--steps", type=int, default=12)
+    cli.add_argument("--warmup", type=int, default=3)
+    args = cli.parse_args()
+
+    import os
+
+    os.chdir(args.repo)  # params.yaml and the outputs' paths are relative to the checkout
+    import keras
+
+    from cxr_impressions.config import DecodeParams, load_section
+    from cxr_impressions.decoding import Decoder
+    from cxr_impressions.feature_store import FeatureStore
+    from cxr_impressions.models import MaskedAccuracy, build_model, masked_loss
+    from cxr_impressions.studies import load_studies
+    from cxr_impressions.tokenizer import Vocabulary
+    from cxr_impressions.training import make_dataset
+
+    model_params = load_section("model")
+    train_params = load_section("train")
+    backbone = load_section("features").backbone
+    vocab = Vocabulary.load("data/clean/vocab.json")
+    examples = pd.read_parquet("data/clean/examples.parquet")
+    images = pd.read_parquet("data/clean/images.parquet")
+    matrix = np.load("data/embeddings/matrix.npy")
+    rows = []
+    with FeatureStore(f"features/{backbone}.h5") as store:
+        for kind in args.kinds.split(","):
+            params = dataclasses.replace(model_params, kind=kind)
+            grid = kind == "transformer"
+            split = {s: load_studies(examples[examples["split"] == s], images, store, vocab,
+                                     grid, params.grid_pool) for s in ("train", "val")}
+            keras.utils.set_random_seed(0)
+            model = build_model(params, matrix, store.dim, vocab.max_len,
+                                split["train"].grid.shape[2] if grid else None)
+            losses = {"logits": masked_loss}
+            if model.conditioned:
+                losses["abnormal"] = keras.losses.BinaryCrossentropy(from_logits=True)
+            model.train_model.compile(optimizer="adam", loss=losses,
+                                      metrics={"logits": [MaskedAccuracy()]}, jit_compile=False)
+            data = make_dataset(split["train"], model, train_params.batch_size, True, 0)
+            batches = iter(data.repeat())
+            for _ in range(args.warmup):
+                model.train_model.train_on_batch(*next(batches))
+            began = time.perf_counter()
+            for _ in range(args.steps):
+                model.train_model.train_on_batch(*next(batches))
+            per_step = (time.perf_counter() - began) / args.steps
+            steps = int(data.cardinality())
+            began = time.perf_counter()
+            Decoder(model, vocab).decode(split["val"].inputs(), DecodeParams(method="greedy"))
+            validation = time.perf_counter() - began
+            rows.append({"kind": kind, "parameters": model.train_model.count_params(),
+                         "train_studies": len(split["train"]), "batch": train_params.batch_size,
+                         "steps_per_epoch": steps, "s_per_step": round(per_step, 3),
+                         "s_per_epoch": round(per_step * steps, 1),
+                         "val_decode_s": round(validation, 1)})
+    table = pd.DataFrame(rows)
+    if "merge" in set(table["kind"]):
+        base = table.loc[table["kind"] == "merge", "s_per_epoch"].iloc[0]
+        table["epoch_vs_merge"] = (table["s_per_epoch"] / base).round(2)
+    print(table.to_string(index=False))
+    total = table["s_per_epoch"] + table["val_decode_s"]
+    print("\nepoch incl. validation decoding (s): " + ", ".join(
+        f"{k} {v:.0f}" for k, v in zip(table["kind"], total, strict=True)))
+    assert all(math.isfinite(v) for v in table["s_per_epoch"])
+
+
+if __name__ == "__main__":
+    main()

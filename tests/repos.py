@@ -1,0 +1,73 @@
+"""Throwaway copies of this repo as real git + DVC repos, and a runner for their commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .conftest import GLOVE, REPO
+
+DVC = str(Path(sys.executable).parent / "dvc")
+GIT_USER = ("-c", "user.name=test", "-c", "user.email=test@example.org")
+# Small random-weight features and a tiny model keep the pipeline tests fast; the real weights
+# are tested elsewhere.
+SMALL = {"features": {"weights": "none", "image_size": 71, "batch_size": 16},
+         "embeddings": {"glove": str(GLOVE)},
+         "model": {"units": 32, "layers": 1, "grid_pool": 1},
+         "train": {"epochs": 2, "batch_size": 16}}
+
+
+def env() -> dict:
+    variables = dict(os.environ)
+    variables["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{variables['PATH']}"
+    return variables
+
+
+def run(*args: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env())
+
+
+def sh(*args: str, cwd: Path, timeout: float = 1800) -> str:
+    result = run(*args, cwd=cwd, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def git(*args: str, cwd: Path) -> str:
+    return sh("git", *GIT_USER, *args, cwd=cwd)
+
+
+def copy_working_tree(target: Path) -> None:
+    """The working tree as git sees it (tracked and untracked-not-ignored)."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        source = REPO / name.decode()
+        if source.is_file():
+            (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name.decode())
+
+
+def set_params(repo: Path, **sections: dict) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def small_pipeline_repo(repo: Path) -> Path:
+    """A committed copy of this repo on branch `main`, set to the small params."""
+    repo.mkdir(parents=True)
+    copy_working_tree(repo)
+    set_params(repo, **SMALL)
+    sh("git", "init", "-q", "-b", "main", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "copy", cwd=repo)
+    return repo

