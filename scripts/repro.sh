@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source .venv/bin/activate
 dvc repro "$@"
-dvc metrics show
+if [ -f metrics/evaluate.json ]; then
+  cxr scores metrics/evaluate.json   # every metric: `dvc metrics show`
+  echo "report: reports/test/index.html"
+fi

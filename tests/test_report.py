@@ -50,3 +50,22 @@ def test_attention_payload_and_charts() -> None:
     assert svg.startswith("<svg") and svg.count("<polyline") == 2
     bars = bar_chart([("no acute findings .", 10.0), ("<b>", 2.0)], "top")
     assert "&lt;b&gt;" in bars and bars.count("<rect") == 2
+
+
+def test_scores_command_prints_the_table(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "evaluate.json"
+    path.write_text(json.dumps({"kind": "merge", "test_studies": 3, **{
+        s: {"bleu4": 0.25, "distinct": 2, "clinical": {"abnormal": {"f1": 0.5}}}
+        for s in ("model", "constant", "nearest_neighbour")}}))
+    out = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "merge model, 3 test studies" in out
+    assert [line.split()[-1] for line in out.splitlines() if line.startswith("BLEU-4")] == [
+        "0.250"]
+    missing = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores",
+                              str(tmp_path / "none.json")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not found" in missing.stderr

@@ -47,7 +47,10 @@ def line_chart(series: dict[str, Sequence[tuple[float, float]]], title: str, x_l
                      'class="grid"/>'
                      f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" class="tick" '
                      f'text-anchor="end">{_format(y)}</text>')
-    for x in _ticks(x0, x1, min(6, len(set(xs)))):
+    x_ticks = _ticks(x0, x1, min(6, len(set(xs))))
+    if all(float(x).is_integer() for x in xs):  # steps, epochs, buckets: whole numbers only
+        x_ticks = sorted({round(x) for x in x_ticks})
+    for x in x_ticks:
         parts.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" class="tick" '
                      f'text-anchor="middle">{_format(x)}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 8}" class="axis" '

@@ -3,6 +3,7 @@
     cxr predict FRONTAL.png [LATERAL.png] --model models/ [--explain heatmaps.png]
     cxr predict --projections indiana_projections.csv --images DIR --model models/ \\
         --out predictions.csv
+    cxr scores [metrics/evaluate.json]      the model against the baselines, as a table
 """
 
 from __future__ import annotations
@@ -31,8 +32,30 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--out", type=Path, help="batch: the CSV to write (uid,impression)")
     predict.add_argument("--explain", type=Path, metavar="PNG",
                          help="one study: also write where each word looked, as a PNG")
+    scores = commands.add_parser("scores", help="print the model against the baselines")
+    scores.add_argument("metrics", nargs="?", default="metrics/evaluate.json", type=Path)
     args = cli.parse_args(_batch_alias(argv if argv is not None else sys.argv[1:]))
-    run_stage(lambda: _predict(args))
+    if args.command == "scores":
+        run_stage(lambda: _scores(args.metrics))
+    else:
+        run_stage(lambda: _predict(args))
+
+
+def _scores(path: Path) -> None:
+    import json
+
+    from .errors import InputError
+    from .report import score_rows
+
+    if not path.is_file():
+        raise InputError(f"{path}: not found (run the evaluate stage: `dvc repro evaluate`)")
+    scores = json.loads(path.read_text())
+    rows = score_rows(scores)
+    width = max(len(r[0]) for r in rows)
+    print(f"{scores.get('kind', '?')} model, {scores.get('test_studies', '?')} test studies "
+          f"({path})")
+    for row in rows:
+        print(f"{row[0]:<{width}}  " + "  ".join(f"{c:>10}" for c in row[1:]))
 
 
 def _batch_alias(argv: list[str]) -> list[str]:

@@ -43,7 +43,7 @@ def overlay(image, grid: np.ndarray, peak: float, size: int = PANEL):
     level = np.asarray(Image.fromarray((grid / max(peak, 1e-12) * 255).astype(np.uint8))
                        .resize((size, size), Image.BILINEAR), dtype=np.float64) / 255.0
     heat = colourise(level).astype(np.float64)
-    alpha = (0.25 + 0.5 * level)[..., None]
+    alpha = (0.1 + 0.68 * level)[..., None]  # as the report page: 25 + 175 * v of 255
     blended = np.asarray(base, dtype=np.float64) * (1 - alpha) + heat * alpha
     return Image.fromarray(blended.round().astype(np.uint8))
 

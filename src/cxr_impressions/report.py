@@ -51,12 +51,30 @@ def _value(scores: dict, system: str, metric: str) -> float | None:
     return clinical.get(metric)
 
 
+HEADLINE = [(m, NAMES[m]) for m in TEXT_METRICS] + [
+    ("abnormal_precision", "abnormal precision"), ("abnormal_recall", "abnormal recall"),
+    ("abnormal_f1", "abnormal F1"), ("findings_macro_f1", "findings macro-F1")]
+
+
+def _cell(metric: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0f}" if metric == "distinct" else f"{value:.3f}"
+
+
+def score_rows(scores: dict) -> list[tuple[str, ...]]:
+    """The headline table as text rows: a header, then a metric per row."""
+    rows = [("metric", *SYSTEMS.values())]
+    for metric, label in HEADLINE:
+        rows.append((label, *(_cell(metric, _value(scores, s, metric)) for s in SYSTEMS)))
+    return rows
+
+
 def headline_table(scores: dict) -> str:
     """Every metric for the model and both baselines, the best of each row in bold."""
-    rows = [("text", None)] + [(m, NAMES[m]) for m in TEXT_METRICS] + [
-        ("clinical (labeller on reference vs generated)", None),
-        ("abnormal_precision", "abnormal precision"), ("abnormal_recall", "abnormal recall"),
-        ("abnormal_f1", "abnormal F1"), ("findings_macro_f1", "findings macro-F1")]
+    rows = [("text", None), *HEADLINE[:len(TEXT_METRICS)],
+            ("clinical (labeller on reference vs generated)", None),
+            *HEADLINE[len(TEXT_METRICS):]]
     header = "".join(f"<th>{escape(label)}</th>" for label in SYSTEMS.values())
     body = []
     for metric, label in rows:
@@ -68,8 +86,7 @@ def headline_table(scores: dict) -> str:
         known = [v for v in values.values() if v is not None]
         best = max(known) if known else None
         cells = "".join(
-            f'<td class="{"best" if v is not None and v == best else ""}">'
-            f'{"–" if v is None else (f"{v:.0f}" if metric == "distinct" else f"{v:.3f}")}</td>'
+            f'<td class="{"best" if v is not None and v == best else ""}">{_cell(metric, v)}</td>'
             for v in values.values())
         body.append(f'<tr data-metric="{metric}"><td>{escape(label)}</td>{cells}</tr>')
     return (f'<table class="scores" id="headline"><thead><tr><th>metric</th>{header}</tr>'

@@ -11,7 +11,7 @@ table.scores th, table.scores td { border-bottom: 1px solid #ddd; padding: 3px 1
 table.scores th:first-child, table.scores td:first-child { text-align: left; }
 table.scores td.best { font-weight: 700; background: #eef6ee; }
 table.scores tr.group td { font-weight: 600; background: #f4f4f4; text-align: left; }
-.charts { display: flex; flex-wrap: wrap; gap: 12px; }
+.charts { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 .chart { width: 460px; max-width: 100%; background: #fff; border: 1px solid #eee; }
 .chart .chart-title { font-size: 13px; font-weight: 600; text-anchor: middle; }
 .chart .tick { font-size: 10px; fill: #444; } .chart .axis { font-size: 11px; fill: #333; }
@@ -104,7 +104,7 @@ SCRIPT = """
       for (let r = 0; r < regions; r++) {
         const v = weights[view * regions + r] / peak;
         const [red, green, blue] = colour(v);
-        pixels.data.set([red, green, blue, Math.round(60 + 150 * v)], r * 4);
+        pixels.data.set([red, green, blue, Math.round(25 + 175 * v)], r * 4);
       }
       context.putImageData(pixels, 0, 0);
       const target = canvas.getContext('2d');
