@@ -38,10 +38,10 @@ def main() -> None:
     from cxr_impressions.config import DecodeParams, load_section
     from cxr_impressions.decoding import Decoder
     from cxr_impressions.feature_store import FeatureStore
-    from cxr_impressions.models import MaskedAccuracy, build_model, masked_loss
+    from cxr_impressions.models import build_model
     from cxr_impressions.studies import load_studies
     from cxr_impressions.tokenizer import Vocabulary
-    from cxr_impressions.training import make_dataset
+    from cxr_impressions.training import compile_for_training, make_dataset
 
     model_params = load_section("model")
     train_params = load_section("train")
@@ -60,11 +60,7 @@ def main() -> None:
             keras.utils.set_random_seed(0)
             model = build_model(params, matrix, store.dim, vocab.max_len,
                                 split["train"].grid.shape[2] if grid else None)
-            losses = {"logits": masked_loss}
-            if model.conditioned:
-                losses["abnormal"] = keras.losses.BinaryCrossentropy(from_logits=True)
-            model.train_model.compile(optimizer="adam", loss=losses,
-                                      metrics={"logits": [MaskedAccuracy()]}, jit_compile=False)
+            compile_for_training(model, train_params.learning_rate)
             data = make_dataset(split["train"], model, train_params.batch_size, True, 0)
             batches = iter(data.repeat())
             for _ in range(args.warmup):

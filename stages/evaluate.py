@@ -58,9 +58,10 @@ def main() -> None:
                              bundle.vocab)
 
     decoder = Decoder(bundle.model, bundle.vocab, bundle.threshold)
-    decoded = decoder.decode(test.inputs(), decode)
+    inputs = test.inputs()
+    decoded = decoder.decode(inputs, decode)
     generated = decoder.texts(decoded)
-    maps = (decoder.explain(test.inputs(), decoded)
+    maps = (decoder.explain(inputs, decoded)
             if "attention" in bundle.model.decoder.output else [])
     save_attention(args.attention, test.uids, maps)
     systems = {

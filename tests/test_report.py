@@ -69,3 +69,16 @@ def test_scores_command_prints_the_table(tmp_path) -> None:
     missing = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores",
                               str(tmp_path / "none.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_scores_command_rejects_a_malformed_file(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "evaluate.json"
+    path.write_text('{"model": ')
+    result = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(f"error: {path}: not a metrics JSON file")
+    assert len(result.stderr.strip().splitlines()) == 1

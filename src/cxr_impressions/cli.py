@@ -49,7 +49,10 @@ def _scores(path: Path) -> None:
 
     if not path.is_file():
         raise InputError(f"{path}: not found (run the evaluate stage: `dvc repro evaluate`)")
-    scores = json.loads(path.read_text())
+    try:
+        scores = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a metrics JSON file ({exc})") from None
     rows = score_rows(scores)
     width = max(len(r[0]) for r in rows)
     print(f"{scores.get('kind', '?')} model, {scores.get('test_studies', '?')} test studies "

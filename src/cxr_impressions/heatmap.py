@@ -26,11 +26,17 @@ def colourise(values: np.ndarray) -> np.ndarray:
     return (RAMP[low] + frac * (RAMP[low + 1] - RAMP[low])).round().astype(np.uint8)
 
 
+def grid_side(regions: int) -> int | None:
+    """The side of a square grid of `regions` regions; None if they don't make a square."""
+    side = int(round(regions ** 0.5))
+    return side if side * side == regions else None
+
+
 def view_maps(weights: np.ndarray) -> np.ndarray:
     """One attention row (2 * side * side,) -> (2, side, side), frontal then lateral."""
     regions = weights.shape[-1] // 2
-    side = int(round(regions ** 0.5))
-    if side * side != regions:
+    side = grid_side(regions)
+    if side is None:
         raise ValueError(f"{regions} regions per view are not a square grid")
     return weights.reshape(2, side, side)
 

@@ -64,14 +64,18 @@ def _embedding(matrix: np.ndarray, params: ModelParams, mask_zero: bool) -> laye
         embeddings_initializer=keras.initializers.Constant(matrix), name="glove_embedding")
 
 
+def _mean_of_views(inputs: dict[str, keras.KerasTensor]) -> keras.KerasTensor:
+    """The pooled vectors averaged over the study's views (an empty slot counts for nothing)."""
+    views = ops.expand_dims(inputs["views"], -1)
+    return ops.sum(inputs["pooled"] * views, axis=1) / ops.maximum(ops.sum(views, axis=1), 1.0)
+
+
 def _abnormal_head(inputs: dict[str, keras.KerasTensor], params: ModelParams
                    ) -> dict[str, keras.KerasTensor]:
     """{"abnormal": logits (batch, 1)} from the views' mean pooled vector, if conditioned."""
     if params.condition == "none":
         return {}
-    views = ops.expand_dims(inputs["views"], -1)
-    mean = ops.sum(inputs["pooled"] * views, axis=1) / ops.maximum(ops.sum(views, axis=1), 1.0)
-    mean = layers.Dropout(params.dropout, name="abnormal_dropout")(mean)
+    mean = layers.Dropout(params.dropout, name="abnormal_dropout")(_mean_of_views(inputs))
     return {"abnormal": layers.Dense(1, name="abnormal_head")(mean)}
 
 
@@ -103,9 +107,7 @@ def _lstm_decoder_inputs(params: ModelParams, matrix: np.ndarray, max_len: int
 
 def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int) -> CaptionModel:
     inputs = _study_inputs(feature_dim, None)
-    views = ops.expand_dims(inputs["views"], -1)
-    mean = ops.sum(inputs["pooled"] * views, axis=1) / ops.maximum(ops.sum(views, axis=1), 1.0)
-    image = layers.Dropout(params.dropout, name="image_dropout")(mean)
+    image = layers.Dropout(params.dropout, name="image_dropout")(_mean_of_views(inputs))
     image = layers.Dense(params.units, activation="relu", name="image_dense")(image)
     encoder = keras.Model(inputs, {"image": image, **_abnormal_head(inputs, params)},
                           name="merge_encoder")

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .charts import PALETTE, bar_chart, line_chart
+from .heatmap import grid_side
 from .report_assets import SCRIPT, STYLE
 
 SYSTEMS = {"model": "model", "constant": "constant", "nearest_neighbour": "1-NN"}
@@ -199,9 +200,8 @@ def attention_payload(attention: dict[str, np.ndarray]) -> dict[str, dict]:
     """{uid: {"side": s, "maps": [[2 * s * s weights] per word]}} for the page's script."""
     payload = {}
     for uid, maps in attention.items():
-        regions = maps.shape[1] // 2
-        side = int(round(regions ** 0.5))
-        if side * side != regions:
+        side = grid_side(maps.shape[1] // 2)
+        if side is None:
             continue  # not a square grid: nothing to draw
         payload[uid] = {"side": side,
                         "maps": np.round(maps.astype(np.float64), 4).tolist()}

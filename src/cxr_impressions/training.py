@@ -150,6 +150,20 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray) -> tuple[flo
     return best_t, best_f1
 
 
+def compile_for_training(caption_model: CaptionModel, learning_rate: float) -> None:
+    """Compile the training model: masked caption loss and accuracy, plus, when conditioned,
+    the abnormal head's cross-entropy and AUC."""
+    losses: dict[str, object] = {"logits": masked_loss}
+    metrics: dict[str, list] = {"logits": [MaskedAccuracy()]}
+    if caption_model.conditioned:
+        losses["abnormal"] = keras.losses.BinaryCrossentropy(from_logits=True)
+        metrics["abnormal"] = [keras.metrics.AUC(from_logits=True, name="auc")]
+    # Keras' default jit_compile="auto" turns XLA on, which is several times slower on CPU here.
+    caption_model.train_model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0), loss=losses,
+        metrics=metrics, jit_compile=False)
+
+
 def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, val_set: Studies,
           params: TrainParams, state_dir: Path, live_dir: Path) -> dict[str, object]:
     """Fit with teacher forcing; leave the best validation epoch's weights in the model."""
@@ -157,14 +171,7 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     from dvclive.keras import DVCLiveCallback
 
     model = caption_model.train_model
-    losses: dict[str, object] = {"logits": masked_loss}
-    metrics: dict[str, list] = {"logits": [MaskedAccuracy()]}
-    if caption_model.conditioned:
-        losses["abnormal"] = keras.losses.BinaryCrossentropy(from_logits=True)
-        metrics["abnormal"] = [keras.metrics.AUC(from_logits=True, name="auc")]
-    # Keras' default jit_compile="auto" turns XLA on, which is several times slower on CPU here.
-    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate, clipnorm=5.0),
-                  loss=losses, metrics=metrics, jit_compile=False)
+    compile_for_training(caption_model, params.learning_rate)
     state_dir.mkdir(parents=True, exist_ok=True)
     resuming = (state_dir / "selection.json").exists()
     selection = SelectOnValidation(params.monitor, params.patience, state_dir)
