@@ -31,8 +31,12 @@ def main() -> None:
     cli.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"))
     args = cli.parse_args()
 
+    from cxr_impressions.captioning.predict import (
+        Predictor,
+        predict_batch,
+        studies_from_projections,
+    )
     from cxr_impressions.config import DecodeParams
-    from cxr_impressions.predict import Predictor, predict_batch, studies_from_projections
 
     sample = Path(args.sample)
     studies, _ = studies_from_projections(sample / "indiana_projections.csv", sample / "images")

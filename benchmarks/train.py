@@ -35,31 +35,29 @@ def main() -> None:
     os.chdir(args.repo)  # params.yaml and the outputs' paths are relative to the checkout
     import keras
 
+    from cxr_impressions.captioning.decoding import Decoder
+    from cxr_impressions.captioning.models import build_model
+    from cxr_impressions.captioning.studies import load_split
+    from cxr_impressions.captioning.training import compile_for_training, make_dataset
     from cxr_impressions.config import DecodeParams, load_section
-    from cxr_impressions.decoding import Decoder
-    from cxr_impressions.feature_store import FeatureStore
-    from cxr_impressions.models import build_model
-    from cxr_impressions.studies import load_studies
-    from cxr_impressions.tokenizer import Vocabulary
-    from cxr_impressions.training import compile_for_training, make_dataset
+    from cxr_impressions.data.tokenizer import Vocabulary
+    from cxr_impressions.features.store import FeatureStore
 
     model_params = load_section("model")
     train_params = load_section("train")
     backbone = load_section("features").backbone
     vocab = Vocabulary.load("data/clean/vocab.json")
-    examples = pd.read_parquet("data/clean/examples.parquet")
-    images = pd.read_parquet("data/clean/images.parquet")
     matrix = np.load("data/embeddings/matrix.npy")
     rows = []
     with FeatureStore(f"features/{backbone}.h5") as store:
         for kind in args.kinds.split(","):
             params = dataclasses.replace(model_params, kind=kind)
-            grid = kind == "transformer"
-            split = {s: load_studies(examples[examples["split"] == s], images, store, vocab,
-                                     grid, params.grid_pool) for s in ("train", "val")}
+            grid_pool = params.grid_pool if params.needs_grid else None
+            split = {s: load_split("data/clean", s, store, vocab, grid_pool)
+                     for s in ("train", "val")}
             keras.utils.set_random_seed(0)
             model = build_model(params, matrix, store.dim, vocab.max_len,
-                                split["train"].grid.shape[2] if grid else None)
+                                split["train"].grid.shape[2] if params.needs_grid else None)
             compile_for_training(model, train_params.learning_rate)
             data = make_dataset(split["train"], model, train_params.batch_size, True, 0)
             batches = iter(data.repeat())

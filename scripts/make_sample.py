@@ -11,7 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxr_impressions.layout import PROJECTIONS_CSV, REPORTS_CSV, canonical_image_id, index_images
+from cxr_impressions.data.layout import (
+    PROJECTIONS_CSV,
+    REPORTS_CSV,
+    canonical_image_id,
+    index_images,
+)
 
 
 def main() -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_impressions import eda
 from cxr_impressions.atomic import write_csv, write_json, write_parquet
-from cxr_impressions.clean import clean_reports
 from cxr_impressions.config import load_section
+from cxr_impressions.data import eda
+from cxr_impressions.data.clean import clean_reports
 from cxr_impressions.stage import run_stage
 
 

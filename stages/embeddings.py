@@ -9,9 +9,9 @@ import pandas as pd
 
 from cxr_impressions.atomic import atomic_path, write_csv, write_json
 from cxr_impressions.config import load_section
-from cxr_impressions.embeddings import build_matrix, coverage, read_glove
+from cxr_impressions.data.embeddings import build_matrix, coverage, read_glove
+from cxr_impressions.data.tokenizer import Vocabulary
 from cxr_impressions.stage import run_stage
-from cxr_impressions.tokenizer import Vocabulary
 
 
 def main() -> None:

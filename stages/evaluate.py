@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_impressions.atomic import write_csv, write_json
+from cxr_impressions.atomic import write_json
 from cxr_impressions.config import load_section
 from cxr_impressions.stage import run_stage
 
@@ -27,35 +27,30 @@ def main() -> None:
     decode = load_section("decode")
     params = load_section("evaluate")
 
-    from cxr_impressions.baselines import (
+    from cxr_impressions.captioning.bundle import load_bundle
+    from cxr_impressions.captioning.decoding import Decoder
+    from cxr_impressions.captioning.studies import load_split
+    from cxr_impressions.evaluation.baselines import (
         constant_baseline,
         nearest_neighbour_baseline,
         study_vectors,
     )
-    from cxr_impressions.bundle import load_bundle
-    from cxr_impressions.decoding import Decoder
-    from cxr_impressions.evaluation import (
-        by_reference_length,
-        confusion_table,
+    from cxr_impressions.evaluation.scoring import MeteorScorer
+    from cxr_impressions.evaluation.tables import (
         evaluate_systems,
         per_study_table,
         save_attention,
         validate_labeller,
+        write_tables,
     )
-    from cxr_impressions.feature_store import FeatureStore
-    from cxr_impressions.scoring import MeteorScorer
-    from cxr_impressions.studies import load_studies
+    from cxr_impressions.features.store import FeatureStore
 
     bundle = load_bundle(args.model)
-    clean = Path(args.clean)
-    examples = pd.read_parquet(clean / "examples.parquet")
-    images = pd.read_parquet(clean / "images.parquet")
-    with_grid = bundle.model.kind == "transformer"
+    examples = pd.read_parquet(Path(args.clean) / "examples.parquet")
+    grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     with FeatureStore(args.features) as store:
-        test = load_studies(examples[examples["split"] == "test"], images, store, bundle.vocab,
-                            with_grid, bundle.config["model"]["grid_pool"])
-        train = load_studies(examples[examples["split"] == "train"], images, store,
-                             bundle.vocab)
+        test = load_split(args.clean, "test", store, bundle.vocab, grid_pool)
+        train = load_split(args.clean, "train", store, bundle.vocab)
 
     decoder = Decoder(bundle.model, bundle.vocab, bundle.threshold)
     inputs = test.inputs()
@@ -79,15 +74,9 @@ def main() -> None:
     finally:
         meteor.close()
 
-    table = per_study_table(test.uids, test.texts, systems, normal)
-    table.insert(table.columns.get_loc("model_abnormal") + 1, "model_abnormal_probability",
-                 [None if d.abnormal is None else round(d.abnormal, 4) for d in decoded])
-    tables = Path(args.tables)
-    write_csv(tables / "per_study.csv", table)
-    write_csv(tables / "worst.csv", table.sort_values(["model_bleu4", "model_rouge_l"])
-              .head(params.worst))
-    write_csv(tables / "by_reference_length.csv", by_reference_length(table, list(systems)))
-    write_csv(tables / "confusion.csv", confusion_table(table, "model"))
+    table = per_study_table(test.uids, test.texts, systems, normal,
+                            [d.abnormal for d in decoded])
+    write_tables(args.tables, table, list(systems), params.worst)
     write_json(args.decoding, dataclasses.asdict(decode))
     write_json(args.metrics, {
         "kind": bundle.model.kind, "test_studies": len(test),

@@ -21,11 +21,11 @@ def main() -> None:
     args = cli.parse_args()
 
     params = load_section("features")
-    from cxr_impressions.features import configure_threads
+    from cxr_impressions.features.extraction import configure_threads
 
     configure_threads(params.threads)
-    from cxr_impressions.backbones import get_spec, resolve_weights
-    from cxr_impressions.features import extract_features
+    from cxr_impressions.features.backbones import get_spec, resolve_weights
+    from cxr_impressions.features.extraction import extract_features
 
     weights = resolve_weights(get_spec(params.backbone), params.weights, params.weights_dir,
                               params.allow_download)

@@ -4,8 +4,8 @@ import argparse
 
 from cxr_impressions.atomic import write_json, write_parquet
 from cxr_impressions.config import load_section
-from cxr_impressions.layout import resolve_layout
-from cxr_impressions.parse import parse_counts, parse_inputs
+from cxr_impressions.data.layout import resolve_layout
+from cxr_impressions.data.parse import parse_counts, parse_inputs
 from cxr_impressions.stage import run_stage
 
 

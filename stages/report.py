@@ -24,9 +24,9 @@ def main() -> None:
     args = cli.parse_args()
     params = load_section("report")
 
-    from cxr_impressions.evaluation import load_attention
-    from cxr_impressions.report import build_report, load_curves
-    from cxr_impressions.studies import view_slots
+    from cxr_impressions.data.layout import view_slots
+    from cxr_impressions.evaluation.tables import load_attention
+    from cxr_impressions.reporting.page import build_report, load_curves
 
     tables = Path(args.tables)
     table = pd.read_csv(tables / "per_study.csv")

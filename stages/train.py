@@ -1,14 +1,10 @@
 """train: a caption model on cached features and the GloVe matrix, selected on validation."""
 
 import argparse
-import dataclasses
-import hashlib
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cxr_impressions.atomic import write_json
 from cxr_impressions.config import load_section
@@ -32,38 +28,27 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from cxr_impressions.bundle import bundle_config, save_bundle
-    from cxr_impressions.decoding import Decoder
-    from cxr_impressions.feature_store import FeatureStore
-    from cxr_impressions.models import build_model
-    from cxr_impressions.studies import load_studies
-    from cxr_impressions.tokenizer import Vocabulary
-    from cxr_impressions.training import choose_threshold, train
+    from cxr_impressions.captioning.bundle import bundle_config, save_bundle
+    from cxr_impressions.captioning.decoding import Decoder
+    from cxr_impressions.captioning.models import build_model
+    from cxr_impressions.captioning.studies import load_split
+    from cxr_impressions.captioning.training import choose_threshold, prepare_state_dir, train
+    from cxr_impressions.data.tokenizer import Vocabulary
+    from cxr_impressions.features.store import FeatureStore
 
     keras.utils.set_random_seed(params.seed)
     tf.config.experimental.enable_op_determinism()
-    clean = Path(args.clean)
-    vocab = Vocabulary.load(clean / "vocab.json")
-    examples = pd.read_parquet(clean / "examples.parquet")
-    images = pd.read_parquet(clean / "images.parquet")
+    vocab = Vocabulary.load(Path(args.clean) / "vocab.json")
     matrix = np.load(args.embeddings)
-    with_grid = model_params.kind == "transformer"
+    grid_pool = model_params.grid_pool if model_params.needs_grid else None
     with FeatureStore(args.features) as store:
-        splits = {s: load_studies(examples[examples["split"] == s], images, store, vocab,
-                                  with_grid, model_params.grid_pool) for s in ("train", "val")}
+        splits = {s: load_split(args.clean, s, store, vocab, grid_pool) for s in ("train", "val")}
         feature_dim = store.dim
-    regions = splits["train"].grid.shape[2] if with_grid else None
+    regions = splits["train"].grid.shape[2] if model_params.needs_grid else None
 
     out = Path(args.out)
     state_dir = out / ".train-state"  # DVC deletes only the declared files in `out`
-    fingerprint = hashlib.sha256(json.dumps(
-        [dataclasses.asdict(model_params), dataclasses.asdict(params), len(vocab),
-         splits["train"].uids.tolist()], sort_keys=True).encode()).hexdigest()
-    stamp = state_dir / "fingerprint"
-    if state_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
-        shutil.rmtree(state_dir)  # left by a run with other params or data
-    state_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fingerprint)
+    prepare_state_dir(state_dir, model_params, params, vocab, splits["train"].uids)
 
     model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions)
     summary = train(model, vocab, splits["train"], splits["val"], params, state_dir,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import GLOVE, REPO
+from .helpers import GLOVE, REPO
 
 DVC = str(Path(sys.executable).parent / "dvc")
 GIT_USER = ("-c", "user.name=test", "-c", "user.email=test@example.org")

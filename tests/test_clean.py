@@ -4,14 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_impressions.clean import clean_reports, r2gen_split, random_split
 from cxr_impressions.config import CleanParams
-from cxr_impressions.layout import resolve_layout
-from cxr_impressions.parse import parse_inputs
-from cxr_impressions.text import normalise, sentences
-from cxr_impressions.tokenizer import Vocabulary
+from cxr_impressions.data.clean import clean_reports, r2gen_split, random_split
+from cxr_impressions.data.layout import resolve_layout
+from cxr_impressions.data.parse import parse_inputs
+from cxr_impressions.data.text import normalise, sentences
+from cxr_impressions.data.tokenizer import Vocabulary
 
-from .conftest import IUXRAY, SAMPLE, needs_shared
+from .helpers import IUXRAY, SAMPLE, needs_shared
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_impressions.embeddings import build_matrix, coverage, read_glove
+from cxr_impressions.data.embeddings import build_matrix, coverage, read_glove
+from cxr_impressions.data.tokenizer import Vocabulary
 from cxr_impressions.errors import InputError
-from cxr_impressions.tokenizer import Vocabulary
 
 VOCAB = Vocabulary(("<pad>", "<unk>", "startseq", "endseq", "lungs", "clear", ".", "zzqx"),
                    "startseq", "endseq", 10)

@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_impressions.backbones import get_spec, resolve_weights
 from cxr_impressions.config import FeaturesParams
+from cxr_impressions.data.images import load_image
 from cxr_impressions.errors import InputError
-from cxr_impressions.feature_store import FeatureStore
-from cxr_impressions.features import extract_features, partial_dir
-from cxr_impressions.images import load_image
+from cxr_impressions.features.backbones import get_spec, resolve_weights
+from cxr_impressions.features.extraction import extract_features, partial_dir
+from cxr_impressions.features.store import FeatureStore
 
-from .conftest import IUXRAY, REPO, SAMPLE, XCEPTION_WEIGHTS, needs_shared, write_params
+from .helpers import IUXRAY, REPO, SAMPLE, XCEPTION_WEIGHTS, needs_shared, write_params
 
 SMALL = FeaturesParams(weights="none", image_size=71, batch_size=4)
 

@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from cxr_impressions.data.layout import canonical_image_id, index_images, resolve_layout
 from cxr_impressions.errors import InputError
-from cxr_impressions.layout import canonical_image_id, index_images, resolve_layout
 
-from .conftest import SAMPLE
+from .helpers import SAMPLE
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cxr_impressions.data.layout import resolve_layout
+from cxr_impressions.data.parse import parse_counts, parse_inputs, parse_xml_report, read_kaggle_csv
 from cxr_impressions.errors import InputError
-from cxr_impressions.layout import resolve_layout
-from cxr_impressions.parse import parse_counts, parse_inputs, parse_xml_report, read_kaggle_csv
 
-from .conftest import IUXRAY, SAMPLE, needs_shared, run_stage, write_params
+from .helpers import IUXRAY, SAMPLE, needs_shared, run_stage, write_params
 
 
 def test_sample_csv_tables() -> None:

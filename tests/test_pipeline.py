@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SHARED, needs_shared
+from .helpers import SHARED, needs_shared
 from .repos import DVC, env, set_params, sh, small_pipeline_repo
 
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")

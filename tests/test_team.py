@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SHARED, needs_shared
+from .helpers import SHARED, needs_shared
 from .repos import DVC, env, git, run, set_params, sh, small_pipeline_repo
 from .seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, free_port, weed_binary
 
@@ -81,7 +81,7 @@ def clone(origin: Path, target: Path) -> Path:
 
 
 def test_team_remote_is_declared_without_credentials() -> None:
-    from .conftest import REPO
+    from .helpers import REPO
 
     config = (REPO / ".dvc" / "config").read_text()
     assert "remote = team" in config and "url = s3://" in config

@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from .stage import run_stage
+
 
 def main(argv: list[str] | None = None) -> None:
-    from .stage import run_stage
-
     cli = argparse.ArgumentParser(prog="cxr", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = cli.add_subparsers(dest="command", required=True)
@@ -45,7 +45,7 @@ def _scores(path: Path) -> None:
     import json
 
     from .errors import InputError
-    from .report import score_rows
+    from .reporting.page import score_rows
 
     if not path.is_file():
         raise InputError(f"{path}: not found (run the evaluate stage: `dvc repro evaluate`)")
@@ -72,8 +72,8 @@ def _predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from .atomic import atomic_path, write_csv
+    from .captioning.predict import Predictor, Study, predict_batch, studies_from_projections
     from .errors import InputError
-    from .predict import Predictor, Study, predict_batch, studies_from_projections
 
     batch = args.projections is not None
     if batch and (args.image_dir is None or args.out is None):
@@ -90,7 +90,10 @@ def _predict(args: argparse.Namespace) -> None:
         if args.explain is None:
             print(predictor.predict([study])[0])
             return
-        text, figure = predictor.explain(study)
+        from .reporting.heatmaps import explain_figure
+
+        text, images, maps = predictor.explain(study)
+        figure = explain_figure(images, text.split(), maps)
         with atomic_path(args.explain, suffix=".png") as tmp:
             figure.save(tmp, format="PNG")
         print(text)

@@ -98,6 +98,11 @@ class ModelParams:
     grid_pool: int = at_least(1, 1)  # transformer: average-pool the 10x10 grid by this factor
     condition: Literal["abnormal", "none"] = "abnormal"  # decode conditioned on a predicted label
 
+    @property
+    def needs_grid(self) -> bool:
+        """Whether the model reads the spatial grid of regions (else the pooled vectors)."""
+        return self.kind == "transformer"
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:

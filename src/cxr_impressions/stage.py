@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
+
+VERBOSE_ENV = "CXR_VERBOSE"
+
+
+def quiet_logs() -> None:
+    """Hide TensorFlow's start-up chatter (C++ oneDNN and absl lines), which buries the progress
+    bars and the one-line errors, unless `CXR_VERBOSE=1`. Must run before TensorFlow loads."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+quiet_logs()  # stage scripts and the CLI import this module before anything loads TensorFlow
 
 
 def run_stage(main: Callable[[], None]) -> None:

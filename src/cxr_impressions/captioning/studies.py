@@ -7,14 +7,17 @@ the empty slot, and the pooled-vector models use the one image for both slots.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .feature_store import FeatureStore
-from .labeller import label_text
-from .tokenizer import Vocabulary
+from ..data.labeller import label_text
+from ..data.layout import view_slots
+from ..data.tokenizer import Vocabulary
+from ..features.store import FeatureStore
 
 
 @dataclass
@@ -37,19 +40,6 @@ class Studies:
         if self.grid is not None:
             out["grid"] = self.grid[index]
         return out
-
-
-def view_slots(images: pd.DataFrame) -> pd.DataFrame:
-    """Per report uid: the frontal and lateral image ids ("" where missing)."""
-    rows = []
-    for uid, group in images.sort_values("image_id").groupby("uid", sort=True):
-        frontal = group.loc[group["view"] == "frontal", "image_id"].tolist()
-        lateral = group.loc[group["view"] == "lateral", "image_id"].tolist()
-        others = [i for i in group["image_id"] if i not in frontal[:1] + lateral[:1]]
-        first = frontal[0] if frontal else (others.pop(0) if others else lateral.pop(0))
-        second = lateral[0] if lateral else ""
-        rows.append({"uid": uid, "frontal": first, "lateral": second})
-    return pd.DataFrame(rows, columns=["uid", "frontal", "lateral"])
 
 
 def pool_grid(grid: np.ndarray, factor: int) -> np.ndarray:
@@ -96,3 +86,14 @@ def load_studies(examples: pd.DataFrame, images: pd.DataFrame, store: FeatureSto
         abnormal=np.array([label_text(t)["abnormal"] for t in slots["text"]], dtype=np.float32),
         grid=grid,
     )
+
+
+def load_split(clean_dir: str | os.PathLike[str], split: str, store: FeatureStore,
+               vocab: Vocabulary, grid_pool: int | None = None) -> Studies:
+    """The studies of one split of the clean stage's output; `grid_pool` (None: no grid) pools
+    the spatial grid for the models that read it."""
+    clean_dir = Path(clean_dir)
+    examples = pd.read_parquet(clean_dir / "examples.parquet")
+    images = pd.read_parquet(clean_dir / "images.parquet")
+    return load_studies(examples[examples["split"] == split], images, store, vocab,
+                        with_grid=grid_pool is not None, grid_pool=grid_pool or 1)

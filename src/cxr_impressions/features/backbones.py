@@ -17,7 +17,7 @@ from pathlib import Path
 
 import keras
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr_impressions.charts import bar_chart, line_chart
-from cxr_impressions.heatmap import colourise, explain_figure, view_maps
-from cxr_impressions.report import attention_payload, headline_table
+from cxr_impressions.reporting.charts import bar_chart, line_chart
+from cxr_impressions.reporting.heatmaps import colourise, explain_figure, view_maps
+from cxr_impressions.reporting.page import attention_payload, headline_table
 
 
 def test_heatmap_figure_has_a_row_per_word_and_marks_where_it_looked() -> None:

@@ -1,46 +1,3 @@
-"""The report page's stylesheet and script (plain CSS and JavaScript, inlined in the page)."""
-
-STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1280px; padding: 0 18px;
-       color: #222; }
-h1 { font-size: 22px; margin: 18px 0 4px; } h2 { font-size: 18px; margin: 26px 0 8px; }
-.summary { color: #555; margin: 0 0 10px; }
-table.scores { border-collapse: collapse; margin: 6px 0; }
-table.scores th, table.scores td { border-bottom: 1px solid #ddd; padding: 3px 10px;
-                                   text-align: right; }
-table.scores th:first-child, table.scores td:first-child { text-align: left; }
-table.scores td.best { font-weight: 700; background: #eef6ee; }
-table.scores tr.group td { font-weight: 600; background: #f4f4f4; text-align: left; }
-.charts { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
-.chart { width: 460px; max-width: 100%; background: #fff; border: 1px solid #eee; }
-.chart .chart-title { font-size: 13px; font-weight: 600; text-anchor: middle; }
-.chart .tick { font-size: 10px; fill: #444; } .chart .axis { font-size: 11px; fill: #333; }
-.chart .legend { font-size: 11px; } .chart .grid { stroke: #eee; }
-table.confusion td { width: 90px; height: 44px; text-align: center; border: 1px solid #ccc; }
-.controls { position: sticky; top: 0; background: #fff; padding: 8px 0; z-index: 2;
-            border-bottom: 1px solid #ddd; display: flex; flex-wrap: wrap; gap: 12px;
-            align-items: center; }
-.gallery { display: flex; flex-direction: column; gap: 10px; margin-top: 10px; }
-.study { display: grid; grid-template-columns: 460px 1fr; gap: 12px; border: 1px solid #ddd;
-         border-radius: 6px; padding: 8px; content-visibility: auto;
-         contain-intrinsic-size: 260px; }
-.study.bad { border-left: 5px solid #d62728; } .study.good { border-left: 5px solid #2ca02c; }
-.views { display: flex; gap: 6px; }
-.view { position: relative; width: 224px; height: 224px; background: #111; }
-.view img, .view canvas { position: absolute; left: 0; top: 0; width: 224px; height: 224px;
-                          object-fit: contain; }
-.view .caption { position: absolute; bottom: 2px; left: 4px; color: #fff; font-size: 11px;
-                 text-shadow: 0 0 2px #000; }
-.texts dt { font-weight: 600; margin-top: 4px; } .texts dd { margin: 0 0 2px 0; }
-.word { cursor: pointer; padding: 0 1px; border-radius: 3px; }
-.word.active { background: #ffd54f; }
-.labels span { display: inline-block; margin-right: 10px; font-size: 12px; color: #333; }
-.tag { border-radius: 3px; padding: 0 5px; font-size: 12px; }
-.tag.abnormal { background: #fde0dc; } .tag.normal { background: #e0f2e9; }
-.hint { color: #666; font-size: 12px; }
-"""
-
-SCRIPT = """
 (function () {
   const attention = JSON.parse(document.getElementById('attention-data').textContent);
   const gallery = document.getElementById('gallery');
@@ -82,7 +39,7 @@ SCRIPT = """
   }
 
   // Attention heat-maps: an "inferno"-like ramp, alpha-blended over the image on a canvas.
-  const ramp = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];
+  const ramp = JSON.parse(document.getElementById('ramp-data').textContent);
   function colour(v) {
     const x = Math.min(Math.max(v, 0), 1) * (ramp.length - 1);
     const i = Math.min(Math.floor(x), ramp.length - 2), f = x - i;
@@ -146,4 +103,3 @@ SCRIPT = """
   }
   document.body.dataset.ready = '1';
 })();
-"""

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import build_backbone, get_spec, resolve_weights
+from ..data.images import load_image
+from ..data.layout import PROJECTION_COLUMNS, canonical_image_id, index_images
+from ..data.parse import read_csv_checked
+from ..errors import InputError
+from ..features.backbones import build_backbone, get_spec, resolve_weights
 from .bundle import Bundle, load_bundle
 from .decoding import Decoder
-from .errors import InputError
-from .images import load_image
-from .layout import PROJECTION_COLUMNS, canonical_image_id, index_images
-from .parse import read_csv_checked
 from .studies import pool_grid
 
 
@@ -46,7 +46,7 @@ class Predictor:
         weights = resolve_weights(get_spec(settings["backbone"]), settings["weights"],
                                   weights_dir, allow_download=False)
         backbone = build_backbone(settings["backbone"], weights, self.image_size,
-                                  grid=self.kind == "transformer")
+                                  grid=self.bundle.params.needs_grid)
         self._backbone = tf.function(lambda x: backbone(x, training=False),
                                      reduce_retracing=True)
         self.decoder = Decoder(self.bundle.model, self.bundle.vocab, self.bundle.threshold)
@@ -85,15 +85,14 @@ class Predictor:
             row += count
         return inputs
 
-    def explain(self, study: Study):
-        """The study's impression and a figure of where each word looked (PIL image)."""
+    def explain(self, study: Study) -> tuple[str, list, np.ndarray]:
+        """The study's impression, its images (PIL) and where each word looked: one row of
+        region weights per generated word, plus the end token's."""
         from PIL import Image
-
-        from .heatmap import explain_figure
 
         if "attention" not in self.bundle.model.decoder.output:
             raise InputError(f"--explain needs a model with spatial attention (model.kind: "
-                             f"transformer); {self.bundle.config['model']['kind']} has none")
+                             f"transformer); {self.kind} has none")
         images = self.load(study)
         inputs = self.inputs([images])
         decoded = self.decoder.decode(inputs, self.decode_params)
@@ -101,7 +100,7 @@ class Predictor:
         maps = self.decoder.explain(inputs, decoded)[0]
         shown = [Image.fromarray(np.clip(image.numpy(), 0, 255).astype(np.uint8))
                  for image in images]
-        return text, explain_figure(shown, text.split(), maps)
+        return text, shown, maps
 
     def predict(self, studies: Sequence[Study]) -> list[str]:
         """Impressions for `studies`; raises `InputError` on the first unreadable image."""

@@ -8,8 +8,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .atomic import write_json
-from .errors import InputError
+from ..atomic import write_json
+from ..errors import InputError
 
 PAD = "<pad>"
 UNK = "<unk>"

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, write_json
-from .config import DecodeParams, ModelParams, build_section
-from .errors import InputError
+from ..atomic import atomic_path, write_json
+from ..config import DecodeParams, ModelParams, build_section
+from ..data.tokenizer import Vocabulary
+from ..errors import InputError
 from .models import CaptionModel, build_model
-from .tokenizer import Vocabulary
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Bundle:
     vocab: Vocabulary
     config: dict
     decode: DecodeParams
+    params: ModelParams
 
     @property
     def threshold(self) -> float:
@@ -71,4 +72,4 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         decode = build_section("decode", DecodeParams,
                                json.loads((directory / "decoding.json").read_text()),
                                source=str(directory / "decoding.json"))
-    return Bundle(model, vocab, config, decode)
+    return Bundle(model, vocab, config, decode, params)

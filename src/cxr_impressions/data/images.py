@@ -58,7 +58,7 @@ def load_image(
     path: str | os.PathLike[str], size: int, channels: int = 3, policy: ResizePolicy = "squash"
 ) -> tf.Tensor:
     """Load one image, raising a one-line `InputError` naming the file if it can't be read."""
-    from .errors import InputError
+    from ..errors import InputError
 
     try:
         data = tf.io.read_file(os.fspath(path))

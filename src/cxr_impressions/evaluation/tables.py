@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .labeller import label_text, mesh_labels
+from ..atomic import atomic_path, write_csv
+from ..data.labeller import label_text, mesh_labels
+from ..data.text import normalise
 from .scoring import (
     MeteorScorer,
     clinical_scores,
@@ -17,7 +19,6 @@ from .scoring import (
     per_study_scores,
     text_metrics,
 )
-from .text import normalise
 
 LENGTH_BINS = (0, 3, 5, 8, 12, 20, 1000)
 
@@ -49,7 +50,10 @@ def evaluate_systems(references: Sequence[str], systems: dict[str, Sequence[str]
 
 
 def per_study_table(uids: Sequence[int], references: Sequence[str],
-                    systems: dict[str, Sequence[str]], normal: np.ndarray) -> pd.DataFrame:
+                    systems: dict[str, Sequence[str]], normal: np.ndarray,
+                    model_probability: Sequence[float | None] | None = None) -> pd.DataFrame:
+    """One row per study: the reference, each system's text, its per-study scores and labels,
+    and (`model_probability`) the model's predicted P(abnormal)."""
     table = pd.DataFrame({"uid": uids, "reference": references,
                           "reference_words": [len(r.replace(" .", "").split())
                                               for r in references],
@@ -62,7 +66,21 @@ def per_study_table(uids: Sequence[int], references: Sequence[str],
         table[f"{name}_bleu4"] = np.round(scores["bleu4"], 4)
         table[f"{name}_rouge_l"] = np.round(scores["rouge_l"], 4)
         table[f"{name}_abnormal"] = [label_text(h)["abnormal"] for h in hypotheses]
+        if name == "model" and model_probability is not None:
+            table["model_abnormal_probability"] = [None if p is None else round(p, 4)
+                                                   for p in model_probability]
     return table
+
+
+def write_tables(directory: str | os.PathLike[str], table: pd.DataFrame,
+                 systems: Sequence[str], worst: int) -> None:
+    """The per-study table, the `worst` studies of the model, and the two plots' tables."""
+    directory = Path(directory)
+    write_csv(directory / "per_study.csv", table)
+    write_csv(directory / "worst.csv",
+              table.sort_values(["model_bleu4", "model_rouge_l"]).head(worst))
+    write_csv(directory / "by_reference_length.csv", by_reference_length(table, list(systems)))
+    write_csv(directory / "confusion.csv", confusion_table(table, "model"))
 
 
 def by_reference_length(table: pd.DataFrame, systems: Sequence[str]) -> pd.DataFrame:

@@ -32,9 +32,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import atomic_path
-from .config import FeaturesParams
-from .errors import InputError
+from ..atomic import atomic_path
+from ..config import FeaturesParams
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,8 @@ def extract_features(
     import tensorflow as tf
     from tqdm import tqdm
 
+    from ..data.images import image_dataset
     from .backbones import build_backbone, sha256_of
-    from .images import image_dataset
 
     out_path = Path(out_path)
     settings = ExtractionSettings(

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import CleanParams
-from .errors import InputError
+from ..config import CleanParams
+from ..errors import InputError
 from .layout import uid_of_image
 from .text import normalise
 from .tokenizer import Vocabulary

@@ -8,9 +8,12 @@ so an interrupted `dvc repro` continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +21,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .atomic import write_json
-from .config import DecodeParams, TrainParams
+from ..atomic import write_json
+from ..config import DecodeParams, ModelParams, TrainParams
+from ..data.tokenizer import Vocabulary
+from ..evaluation.scoring import text_metrics
 from .decoding import Decoder
 from .models import CaptionModel, MaskedAccuracy, masked_loss
-from .scoring import text_metrics
 from .studies import Studies
-from .tokenizer import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,21 @@ class SelectOnValidation(keras.callbacks.Callback):
     @property
     def best_value(self) -> float:
         return self.sign * self.best
+
+
+def prepare_state_dir(state_dir: Path, model_params: ModelParams, params: TrainParams,
+                      vocab: Vocabulary, train_uids: np.ndarray) -> None:
+    """Make `state_dir` hold only resumable state of this very run: state left by a run with
+    other params, vocabulary or training studies is deleted, since resuming from it would mix
+    two runs."""
+    fingerprint = hashlib.sha256(json.dumps(
+        [dataclasses.asdict(model_params), dataclasses.asdict(params), len(vocab),
+         np.asarray(train_uids).tolist()], sort_keys=True).encode()).hexdigest()
+    stamp = state_dir / "fingerprint"
+    if state_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
 
 
 def choose_threshold(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

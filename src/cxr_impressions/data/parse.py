@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from lxml import etree
 
-from .errors import InputError
+from ..errors import InputError
 from .layout import (
     PROJECTION_COLUMNS,
     REPORT_COLUMNS,

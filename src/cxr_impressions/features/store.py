@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 
 class FeatureStore:

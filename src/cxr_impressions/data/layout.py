@@ -15,7 +15,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
+import pandas as pd
+
+from ..errors import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 REPORTS_CSV = "indiana_reports.csv"
@@ -117,3 +119,17 @@ def _find_xml(root: Path) -> tuple[Path, ...]:
 def _natural_key(path: Path) -> tuple[int, str]:
     stem = path.stem
     return (int(stem), "") if stem.isdigit() else (1 << 62, stem)
+
+
+def view_slots(images: pd.DataFrame) -> pd.DataFrame:
+    """Per report uid: the frontal and lateral image ids ("" where missing). Slot 0 is the first
+    frontal image (with none, the first other image stands in), slot 1 the first lateral."""
+    rows = []
+    for uid, group in images.sort_values("image_id").groupby("uid", sort=True):
+        frontal = group.loc[group["view"] == "frontal", "image_id"].tolist()
+        lateral = group.loc[group["view"] == "lateral", "image_id"].tolist()
+        others = [i for i in group["image_id"] if i not in frontal[:1] + lateral[:1]]
+        first = frontal[0] if frontal else (others.pop(0) if others else lateral.pop(0))
+        second = lateral[0] if lateral else ""
+        rows.append({"uid": uid, "frontal": first, "lateral": second})
+    return pd.DataFrame(rows, columns=["uid", "frontal", "lateral"])

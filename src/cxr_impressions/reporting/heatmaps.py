@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Anchors of an inferno-like ramp: dark purple (no attention) to pale yellow (most).
-RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]],
-                dtype=np.float64)
+from .assets import ramp_anchors
+
+RAMP = np.array(ramp_anchors(), dtype=np.float64)
 PANEL = 192
 LABEL_WIDTH = 150
 

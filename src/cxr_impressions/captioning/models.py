@@ -31,7 +31,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from .config import ModelParams
+from ..config import ModelParams
 
 
 @dataclass

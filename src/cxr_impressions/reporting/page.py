@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .assets import ramp_anchors, read_static
 from .charts import PALETTE, bar_chart, line_chart
-from .heatmap import grid_side
-from .report_assets import SCRIPT, STYLE
+from .heatmaps import grid_side
 
 SYSTEMS = {"model": "model", "constant": "constant", "nearest_neighbour": "1-NN"}
 TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "distinct")
@@ -273,7 +273,7 @@ def build_report(out_dir: str | os.PathLike[str], scores: dict, train_summary: d
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>cxr-impressions report</title><style>{STYLE}</style></head>
+<title>cxr-impressions report</title><style>{read_static('report.css')}</style></head>
 <body>
 <h1>cxr-impressions: test-split report</h1>
 <p class="summary" id="summary">{escape(summary)}</p>
@@ -300,7 +300,8 @@ def build_report(out_dir: str | os.PathLike[str], scores: dict, train_summary: d
 </div>
 <section class="gallery" id="gallery">{"".join(cards)}</section>
 <script type="application/json" id="attention-data">{payload}</script>
-<script>{SCRIPT}</script>
+<script type="application/json" id="ramp-data">{json.dumps(ramp_anchors())}</script>
+<script>{read_static('report.js')}</script>
 </body></html>
 """
     (staging / "index.html").write_text(page, encoding="utf-8")

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from .config import DecodeParams
+from ..config import DecodeParams
+from ..data.tokenizer import UNKNOWN_ID, Vocabulary
 from .models import CaptionModel
-from .tokenizer import UNKNOWN_ID, Vocabulary
 
 
 @dataclass

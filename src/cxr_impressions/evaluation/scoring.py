@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
-from .labeller import FINDINGS, label_text
+from ..data.labeller import FINDINGS, label_text
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,43 @@
+"""Test helpers: the repo, the embedded sample, the ../shared data and a stage runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+SHARED = Path(os.environ.get("CXR_SHARED", REPO.parent / "shared"))
+IUXRAY = SHARED / "iuxray"
+XCEPTION_WEIGHTS = SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+GLOVE = SHARED / "glove" / "glove.6B.50d.iuxray-subset.txt"
+
+
+def needs_shared(path: Path) -> pytest.MarkDecorator:
+    """Skip where ../shared is absent (a user's machine); CI always has it."""
+    if os.environ.get("CI") and not path.exists():
+        raise RuntimeError(f"{path} is missing in CI")
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not available")
+
+
+def run_stage(
+    script: str, *args: str, cwd: Path, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run one stage script as DVC would, with `cwd` holding its params.yaml."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / script), *args],
+        cwd=cwd, capture_output=True, text=True, timeout=1200,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def write_params(directory: Path, text: str) -> Path:
+    path = directory / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,85 @@
+"""The package's layers: no import cycles, no import of a layer above, and DVC deps that list
+every module a stage runs."""
+
+from __future__ import annotations
+
+import ast
+import graphlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .helpers import REPO
+from .imports import PACKAGE, closure, import_graph, imports_of, module_path
+
+# Lower layers never import higher ones. The top-level utilities are the base; the stage runner
+# and the CLI sit above everything.
+LAYERS = {
+    "errors": 0, "config": 0, "atomic": 0,
+    "data": 1,
+    "features": 2,
+    "evaluation": 3,
+    "captioning": 4,
+    "reporting": 5,
+    "stage": 6, "cli": 6,
+}
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS[parts[1]] if len(parts) > 1 else 0
+
+
+def test_every_module_has_a_layer() -> None:
+    unknown = {m for m in import_graph() if m != PACKAGE and m.split(".")[1] not in LAYERS}
+    assert not unknown
+
+
+def test_package_inits_hold_only_a_docstring() -> None:
+    for path in (REPO / "src" / PACKAGE).rglob("__init__.py"):
+        body = ast.parse(path.read_text()).body
+        assert all(isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant) for n in body), \
+            f"{path} holds code: code there would run for every stage without being a dep"
+
+
+def test_no_import_cycles() -> None:
+    graph = import_graph()
+    # Parent packages' __init__ files import nothing, so module-level edges are the graph.
+    graphlib.TopologicalSorter(graph).static_order()  # raises CycleError on a cycle
+
+
+def test_no_module_imports_a_layer_above_its_own() -> None:
+    upward = [f"{m} -> {t}" for m, targets in import_graph().items() for t in targets
+              if layer_of(t) > layer_of(m)]
+    assert not upward, upward
+
+
+def test_the_checker_sees_function_level_and_relative_imports(tmp_path: Path) -> None:
+    source = REPO / "src" / PACKAGE / "captioning" / "predict.py"
+    found = imports_of(source, f"{PACKAGE}.captioning.predict")
+    assert f"{PACKAGE}.captioning.bundle" in found and f"{PACKAGE}.data.images" in found
+    script = tmp_path / "script.py"
+    script.write_text("def main():\n    from cxr_impressions.captioning import studies\n")
+    assert imports_of(script) == {f"{PACKAGE}.captioning", f"{PACKAGE}.captioning.studies"}
+
+
+def _stages() -> dict[str, dict]:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", sorted(_stages()))
+def test_dvc_deps_cover_every_module_the_stage_runs(stage: str) -> None:
+    spec = _stages()[stage]
+    script = REPO / "stages" / f"{stage}.py"
+    assert f"stages/{stage}.py" in spec["deps"]
+    deps = [REPO / d for d in spec["deps"] if isinstance(d, str) and "${" not in d]
+    used = closure(imports_of(script), import_graph())
+    missing = []
+    for module in sorted(used):
+        path = module_path(module)
+        if path.name == "__init__.py":
+            continue  # docstring only (tested above)
+        if not any(path == d or d in path.parents for d in deps):
+            missing.append(str(path.relative_to(REPO)))
+    assert not missing, f"dvc.yaml stage {stage} misses deps: {missing}"

@@ -1,0 +1,83 @@
+"""Greedy and beam decoding, and the attention the decoder exposes."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cxr_impressions.captioning.decoding import Decoder
+from cxr_impressions.config import DecodeParams
+
+from .tiny_models import WORDS, study_inputs, tiny
+
+
+def _all_hypotheses(decoder: Decoder, inputs: dict, alpha: float) -> tuple[float, list[int]]:
+    """Brute force: score every possible caption exactly, the way beam search ranks them."""
+    memory = decoder.encode({k: v[:1] for k, v in inputs.items()})
+    words = list(range(4, len(WORDS)))
+    best = (-np.inf, [])
+    for length in range(0, decoder.length):
+        for body in itertools.product(words, repeat=length):
+            tokens = np.zeros((1, decoder.length), np.int32)
+            tokens[0, 0] = 2
+            tokens[0, 1:1 + length] = body
+            total = 0.0
+            for t, word in enumerate([*body, 3], start=1):
+                logp, _ = decoder.step(memory, tokens, t)
+                total += logp[0, word]
+            score = total / (length + 1) ** alpha
+            best = max(best, (score, list(body)), key=lambda h: h[0])
+    return best
+
+
+@pytest.mark.parametrize("kind", ["merge", "bilstm_attention", "transformer"])
+def test_wide_beam_finds_the_exact_best_caption(kind: str) -> None:
+    model, vocab = tiny(kind, max_len=5)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(2)
+    params = DecodeParams(beam_size=40, length_penalty=0.7, no_repeat_ngram=0)
+    beam = decoder.beam(inputs, params)
+    best_score, best_ids = _all_hypotheses(decoder, inputs, 0.7)
+    assert beam[0].ids == best_ids
+    assert beam[0].score == pytest.approx(best_score, rel=1e-6)
+    # Batching studies together changes nothing: no state is shared across studies or beams.
+    alone = decoder.beam({k: v[1:] for k, v in inputs.items()}, params)
+    assert alone[0].ids == beam[1].ids
+
+
+def test_greedy_equals_beam_of_one_and_blocking_works() -> None:
+    model, vocab = tiny("merge", max_len=8)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(4, seed=3)
+    greedy = decoder.decode(inputs, DecodeParams(method="greedy"))
+    beam_one = decoder.beam(inputs, DecodeParams(beam_size=1, length_penalty=0.0,
+                                                 no_repeat_ngram=0))
+    assert [g.ids for g in greedy] == [b.ids for b in beam_one]
+    blocked = decoder.beam(inputs, DecodeParams(beam_size=3, no_repeat_ngram=2))
+    for hypothesis in blocked:
+        bigrams = list(zip(hypothesis.ids, hypothesis.ids[1:], strict=False))
+        assert len(bigrams) == len(set(bigrams))
+        assert len(hypothesis.ids) <= vocab.max_len - 2
+
+
+def test_transformer_attention_is_retrievable_and_masks_missing_view() -> None:
+    model, vocab = tiny("transformer", max_len=6)
+    inputs = study_inputs(1)
+    inputs["views"][0, 1] = 0.0  # a study with one image
+    decoded = Decoder(model, vocab).greedy(inputs)[0]
+    assert decoded.attention is not None
+    assert decoded.attention.shape == (len(decoded.ids) + 1, 6)
+    np.testing.assert_allclose(decoded.attention.sum(axis=1), 1.0, rtol=1e-3)
+    assert np.abs(decoded.attention[:, 3:]).max() < 1e-6  # the missing view gets no attention
+
+
+def test_explain_matches_the_attention_seen_while_decoding() -> None:
+    model, vocab = tiny("transformer", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(3, seed=5)
+    greedy = decoder.greedy(inputs)
+    explained = decoder.explain(inputs, greedy)
+    for decoded, maps in zip(greedy, explained, strict=True):
+        np.testing.assert_allclose(maps, decoded.attention, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="no spatial attention"):
+        Decoder(*tiny("merge")).explain(inputs, greedy)
