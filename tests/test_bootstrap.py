@@ -157,6 +157,8 @@ def test_different_numbers_of_studies_are_refused(pool: dict) -> None:
     with pytest.raises(ValueError, match="different numbers of studies"):
         significance({"model": _statistics(pool, pool["model"], np.arange(10)),
                       "constant": _statistics(pool, pool["constant"], np.arange(12))}, 10, 0)
+    with pytest.raises(ValueError, match="no studies"):
+        significance({"model": _statistics(pool, pool["model"], np.arange(0))}, 10, 0)
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
@@ -174,6 +176,7 @@ def test_meteor_from_summed_statistics_equals_java() -> None:
                                          {i: [h or "empty"] for i, h in enumerate(hyps)})
         subset, _ = java.compute_score({i: [refs[i]] for i in (0, 1, 3)},
                                        {i: [hyps[i]] for i in (0, 1, 3)})
+        assert scorer.score(refs, hyps) == pytest.approx(expected, abs=1e-12)
     finally:
         scorer.close()
     assert meteor_score(stats.sum(axis=0)) == pytest.approx(expected, abs=1e-12)

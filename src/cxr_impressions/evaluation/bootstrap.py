@@ -158,6 +158,8 @@ def significance(systems: Mapping[str, StudyStatistics], resamples: int, seed: i
     sizes = {len(s) for s in systems.values()}
     if len(sizes) != 1:
         raise ValueError(f"systems scored on different numbers of studies: {sorted(sizes)}")
+    if 0 in sizes:
+        raise ValueError("no studies to resample")
     counts = resample_counts(sizes.pop(), resamples, seed)
     full = np.ones((1, counts.shape[1]))
     samples = {name: metric_values(s, counts) for name, s in systems.items()}

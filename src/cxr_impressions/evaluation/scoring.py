@@ -61,6 +61,10 @@ class MeteorScorer:
         stats[whole, 20] = 0
         return stats
 
+    def score(self, references: Sequence[str], hypotheses: Sequence[str]) -> float:
+        """Corpus METEOR of these studies."""
+        return float(meteor_score(self.statistics(references, hypotheses).sum(axis=0)))
+
     def close(self) -> None:
         """End the Java process now rather than whenever the object is collected."""
         process = self._meteor.meteor_p
