@@ -13,6 +13,7 @@ from cxr_impressions.data.text import normalise
 from cxr_impressions.evaluation.bootstrap import (
     CLINICAL_METRICS,
     TEXT_METRICS,
+    StudyStatistics,
     bleu_scores,
     bleu_statistics,
     metric_values,
@@ -158,7 +159,9 @@ def test_different_numbers_of_studies_are_refused(pool: dict) -> None:
         significance({"model": _statistics(pool, pool["model"], np.arange(10)),
                       "constant": _statistics(pool, pool["constant"], np.arange(12))}, 10, 0)
     with pytest.raises(ValueError, match="no studies"):
-        significance({"model": _statistics(pool, pool["model"], np.arange(0))}, 10, 0)
+        empty = StudyStatistics(bleu=np.zeros((0, 10)), rouge_l=np.zeros(0), cider=np.zeros(0),
+                                labels=np.zeros((0, 3, 14)))
+        significance({"model": empty}, 10, 0)
 
 
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs Java")
