@@ -39,8 +39,8 @@ def test_real_xml_reports() -> None:
 
 def test_xml_and_csv_agree_on_the_same_reports() -> None:
     xml, _ = parse_inputs(resolve_layout(SAMPLE, "xml"))
-    reports, images = read_kaggle_csv(SAMPLE / "indiana_reports.csv",
-                                      SAMPLE / "indiana_projections.csv")
+    kaggle = read_kaggle_csv(SAMPLE / "indiana_reports.csv", SAMPLE / "indiana_projections.csv")
+    reports, images = kaggle.reports, kaggle.images
     csv = reports.set_index("uid").loc[[1, 2, 3]]
     xml_reports = xml.reports.set_index("uid")
     for field in ("findings", "impression", "indication", "mesh", "problems"):

@@ -61,7 +61,7 @@ def test_plots_show_renders_eda(pipeline_repo: Path, tmp_path: Path) -> None:
 @needs_shared(SHARED)
 def test_only_affected_stages_rerun(pipeline_repo: Path) -> None:
     repo = pipeline_repo
-    set_params(repo, features={"threads": 1})  # a speed knob: changes nothing downstream
+    set_params(repo, machine={"threads": 1, "weights_dir": "/elsewhere"})  # untracked
     assert "up to date" in sh(DVC, "status", cwd=repo)
     set_params(repo, clean={"min_count": 1})
     out = sh(DVC, "repro", cwd=repo)
