@@ -215,3 +215,11 @@ def test_full_resolution_png_and_resize_policies() -> None:
     assert squash[:, 0].max() > 0 and pad[:, 32].max() > 0
     with pytest.raises(InputError, match="file not found"):
         load_image(IUXRAY / "originals" / "nope.png", 64)
+
+
+def test_load_image_of_a_directory_or_unreadable_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=f"^{tmp_path}: a directory, not an image file$"):
+        load_image(tmp_path, 64)
+    (tmp_path / "x.png").write_bytes(b"\x89PNG but cut")
+    with pytest.raises(InputError, match=r"x\.png: not a PNG or JPEG image, or corrupt$"):
+        load_image(tmp_path / "x.png", 64)

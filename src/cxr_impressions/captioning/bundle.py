@@ -72,6 +72,10 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         if not all(isinstance(v, int) and v > 0 for k, v in shapes.items()
                    if not (k == "regions" and v is None)):
             raise ValueError(f"sizes must be positive integers, got {shapes}")
+        if (shapes["vocab_size"], shapes["max_len"]) != (len(vocab), vocab.max_len):
+            raise InputError(f"{config_path}: vocab_size {shapes['vocab_size']} and max_len "
+                             f"{shapes['max_len']} do not match {directory / 'vocab.json'} "
+                             f"({len(vocab)} words, max_len {vocab.max_len})")
         matrix = np.zeros((shapes["vocab_size"], shapes["embedding_dim"]), dtype=np.float32)
         model = build_model(params, matrix, shapes["feature_dim"], shapes["max_len"],
                             shapes["regions"])
@@ -79,10 +83,6 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         raise InputError(f"{config_path}: not a model config (no {exc.args[0]!r})") from None
     except (TypeError, ValueError) as exc:
         raise InputError(f"{config_path}: not a model config ({_first_line(exc)})") from None
-    if (shapes["vocab_size"], shapes["max_len"]) != (len(vocab), vocab.max_len):
-        raise InputError(f"{config_path}: vocab_size {shapes['vocab_size']} and max_len "
-                         f"{shapes['max_len']} do not match {directory / 'vocab.json'} "
-                         f"({len(vocab)} words, max_len {vocab.max_len})")
     _load_weights(model, directory / "model.weights.h5", config_path)
     decode = DecodeParams()
     if (directory / "decoding.json").is_file():
