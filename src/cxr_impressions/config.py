@@ -7,9 +7,11 @@ Rules (tests/test_config.py and tests/test_architecture.py enforce them, for eve
 `SECTIONS`, so a new section only has to follow them):
 
 - **One source of defaults.** The dataclasses below hold the defaults. `params.yaml` lists every
-  section of `SECTIONS` and every field of each, with exactly these values (a changed default is
-  changed here and in `params.yaml` together), so that DVC tracks every value a stage uses. A
-  `dvc exp run -S` changes only the workspace's copy; the committed one keeps the defaults.
+  section of `SECTIONS` and every field of each, with exactly these values, so that DVC tracks
+  every value a stage uses; a new section is a dataclass here, an entry in `SECTIONS` and the
+  same keys and values in `params.yaml`, and a changed default is changed in both at once. The
+  test reads the working copy, or, where a `dvc exp run -S` left a value there, the committed
+  `params.yaml`.
 - **Content vs machine.** A section holds what changes a stage's outputs. Settings that change
   only how or where a stage runs on this machine (threads, local paths of read-only inputs that
   are checked by content, download permission) go to `machine`, which no stage tracks, so that
