@@ -72,6 +72,7 @@ def test_only_affected_stages_rerun(pipeline_repo: Path) -> None:
     assert typo.returncode != 0
     assert "error: params.yaml: unknown param features.batchsize" in typo.stderr + typo.stdout
     (repo / "params.yaml").write_text(params)
+    sh(DVC, "checkout", cwd=repo)  # DVC removed the stage's outputs before running it
     assert "up to date" in sh(DVC, "status", cwd=repo)
     set_params(repo, clean={"min_count": 1})
     out = sh(DVC, "repro", cwd=repo)
