@@ -34,11 +34,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def stage_peak_memory(images: pd.DataFrame, params: dict) -> tuple[float, dict]:
+def stage_peak_memory(images: pd.DataFrame, params: dict, weights_dir: str
+                      ) -> tuple[float, dict]:
     """Run the real stage script in a subprocess; return its peak RSS (MB) and its metrics."""
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        (workdir / "params.yaml").write_text(yaml.safe_dump({"features": params}))
+        (workdir / "params.yaml").write_text(yaml.safe_dump(
+            {"features": params, "machine": {"weights_dir": weights_dir}}))
         images.to_parquet(workdir / "images.parquet")
         subprocess.run(
             [sys.executable, str(REPO / "stages" / "features.py"), "--images", "images.parquet",
@@ -65,11 +67,10 @@ def main() -> None:
     n = len(files)
     ids = [p.name for p in files]
     paths = [str(p.resolve()) for p in files]
-    params = {"backbone": args.backbone, "weights": args.weights,
-              "weights_dir": args.weights_dir, "image_size": args.image_size,
-              "batch_size": args.batch_size}
+    params = {"backbone": args.backbone, "weights": args.weights, "image_size": args.image_size,
+              "batch_size": args.batch_size, "grid": False}
     table = pd.DataFrame({"uid": range(n), "image_id": ids, "path": paths, "exists": True})
-    peak_mb, stage_metrics = stage_peak_memory(table, params)
+    peak_mb, stage_metrics = stage_peak_memory(table, params, args.weights_dir)
 
     import tensorflow as tf
     from PIL import Image

@@ -21,14 +21,15 @@ def main() -> None:
     args = cli.parse_args()
 
     params = load_section("features")
+    machine = load_section("machine")  # not tracked by DVC: changes how, not what
     from cxr_impressions.features.extraction import configure_threads
 
-    configure_threads(params.threads)
+    configure_threads(machine.threads)
     from cxr_impressions.features.backbones import get_spec, resolve_weights
     from cxr_impressions.features.extraction import extract_features
 
-    weights = resolve_weights(get_spec(params.backbone), params.weights, params.weights_dir,
-                              params.allow_download)
+    weights = resolve_weights(get_spec(params.backbone), params.weights, machine.weights_dir,
+                              machine.allow_download)
     images = pd.read_parquet(args.images)
     images = images[images["exists"]].sort_values(["uid", "image_id"])
     stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,

@@ -21,7 +21,8 @@ def main() -> None:
     layout = resolve_layout(data.root, data.format)
     result, view_rule = parse_inputs(layout, params.skip_bad_reports, params.measure_view_rule)
     counts = {"format": layout.format, **parse_counts(result.reports, result.images),
-              "skipped_files": len(result.skipped_files)}
+              "skipped_files": len(result.skipped_files),
+              "duplicate_image_rows": len(result.duplicates)}
     if view_rule:
         counts["view_rule"] = view_rule
     write_parquet(args.reports, result.reports)

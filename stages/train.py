@@ -23,7 +23,6 @@ def main() -> None:
 
     model_params = load_section("model")
     params = load_section("train")
-    features = load_section("features")
 
     import keras
     import tensorflow as tf
@@ -44,6 +43,11 @@ def main() -> None:
     with FeatureStore(args.features) as store:
         splits = {s: load_split(args.clean, s, store, vocab, grid_pool) for s in ("train", "val")}
         feature_dim = store.dim
+        # The settings the features were made with, as the file records them (not params.yaml,
+        # which this stage does not track): predict rebuilds the same backbone from them.
+        features = {"backbone": store.attrs["backbone"], "weights": store.attrs["weights"],
+                    "image_size": int(store.attrs["input_size"]),
+                    "resize": store.attrs["resize"]}
     regions = splits["train"].grid.shape[2] if model_params.needs_grid else None
 
     out = Path(args.out)
@@ -53,9 +57,7 @@ def main() -> None:
     model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions)
     summary = train(model, vocab, splits["train"], splits["val"], params, state_dir,
                     Path(args.live))
-    config = bundle_config(model_params, {k: getattr(features, k) for k in (
-        "backbone", "weights", "image_size", "resize")}, feature_dim, regions, matrix.shape[1],
-        vocab)
+    config = bundle_config(model_params, features, feature_dim, regions, matrix.shape[1], vocab)
     if model.conditioned:
         # The label threshold, like everything selected, is chosen on the validation split.
         val = splits["val"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cxr_impressions.config import SECTIONS, UNTRACKED
+
 from .helpers import REPO
 from .imports import PACKAGE, closure, import_graph, imports_of, module_path
 
@@ -83,3 +85,40 @@ def test_dvc_deps_cover_every_module_the_stage_runs(stage: str) -> None:
         if not any(path == d or d in path.parents for d in deps):
             missing.append(str(path.relative_to(REPO)))
     assert not missing, f"dvc.yaml stage {stage} misses deps: {missing}"
+
+
+def _loaded_sections(path: Path) -> set[str]:
+    """The params sections a script loads: the literal names of its `load_section` calls."""
+    sections = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        called = getattr(node, "func", None)
+        if isinstance(node, ast.Call) and getattr(called, "id", getattr(called, "attr", None)) \
+                == "load_section":
+            name = node.args[0] if node.args else None
+            assert isinstance(name, ast.Constant) and isinstance(name.value, str), \
+                f"{path}:{node.lineno}: load_section needs a literal section name"
+            sections.add(name.value)
+    return sections
+
+
+@pytest.mark.parametrize("stage", sorted(_stages()))
+def test_each_stage_tracks_exactly_the_whole_sections_it_reads(stage: str) -> None:
+    """Whole sections, so a typo in one reruns the stage (and meets the loader's error) instead
+    of being ignored; exactly those read, so nothing is used untracked or tracked unused;
+    `machine` never, so paths and threads of one machine rerun nothing."""
+    tracked = _stages()[stage].get("params", [])
+    assert all(isinstance(p, str) and p in SECTIONS for p in tracked), \
+        f"dvc.yaml stage {stage}: params must be whole sections of params.yaml, got {tracked}"
+    assert not set(tracked) & UNTRACKED, f"dvc.yaml stage {stage} tracks {UNTRACKED}"
+    loaded = _loaded_sections(REPO / "stages" / f"{stage}.py")
+    assert set(tracked) == loaded - UNTRACKED, (stage, sorted(tracked), sorted(loaded))
+
+
+def test_only_stage_scripts_read_params() -> None:
+    """The package takes its params as arguments, so the stage scripts' `load_section` calls are
+    all a stage reads, and the test above sees them all."""
+    readers = [str(path.relative_to(REPO)) for path in (REPO / "src" / PACKAGE).rglob("*.py")
+               if path.name != "config.py" and _loaded_sections(path)]
+    assert not readers
+    probe = REPO / "stages" / "train.py"
+    assert _loaded_sections(probe) == {"model", "train"}  # the checker sees calls at all

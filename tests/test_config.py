@@ -1,9 +1,21 @@
+import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from cxr_impressions.config import CleanParams, build_section, load_section
+from cxr_impressions.config import (
+    SECTIONS,
+    UNTRACKED,
+    CleanParams,
+    MachineParams,
+    build_section,
+    load_section,
+    read_params,
+)
 from cxr_impressions.errors import InputError
+
+from .helpers import REPO, write_params
 
 
 def test_defaults_and_overrides() -> None:
@@ -36,3 +48,85 @@ def test_bad_yaml_names_file(tmp_path: Path) -> None:
     path.write_text("clean:\n  min_count: [\n")
     with pytest.raises(InputError, match="params.yaml: line"):
         load_section("clean", path=path)
+
+
+def _disagreements(path: Path) -> list[str]:
+    """Where a params file and config.py's defaults differ: sections, keys or values."""
+    params = read_params(path)
+    problems = [f"section {s}: in params.yaml, no dataclass in config.SECTIONS"
+                for s in sorted(set(params) - set(SECTIONS))]
+    problems += [f"section {s}: missing from params.yaml"
+                 for s in sorted(set(SECTIONS) - set(params))]
+    for name in sorted(set(params) & set(SECTIONS)):
+        cls, raw = SECTIONS[name], params[name] or {}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        problems += [f"{name}.{k}: missing from params.yaml" for k in sorted(fields - set(raw))]
+        try:
+            given = build_section(name, cls, raw, source=str(path))
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        default = cls()
+        problems += [f"{name}.{f}: params.yaml {getattr(given, f)!r}, config.py "
+                     f"{getattr(default, f)!r}" for f in sorted(fields)
+                     if getattr(given, f) != getattr(default, f)]
+    return problems
+
+
+def test_params_yaml_lists_every_param_with_config_py_default(tmp_path: Path) -> None:
+    """One source of defaults: config.py. params.yaml lists each of its sections and fields with
+    the same value, so DVC tracks every value a stage uses. A `dvc exp run -S` leaves its value
+    in the working copy; then the committed params.yaml must agree instead."""
+    problems = _disagreements(REPO / "params.yaml")
+    if problems:
+        committed = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO,
+                                   capture_output=True, text=True)
+        if committed.returncode == 0:
+            (tmp_path / "params.yaml").write_text(committed.stdout, encoding="utf-8")
+            if not _disagreements(tmp_path / "params.yaml"):
+                return
+    assert not problems, problems
+
+
+def test_the_defaults_check_sees_a_disagreement(tmp_path: Path) -> None:
+    text = (REPO / "params.yaml").read_text(encoding="utf-8")
+    changed = text.replace("  patience: 3", "  patience: 5").replace("  seed: 42", "  sed: 42")
+    assert changed != text
+    write_params(tmp_path, changed + "extra:\n  x: 1\n")
+    problems = _disagreements(tmp_path / "params.yaml")
+    assert "train.patience: params.yaml 5, config.py 3" in problems
+    assert "section extra: in params.yaml, no dataclass in config.SECTIONS" in problems
+    assert any("unknown param clean.sed" in p for p in problems)
+
+
+def test_yaml_numbers_are_read_as_dvc_reads_them(tmp_path: Path) -> None:
+    """YAML 1.2, as DVC's ruamel.yaml: `5e-4` is a number (PyYAML's YAML 1.1 reads text), `no`
+    is text, `010` is ten."""
+    from dvc.utils.serialize import load_yaml
+
+    text = ("train:\n  learning_rate: 5e-4\n  epochs: 010\n"
+            "clean:\n  sentence_token: no\n  max_len_percentile: 1e2\n")
+    path = write_params(tmp_path, text)
+    assert read_params(path) == load_yaml(path)
+    train = load_section("train", path=path)
+    assert train.learning_rate == 0.0005 and train.epochs == 10
+    clean = load_section("clean", path=path)
+    assert clean.sentence_token == "no" and clean.max_len_percentile == 100.0
+
+
+def test_duplicate_key_is_one_line(tmp_path: Path) -> None:
+    path = write_params(tmp_path, "train:\n  epochs: 2\n  epochs: 3\n")
+    with pytest.raises(InputError, match=r"params\.yaml: line 3: not valid YAML \(found "
+                                         r"duplicate key \"epochs\"") as info:
+        load_section("train", path=path)
+    assert "\n" not in str(info.value)
+
+
+def test_machine_settings_live_in_their_own_section(tmp_path: Path) -> None:
+    path = write_params(tmp_path, "machine:\n  threads: 2\n  weights_dir: /w\n"
+                                  "features:\n  threads: 2\n")
+    machine = load_section("machine", path=path)
+    assert machine == MachineParams(threads=2, weights_dir="/w", allow_download=False)
+    with pytest.raises(InputError, match=r"unknown param features\.threads"):
+        load_section("features", path=path)
+    assert set(UNTRACKED) == {"machine"} and "machine" in SECTIONS

@@ -79,3 +79,52 @@ def test_bad_lines_name_their_line(tmp_path: Path, glove_txt: Path) -> None:
         read_glove(glove_txt, VOCAB.words, expected_dim=300)
     with pytest.raises(InputError, match="GloVe file not found"):
         read_glove(tmp_path / "nope.txt", VOCAB.words)
+
+
+def test_broken_archives_are_one_line(tmp_path: Path, glove_txt: Path) -> None:
+    packed = gzip.compress(glove_txt.read_bytes())
+    cases = {
+        "plain.txt.gz": glove_txt.read_bytes(),  # not gzip at all
+        "truncated.txt.gz": packed[:len(packed) // 2],
+        "corrupt.txt.gz": packed[:20] + bytes(b ^ 0x55 for b in packed[20:-8]) + packed[-8:],
+        "corrupt.zip": b"PK\x03\x04" + bytes(200),
+    }
+    zipped = tmp_path / "member.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.write(glove_txt, "glove.6B.6d.txt")
+    data = bytearray(zipped.read_bytes())
+    data[60:80] = bytes(20)  # inside the member's compressed data: a bad CRC or inflate error
+    cases["corrupt-member.zip"] = bytes(data)
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        kind = "zip" if name.endswith(".zip") else "gzip"
+        with pytest.raises(InputError, match=f"^{path}: not a readable {kind} file") as info:
+            read_glove(path, VOCAB.words)
+        assert "\n" not in str(info.value), name
+
+
+def test_a_line_that_lost_its_last_number_names_the_line(tmp_path: Path,
+                                                         glove_txt: Path) -> None:
+    lines = glove_txt.read_text().splitlines()
+    assert lines[1].startswith("lungs ")
+    lines[1] = lines[1][:lines[1].rindex(" ") + 1]  # the last number gone, its space kept
+    path = tmp_path / "lost.txt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"lost\.txt: line 2: expected 7 fields \(a word and 6 "
+                                         r"numbers\), found 6$"):
+        read_glove(path, VOCAB.words)
+    lines[1] = lines[1].rstrip().replace(" ", "  ", 1)  # a number lost, a doubled space kept
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"lost\.txt: line 2: not a number"):
+        read_glove(path, VOCAB.words)
+
+
+def test_a_trailing_space_on_every_line_is_accepted(tmp_path: Path, glove_txt: Path) -> None:
+    """word2vec's text writer ends every line with a space."""
+    path = tmp_path / "spaced.txt"
+    path.write_text("".join(f"{line} \n" for line in glove_txt.read_text().splitlines()))
+    rows = read_glove(path, VOCAB.words)
+    assert rows.dim == 6
+    np.testing.assert_array_equal(rows.vectors["lungs"],
+                                  read_glove(glove_txt, VOCAB.words).vectors["lungs"])

@@ -19,7 +19,7 @@ from cxr_impressions.features.store import FeatureStore
 
 from .helpers import IUXRAY, REPO, SAMPLE, XCEPTION_WEIGHTS, needs_shared, write_params
 
-SMALL = FeaturesParams(weights="none", image_size=71, batch_size=4)
+SMALL = FeaturesParams(weights="none", image_size=71, batch_size=4, grid=False)
 
 
 def sample_images(n: int) -> tuple[list[str], list[str]]:
@@ -167,7 +167,8 @@ def test_changed_params_discard_partial_shards(tmp_path: Path) -> None:
 
 def test_inceptionv3_runs_with_random_weights(tmp_path: Path) -> None:
     ids, paths = sample_images(2)
-    params = FeaturesParams(backbone="inceptionv3", weights="none", image_size=75, batch_size=2)
+    params = FeaturesParams(backbone="inceptionv3", weights="none", image_size=75, batch_size=2,
+                            grid=False)
     stats = extract_features(ids, paths, tmp_path / "i.h5", params, None, progress=False)
     assert stats["images"] == 2 and stats["feature_dim"] == 2048
 
@@ -188,10 +189,10 @@ def test_real_xception_weights_load_and_differ_from_random(tmp_path: Path) -> No
                               False)
     assert weights == str(XCEPTION_WEIGHTS)
     ids, paths = sample_images(2)
-    params = FeaturesParams(image_size=96, batch_size=2)
+    params = FeaturesParams(image_size=96, batch_size=2, grid=False)
     extract_features(ids, paths, tmp_path / "real.h5", params, weights, progress=False)
     extract_features(ids, paths, tmp_path / "none.h5", FeaturesParams(
-        weights="none", image_size=96, batch_size=2), None, progress=False)
+        weights="none", image_size=96, batch_size=2, grid=False), None, progress=False)
     real, attrs = read_all(tmp_path / "real.h5")
     rand, _ = read_all(tmp_path / "none.h5")
     assert attrs["weights_sha256"] == (
@@ -214,3 +215,11 @@ def test_full_resolution_png_and_resize_policies() -> None:
     assert squash[:, 0].max() > 0 and pad[:, 32].max() > 0
     with pytest.raises(InputError, match="file not found"):
         load_image(IUXRAY / "originals" / "nope.png", 64)
+
+
+def test_load_image_of_a_directory_or_unreadable_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=f"^{tmp_path}: a directory, not an image file$"):
+        load_image(tmp_path, 64)
+    (tmp_path / "x.png").write_bytes(b"\x89PNG but cut")
+    with pytest.raises(InputError, match=r"x\.png: not a PNG or JPEG image, or corrupt$"):
+        load_image(tmp_path / "x.png", 64)

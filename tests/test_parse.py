@@ -39,8 +39,8 @@ def test_real_xml_reports() -> None:
 
 def test_xml_and_csv_agree_on_the_same_reports() -> None:
     xml, _ = parse_inputs(resolve_layout(SAMPLE, "xml"))
-    reports, images = read_kaggle_csv(SAMPLE / "indiana_reports.csv",
-                                      SAMPLE / "indiana_projections.csv")
+    kaggle = read_kaggle_csv(SAMPLE / "indiana_reports.csv", SAMPLE / "indiana_projections.csv")
+    reports, images = kaggle.reports, kaggle.images
     csv = reports.set_index("uid").loc[[1, 2, 3]]
     xml_reports = xml.reports.set_index("uid")
     for field in ("findings", "impression", "indication", "mesh", "problems"):
@@ -148,3 +148,26 @@ def test_full_data_counts_match_shared_readme() -> None:
     assert counts["images_found"] == 6966
     assert counts["reports_without_images"] == 25
     assert view_rule["agreement"] > 0.9
+
+
+def test_a_projection_row_listed_twice_counts_once(sample_copy: Path) -> None:
+    projections = sample_copy / "indiana_projections.csv"
+    lines = projections.read_text().splitlines()
+    projections.write_text("\n".join([*lines[:3], lines[1], *lines[3:]]) + "\n")
+    result, _ = parse_inputs(resolve_layout(sample_copy), measure_view_rule=False)
+    assert result.duplicates == [f"{projections}: line 4: uid 1 image 1_IM-0001-4001 listed "
+                                 "again (counted once)"]
+    counts = parse_counts(result.reports, result.images)
+    assert counts["images_listed"] == 200 and counts["images_per_report_max"] == 2
+
+
+def test_an_xml_image_listed_twice_counts_once(tmp_path: Path) -> None:
+    root = _xml_dir(tmp_path, "1.xml")
+    path = root / "ecgen-radiology" / "1.xml"
+    text = path.read_text()
+    start = text.index("<parentImage")
+    end = text.index("</parentImage>", start) + len("</parentImage>")
+    path.write_text(text[:end] + text[start:end] + text[end:])
+    result, _ = parse_inputs(resolve_layout(root))
+    assert len(result.duplicates) == 1 and "listed 2 times (counted once)" in result.duplicates[0]
+    assert not result.images.duplicated(["uid", "image_id"]).any()

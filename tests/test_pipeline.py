@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import SHARED, needs_shared
-from .repos import DVC, env, set_params, sh, small_pipeline_repo
+from .repos import DVC, env, run, set_params, sh, small_pipeline_repo
 
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
 
@@ -61,7 +62,17 @@ def test_plots_show_renders_eda(pipeline_repo: Path, tmp_path: Path) -> None:
 @needs_shared(SHARED)
 def test_only_affected_stages_rerun(pipeline_repo: Path) -> None:
     repo = pipeline_repo
-    set_params(repo, features={"threads": 1})  # a speed knob: changes nothing downstream
+    set_params(repo, machine={"threads": 1, "weights_dir": "/elsewhere"})  # untracked
+    assert "up to date" in sh(DVC, "status", cwd=repo)
+    # A typo in a tracked section is a change DVC sees, and the stage stops on it in one line.
+    params = (repo / "params.yaml").read_text()
+    set_params(repo, features={"batchsize": 4})
+    assert re.search(r"modified:\s+features\n", sh(DVC, "status", "features", cwd=repo))
+    typo = run(DVC, "repro", "features", cwd=repo)
+    assert typo.returncode != 0
+    assert "error: params.yaml: unknown param features.batchsize" in typo.stderr + typo.stdout
+    (repo / "params.yaml").write_text(params)
+    sh(DVC, "checkout", cwd=repo)  # DVC removed the stage's outputs before running it
     assert "up to date" in sh(DVC, "status", cwd=repo)
     set_params(repo, clean={"min_count": 1})
     out = sh(DVC, "repro", cwd=repo)

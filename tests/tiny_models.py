@@ -24,3 +24,20 @@ def study_inputs(n: int, seed: int = 1) -> dict[str, np.ndarray]:
     return {"pooled": rng.normal(size=(n, 2, 8)).astype(np.float32) * 3,
             "views": np.ones((n, 2), np.float32),
             "grid": rng.normal(size=(n, 2, 3, 8)).astype(np.float16)}
+
+
+# The backbone settings a tiny bundle records: random Xception weights at its smallest size, so
+# `Predictor` builds without the ImageNet file.
+TINY_FEATURES = {"backbone": "xception", "weights": "none", "image_size": 71, "resize": "squash"}
+
+
+def tiny_bundle(directory, kind: str = "transformer") -> dict:
+    """A tiny model saved as a `models/` folder (config.json, model.weights.h5, vocab.json);
+    returns its config."""
+    from cxr_impressions.captioning.bundle import bundle_config, save_bundle
+
+    model, vocab = tiny(kind)
+    params = ModelParams(kind=kind, units=16, dropout=0.0, heads=2, layers=1)
+    config = bundle_config(params, dict(TINY_FEATURES), 8, 3, 4, vocab)
+    save_bundle(directory, model, vocab, config)
+    return config

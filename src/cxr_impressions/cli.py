@@ -13,7 +13,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import NoReturn
 
+from .config import MachineParams
 from .stage import run_stage
 
 
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     predict = commands.add_parser("predict", help="write impressions for studies")
     predict.add_argument("images", nargs="*", type=Path, help="FRONTAL [LATERAL] image files")
     predict.add_argument("--model", default="models", type=Path, help="model directory")
-    predict.add_argument("--weights-dir", default="../shared/weights",
+    predict.add_argument("--weights-dir", default=MachineParams.weights_dir,
                          help="folder of the backbone's ImageNet weights (default: %(default)s)")
     predict.add_argument("--beam", type=int, help="beam size (default: the model's decoding.json)")
     predict.add_argument("--projections", type=Path, help="batch: a Kaggle projections CSV")
@@ -46,7 +48,14 @@ def _scores(path: Path) -> None:
     import json
 
     from .errors import InputError
-    from .reporting.page import BASELINES, SYSTEMS, bootstrap_note, score_rows, verdict
+    from .reporting.page import (
+        BASELINES,
+        SYSTEMS,
+        bootstrap_note,
+        check_scores,
+        score_rows,
+        verdict,
+    )
 
     if not path.is_file():
         raise InputError(f"{path}: not found (run the evaluate stage: `dvc repro evaluate`)")
@@ -54,7 +63,7 @@ def _scores(path: Path) -> None:
         scores = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a metrics JSON file ({exc})") from None
-    rows = score_rows(scores)
+    rows = score_rows(check_scores(scores, str(path)))
     print(f"{scores.get('kind', '?')} model, {scores.get('test_studies', '?')} test studies "
           f"({path})")
     # Two blocks, so that each fits a terminal: the systems, then model minus each baseline.
@@ -79,13 +88,37 @@ def _batch_alias(argv: list[str]) -> list[str]:
     return argv
 
 
+def _check_output(path: Path, option: str) -> None:
+    """Refuse an output path that cannot be written, before any work is done."""
+    from .errors import InputError
+
+    if path.is_dir():
+        raise InputError(f"{path}: a directory ({option} needs a file name)")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{parent}: not a directory, so {option} {path} cannot be written")
+
+
+def _all_failed(args: argparse.Namespace, errors: list[str]) -> NoReturn:
+    """A batch in which no study could be predicted is an error (exit status 2), not a success
+    with an empty file."""
+    from .errors import InputError
+
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    raise InputError(f"all {len(errors)} studies of {args.projections} failed; "
+                     f"{args.out} not written")
+
+
 def _predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from .atomic import atomic_path, write_csv
-    from .captioning.predict import Predictor, Study, predict_batch, studies_from_projections
     from .errors import InputError
 
+    # Every check that needs no model comes first: a mistake costs seconds, not a model load.
     batch = args.projections is not None
     if batch and (args.image_dir is None or args.out is None):
         raise InputError("batch prediction needs --projections, --images DIR and --out FILE")
@@ -93,7 +126,24 @@ def _predict(args: argparse.Namespace) -> None:
         raise InputError("give one or two image files (frontal, then lateral), or --projections")
     if batch and args.explain is not None:
         raise InputError("--explain works on one study; the HTML report shows every test study")
+    for image in args.images:
+        if image.is_dir():
+            raise InputError(f"{image}: a directory, not an image file")
+        if not image.is_file():
+            raise InputError(f"{image}: file not found")
+    for option, path in (("--out", args.out), ("--explain", args.explain)):
+        if path is not None:
+            _check_output(path, option)
+
+    from .captioning.predict import Predictor, Study, predict_batch, studies_from_projections
+
     began = time.perf_counter()
+    if batch:
+        studies, errors = studies_from_projections(args.projections, args.image_dir)
+        if not studies and not errors:
+            raise InputError(f"{args.projections}: no studies listed")
+        if not studies:
+            _all_failed(args, errors)
     predictor = Predictor(args.model, args.weights_dir, args.beam)
     if not batch:
         frontal, *lateral = args.images
@@ -110,9 +160,10 @@ def _predict(args: argparse.Namespace) -> None:
         print(text)
         print(f"heat-maps -> {args.explain}", file=sys.stderr)
         return
-    studies, errors = studies_from_projections(args.projections, args.image_dir)
     rows, read_errors = predict_batch(predictor, studies)
     errors += read_errors
+    if not rows:
+        _all_failed(args, errors)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)
     write_csv(args.out, pd.DataFrame(rows, columns=["uid", "impression"]))

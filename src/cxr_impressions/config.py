@@ -2,6 +2,26 @@
 
 Every stage reads its section through `load_section`, so a wrong param (unknown key, wrong type,
 value out of range) is one clear line naming the param, never a traceback from deep inside a stage.
+
+Rules (tests/test_config.py and tests/test_architecture.py enforce them, for every section in
+`SECTIONS`, so a new section only has to follow them):
+
+- **One source of defaults.** The dataclasses below hold the defaults. `params.yaml` lists every
+  section of `SECTIONS` and every field of each, with exactly these values, so that DVC tracks
+  every value a stage uses; a new section is a dataclass here, an entry in `SECTIONS` and the
+  same keys and values in `params.yaml`, and a changed default is changed in both at once. The
+  test reads the working copy, or, where a `dvc exp run -S` left a value there, the committed
+  `params.yaml`.
+- **Content vs machine.** A section holds what changes a stage's outputs. Settings that change
+  only how or where a stage runs on this machine (threads, local paths of read-only inputs that
+  are checked by content, download permission) go to `machine`, which no stage tracks, so that
+  teammates with other paths or cores share one DVC cache.
+- **Whole sections.** Each stage lists whole sections under `params:` in `dvc.yaml` (never single
+  keys), exactly the sections its script loads (besides `machine`): any change or typo in them
+  reruns the stage, and the typo then stops it with this loader's one-line error. Only stage
+  scripts call `load_section`, with a literal section name.
+- **YAML as DVC reads it.** The file is read with ruamel.yaml's safe loader (YAML 1.2), the parser
+  DVC itself uses, so `5e-4` is a number here as it is in `dvc params diff`, and `no` is text.
 """
 
 from __future__ import annotations
@@ -12,7 +32,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from .errors import InputError
 
@@ -68,14 +89,20 @@ class CleanParams:
 class FeaturesParams:
     backbone: Literal["xception", "inceptionv3", "densenet121"] = "xception"
     weights: str = "imagenet"  # imagenet | none | path to a Keras weights file
-    weights_dir: str = "../shared/weights"
-    allow_download: bool = False
     image_size: int = at_least(32, 299)
     resize: Literal["squash", "pad"] = "squash"
-    grid: bool = False
+    grid: bool = True  # also store the spatial grid (the transformer reads it)
     batch_size: int = at_least(1, 8)
-    threads: int = at_least(0, 0)  # 0: all cores
     seed: int = at_least(0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class MachineParams:
+    """How and where the stages run here; no stage tracks this section (see the module doc)."""
+
+    threads: int = at_least(0, 0)  # TensorFlow intra-op threads; 0: all cores
+    weights_dir: str = "../shared/weights"  # where `features.weights: imagenet` looks first
+    allow_download: bool = False  # true: fall back to Keras' own download
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +122,7 @@ class ModelParams:
     dropout: float = at_least(0.0, 0.3, at_most=0.9)
     heads: int = at_least(1, 4)  # transformer
     layers: int = at_least(1, 2)  # transformer decoder layers
-    grid_pool: int = at_least(1, 1)  # transformer: average-pool the 10x10 grid by this factor
+    grid_pool: int = at_least(1, 3)  # transformer: average-pool the 10x10 grid by this factor
     condition: Literal["abnormal", "none"] = "abnormal"  # decode conditioned on a predicted label
 
     @property
@@ -106,10 +133,10 @@ class ModelParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    epochs: int = at_least(1, 30)
-    batch_size: int = at_least(1, 32)
+    epochs: int = at_least(1, 12)
+    batch_size: int = at_least(1, 64)
     learning_rate: float = at_least(1e-6, 1e-3, at_most=1.0)
-    patience: int = at_least(1, 4)
+    patience: int = at_least(1, 3)
     monitor: Literal["val_loss", "val_bleu4"] = "val_loss"
     seed: int = at_least(0, 0)
 
@@ -145,20 +172,29 @@ SECTIONS: dict[str, type] = {
     "decode": DecodeParams,
     "evaluate": EvaluateParams,
     "report": ReportParams,
+    "machine": MachineParams,
 }
+UNTRACKED = frozenset({"machine"})  # sections no stage lists in dvc.yaml
 
 
 def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The params file as DVC reads it (YAML 1.2: `5e-4` is a number, `no` a string)."""
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh)
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{path}: params file not found") from None
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise InputError(f"{path}:{where} not valid YAML") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
+    try:
+        loaded = YAML(typ="safe").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}:" if mark is not None else ""
+        problem = (exc.problem or exc.context or "").strip()
+        raise InputError(f"{path}:{where} not valid YAML ({problem})") from None
+    except YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise InputError(f"{path}: expected a mapping of sections at the top level")
     return loaded

@@ -55,21 +55,70 @@ def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
 
 
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
+    """The model in `directory`; any missing, unreadable or inconsistent file is one
+    `InputError` that names it."""
     directory = Path(directory)
     for name in ("config.json", "model.weights.h5", "vocab.json"):
         if not (directory / name).is_file():
             raise InputError(f"{directory / name}: not found (train the model with `dvc repro "
                              "train`, or pass --model DIR)")
-    config = json.loads((directory / "config.json").read_text())
+    config_path = directory / "config.json"
+    config = _read_json(config_path, "a model config")
     vocab = Vocabulary.load(directory / "vocab.json")
-    params = build_section("model", ModelParams, config["model"], source=str(directory))
-    matrix = np.zeros((config["vocab_size"], config["embedding_dim"]), dtype=np.float32)
-    model = build_model(params, matrix, config["feature_dim"], config["max_len"],
-                        config["regions"])
-    model.train_model.load_weights(directory / "model.weights.h5")
+    try:
+        params = build_section("model", ModelParams, config["model"], source=str(config_path))
+        shapes = {key: config[key] for key in ("vocab_size", "embedding_dim", "feature_dim",
+                                                "max_len", "regions")}
+        if not all(isinstance(v, int) and v > 0 for k, v in shapes.items()
+                   if not (k == "regions" and v is None)):
+            raise ValueError(f"sizes must be positive integers, got {shapes}")
+        if (shapes["vocab_size"], shapes["max_len"]) != (len(vocab), vocab.max_len):
+            raise InputError(f"{config_path}: vocab_size {shapes['vocab_size']} and max_len "
+                             f"{shapes['max_len']} do not match {directory / 'vocab.json'} "
+                             f"({len(vocab)} words, max_len {vocab.max_len})")
+        matrix = np.zeros((shapes["vocab_size"], shapes["embedding_dim"]), dtype=np.float32)
+        model = build_model(params, matrix, shapes["feature_dim"], shapes["max_len"],
+                            shapes["regions"])
+    except KeyError as exc:
+        raise InputError(f"{config_path}: not a model config (no {exc.args[0]!r})") from None
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{config_path}: not a model config ({_first_line(exc)})") from None
+    _load_weights(model, directory / "model.weights.h5", config_path)
     decode = DecodeParams()
     if (directory / "decoding.json").is_file():
         decode = build_section("decode", DecodeParams,
-                               json.loads((directory / "decoding.json").read_text()),
+                               _read_json(directory / "decoding.json", "decoding settings"),
                                source=str(directory / "decoding.json"))
     return Bundle(model, vocab, config, decode, params)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not {what} (not valid JSON: {_first_line(exc)})") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"{path}: not {what} (expected a JSON object)")
+    return loaded
+
+
+def _load_weights(model: CaptionModel, weights: Path, config_path: Path) -> None:
+    import warnings
+
+    # Keras warns (several lines each) about every layer it cannot fill before it raises; the
+    # one-line error below says it all.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model.train_model.load_weights(weights)
+        except OSError as exc:  # h5py: empty, truncated or not HDF5
+            raise InputError(f"{weights}: not a readable Keras weights file "
+                             f"({_first_line(exc)})") from None
+        except (ValueError, KeyError) as exc:  # Keras: layers or shapes differ
+            raise InputError(f"{weights}: does not match {config_path} "
+                             f"({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -38,13 +38,16 @@ class Predictor:
                  beam_size: int | None = None) -> None:
         import tensorflow as tf
 
+        if beam_size is not None and beam_size < 1:
+            raise InputError(f"--beam must be at least 1, got {beam_size}")
         self.bundle: Bundle = load_bundle(model_dir)
         settings = self.bundle.config["features"]
         self.kind = self.bundle.model.kind
         self.image_size = settings["image_size"]
         self.resize = settings["resize"]
         weights = resolve_weights(get_spec(settings["backbone"]), settings["weights"],
-                                  weights_dir, allow_download=False)
+                                  weights_dir, allow_download=False,
+                                  weights_dir_setting="--weights-dir", download_setting=None)
         backbone = build_backbone(settings["backbone"], weights, self.image_size,
                                   grid=self.bundle.params.needs_grid)
         self._backbone = tf.function(lambda x: backbone(x, training=False),

@@ -16,6 +16,7 @@ import gzip
 import io
 import os
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,25 +30,36 @@ from .tokenizer import PAD, UNK, Vocabulary
 
 @contextlib.contextmanager
 def open_glove(path: str | os.PathLike[str], member: str = "") -> Iterator[io.BufferedIOBase]:
-    """A binary stream of a GloVe `.txt`, `.txt.gz`, or a member of Stanford's `.zip`."""
+    """A binary stream of a GloVe `.txt`, `.txt.gz`, or a member of Stanford's `.zip`.
+
+    A corrupt, truncated or mislabelled archive fails while it is read, in the caller's loop: the
+    errors the decompressors raise there become one `InputError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: GloVe file not found (embeddings.glove)")
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith(".txt")]
-            chosen = member or (names[0] if len(names) == 1 else "")
-            if chosen not in archive.namelist():
-                raise InputError(f"{path}: choose a member with embeddings.member "
-                                 f"(one of: {', '.join(names)})")
-            with archive.open(chosen) as fh:
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".txt")]
+                chosen = member or (names[0] if len(names) == 1 else "")
+                if chosen not in archive.namelist():
+                    raise InputError(f"{path}: choose a member with embeddings.member "
+                                     f"(one of: {', '.join(names)})")
+                with archive.open(chosen) as fh:
+                    yield fh
+        elif path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
                 yield fh
-    elif path.suffix == ".gz":
-        with gzip.open(path, "rb") as fh:
-            yield fh
-    else:
-        with open(path, "rb", buffering=1 << 20) as fh:
-            yield fh
+        else:
+            with open(path, "rb", buffering=1 << 20) as fh:
+                yield fh
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, gzip.BadGzipFile, EOFError,
+            zlib.error) as exc:
+        kind = "zip" if path.suffix == ".zip" else "gzip" if path.suffix == ".gz" else "text"
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, EOFError):
+            reason = "truncated: the file ends before the compressed data does"
+        raise InputError(f"{path}: not a readable {kind} file ({reason})") from None
 
 
 @dataclass
@@ -67,7 +79,9 @@ def read_glove(path: str | os.PathLike[str], words: Iterable[str], member: str =
     number = 0
     with open_glove(path, member) as fh:
         for number, line in enumerate(fh, start=1):
-            line = line.rstrip(b"\r\n")
+            # Trailing spaces are dropped (some writers end every line with one), so a line that
+            # lost its last number but kept its space is one field short, caught below.
+            line = line.rstrip(b" \r\n")
             spaces = line.count(b" ")
             if number == 1:
                 dim = spaces
@@ -82,7 +96,7 @@ def read_glove(path: str | os.PathLike[str], words: Iterable[str], member: str =
             word = line[: line.index(b" ")]
             if word in wanted:
                 try:
-                    vector = np.array(line[len(word) + 1:].split(), dtype=np.float32)
+                    vector = np.array(line[len(word) + 1:].split(b" "), dtype=np.float32)
                 except ValueError:
                     raise InputError(f"{name}: line {number}: not a number in the vector of "
                                      f"{word.decode('utf-8', 'replace')!r}") from None

@@ -60,6 +60,8 @@ def load_image(
     """Load one image, raising a one-line `InputError` naming the file if it can't be read."""
     from ..errors import InputError
 
+    if os.path.isdir(path):
+        raise InputError(f"{path}: a directory, not an image file")
     try:
         data = tf.io.read_file(os.fspath(path))
         return decode_and_resize(data, size, channels, policy)
@@ -67,3 +69,5 @@ def load_image(
         missing = isinstance(exc, tf.errors.NotFoundError)
         reason = "file not found" if missing else "not a PNG or JPEG image, or corrupt"
         raise InputError(f"{path}: {reason}") from None
+    except tf.errors.OpError as exc:  # unreadable: permissions, a special file, ...
+        raise InputError(f"{path}: cannot read ({exc.message.split(';')[-1].strip()})") from None

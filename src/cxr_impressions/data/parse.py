@@ -41,6 +41,7 @@ class ParseResult:
     reports: pd.DataFrame
     images: pd.DataFrame
     skipped_files: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)  # image rows listed again, kept once
 
 
 _XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]*encoding=[\"']([\w.-]+)[\"']")
@@ -84,8 +85,9 @@ def read_csv_checked(path: Path, required: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def read_kaggle_csv(reports_csv: Path, projections_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The Kaggle pair: `indiana_reports.csv` and `indiana_projections.csv`."""
+def read_kaggle_csv(reports_csv: Path, projections_csv: Path) -> ParseResult:
+    """The Kaggle pair: `indiana_reports.csv` and `indiana_projections.csv`. A projection row
+    that repeats an earlier one's uid and image is kept once, and listed in `duplicates`."""
     raw = read_csv_checked(reports_csv, REPORT_COLUMNS)
     reports = pd.DataFrame({
         "uid": raw["uid"],
@@ -109,7 +111,11 @@ def read_kaggle_csv(reports_csv: Path, projections_csv: Path) -> tuple[pd.DataFr
         "view": view.where(view.isin(VIEWS), "unknown"),
         "view_source": "csv",
     })
-    return reports, images
+    repeated = images.duplicated(["uid", "image_id"]).to_numpy()
+    duplicates = [f"{projections_csv}: line {row + 2}: uid {images['uid'].iloc[row]} image "
+                  f"{images['image_id'].iloc[row]} listed again (counted once)"
+                  for row in np.flatnonzero(repeated)]
+    return ParseResult(reports, images[~repeated].reset_index(drop=True), duplicates=duplicates)
 
 
 def parse_xml_report(path: Path) -> tuple[dict[str, object], list[str]]:
@@ -163,7 +169,7 @@ def parse_xml_report(path: Path) -> tuple[dict[str, object], list[str]]:
 
 def read_openi_xml(files: Iterable[Path], skip_bad: bool = False) -> ParseResult:
     """A directory's worth of Open-i XML reports. Bad files raise, or are skipped and listed."""
-    reports, image_rows, skipped = [], [], []
+    reports, image_rows, skipped, duplicates = [], [], [], []
     for path in files:
         try:
             report, image_ids = parse_xml_report(path)
@@ -174,12 +180,17 @@ def read_openi_xml(files: Iterable[Path], skip_bad: bool = False) -> ParseResult
             skipped.append(str(exc))
             continue
         reports.append(report)
-        image_rows.extend({"uid": report["uid"], "image_id": i} for i in image_ids)
+        unique = list(dict.fromkeys(image_ids))
+        for image_id in unique:
+            if image_ids.count(image_id) > 1:
+                duplicates.append(f"{path}: image {image_id} listed "
+                                  f"{image_ids.count(image_id)} times (counted once)")
+        image_rows.extend({"uid": report["uid"], "image_id": i} for i in unique)
     frame = pd.DataFrame(reports, columns=list(REPORT_TABLE_COLUMNS))
     images = pd.DataFrame(image_rows, columns=["uid", "image_id"])
     images["view"] = "unknown"
     images["view_source"] = "none"
-    return ParseResult(frame, images, skipped)
+    return ParseResult(frame, images, skipped, duplicates)
 
 
 def attach_image_files(images: pd.DataFrame, image_dir: Path) -> pd.DataFrame:
@@ -238,10 +249,11 @@ def parse_inputs(layout: InputLayout, skip_bad: bool = False,
                  measure_view_rule: bool = True) -> tuple[ParseResult, dict[str, object]]:
     """Parse whichever format `layout` holds; return the tables and the view-rule measurement."""
     if layout.format == "csv":
-        reports, images = read_kaggle_csv(layout.reports_csv, layout.projections_csv)
-        result = ParseResult(reports, images)
+        result = read_kaggle_csv(layout.reports_csv, layout.projections_csv)
     else:
         result = read_openi_xml(layout.xml_files, skip_bad=skip_bad)
+    for line in result.duplicates:
+        log.warning("%s", line)
     if result.reports.empty:
         raise InputError(f"{layout.root}: no reports could be parsed")
     duplicated = result.reports["uid"].duplicated()

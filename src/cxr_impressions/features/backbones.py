@@ -65,11 +65,13 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
 
 
 def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
-                    allow_download: bool) -> str | None:
+                    allow_download: bool, weights_dir_setting: str = "machine.weights_dir",
+                    download_setting: str | None = "machine.allow_download") -> str | None:
     """The weights file to load, or None for random weights (`weights: none`).
 
     `imagenet` looks for the standard Keras file in `weights_dir`, then in Keras' own cache, and
-    only then (with `allow_download`) downloads it.
+    only then (with `allow_download`) downloads it. The error message names where the user sets
+    `weights_dir` and `allow_download` (params, or the CLI's options).
     """
     if weights == "none":
         return None
@@ -85,10 +87,10 @@ def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
     if cached.is_file():
         return str(cached)
     url = f"{KERAS_WEIGHTS_URL}/{spec.url_path}/{spec.weights_file}"
-    where = f"put {spec.weights_file} in {weights_dir} (features.weights_dir); get it from {url}"
+    where = f"put {spec.weights_file} in {weights_dir} ({weights_dir_setting}); get it from {url}"
     if not allow_download:
-        raise InputError(f"{spec.name} ImageNet weights not found: {where}, or set "
-                         "features.allow_download: true")
+        download = f", or set {download_setting}: true" if download_setting else ""
+        raise InputError(f"{spec.name} ImageNet weights not found: {where}{download}")
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(60)
     try:

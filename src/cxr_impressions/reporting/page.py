@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .assets import ramp_anchors, read_static
 from .charts import PALETTE, bar_chart, line_chart
 from .heatmaps import grid_side
@@ -106,6 +107,26 @@ def _difference(scores: dict, baseline: str, metric: str) -> tuple[str, str]:
     if metric == "distinct" and model is not None and other is not None:
         return f"{model - other:+.0f}", ""
     return "–", ""
+
+
+def check_scores(scores: object, source: str) -> dict:
+    """`scores` if it has the shape of evaluate's metrics (the headline's systems and metrics,
+    numbers where present), else a one-line `InputError` naming `source` and the first fault."""
+    if not isinstance(scores, dict) or not isinstance(scores.get("model"), dict):
+        raise InputError(f"{source}: not evaluate's scores (expected a JSON object with a "
+                         "'model' object of metrics)")
+    for system in SYSTEMS:
+        entry = scores.get(system, {})
+        clinical = entry.get("clinical", {}) if isinstance(entry, dict) else None
+        if not isinstance(clinical, dict) or not isinstance(clinical.get("abnormal", {}), dict):
+            raise InputError(f"{source}: '{system}' must be an object of metrics, with "
+                             "'clinical' and 'clinical.abnormal' objects")
+        for metric, _label in HEADLINE:
+            value = _value(scores, system, metric)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, int | float)):
+                raise InputError(f"{source}: {system} {metric} must be a number, got {value!r}")
+    return scores
 
 
 def score_rows(scores: dict) -> list[tuple[str, ...]]:
