@@ -1,4 +1,5 @@
-"""evaluate: decode the test split; score the model beside the constant and 1-NN baselines."""
+"""evaluate: decode the test split; score the model beside the constant and 1-NN baselines,
+with bootstrap intervals and paired differences."""
 
 import argparse
 import dataclasses
@@ -35,6 +36,7 @@ def main() -> None:
         nearest_neighbour_baseline,
         study_vectors,
     )
+    from cxr_impressions.evaluation.bootstrap import LEVEL
     from cxr_impressions.evaluation.scoring import MeteorScorer
     from cxr_impressions.evaluation.tables import (
         evaluate_systems,
@@ -70,7 +72,8 @@ def main() -> None:
     normal = (mesh == "normal").to_numpy()
     meteor = MeteorScorer()
     try:
-        scores = evaluate_systems(test.texts, systems, normal, meteor)
+        scores = evaluate_systems(test.texts, systems, normal, meteor, params.bootstrap,
+                                  params.seed)
     finally:
         meteor.close()
 
@@ -80,7 +83,9 @@ def main() -> None:
     write_json(args.decoding, dataclasses.asdict(decode))
     write_json(args.metrics, {
         "kind": bundle.model.kind, "test_studies": len(test),
-        "decode": dataclasses.asdict(decode), **scores,
+        "decode": dataclasses.asdict(decode),
+        "bootstrap": {"resamples": params.bootstrap, "seed": params.seed, "level": LEVEL},
+        **scores,
         "labeller": validate_labeller(examples)})
 
 

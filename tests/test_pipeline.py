@@ -93,6 +93,19 @@ def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
         assert set(scores[system]["clinical"]["abnormal"]) == {"precision", "recall", "f1"}
     assert scores["constant"]["distinct"] == 1
     assert scores["test_studies"] == 10
+    # Bootstrap intervals around every reported score, METEOR included; paired differences.
+    assert scores["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
+    for system in ("model", "constant", "nearest_neighbour"):
+        bounds = scores[system]["ci95"]
+        for metric in ("bleu1", "bleu4", "meteor", "rouge_l", "cider"):
+            low, high = bounds[f"{metric}_low"], bounds[f"{metric}_high"]
+            assert low <= scores[system][metric] <= high, (system, metric)
+        assert (bounds["abnormal_f1_low"] <= scores[system]["clinical"]["abnormal"]["f1"]
+                <= bounds["abnormal_f1_high"])
+    for baseline in ("constant", "nearest_neighbour"):
+        paired = scores[f"model_vs_{baseline}"]
+        assert {"bleu4", "meteor", "cider", "abnormal_f1", "findings_macro_f1"} <= set(paired)
+        assert all(e["low"] <= e["diff"] <= e["high"] for e in paired.values()), paired
     assert 0 <= scores["labeller"]["abnormal_accuracy"] <= 1
     import pandas as pd
 
@@ -123,11 +136,16 @@ def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path
             page.wait_for_selector("body[data-ready='1']", timeout=30000)
             # The headline table: every metric row, with the model and both baselines.
             header = page.locator("#headline thead th").all_inner_texts()
-            assert header == ["metric", "model", "constant", "1-NN"]
+            assert header == ["metric", "model", "constant", "1-NN", "model − constant",
+                              "model − 1-NN"]
             for metric in ("bleu4", "meteor", "rouge_l", "cider", "distinct", "abnormal_f1",
                            "findings_macro_f1"):
                 cells = page.locator(f"#headline tr[data-metric='{metric}'] td")
-                assert cells.count() == 4 and "–" not in cells.all_inner_texts()[1:], metric
+                assert cells.count() == 6 and "–" not in cells.all_inner_texts()[1:], metric
+            # Intervals beside the values; paired differences with theirs.
+            bleu4 = page.locator("#headline tr[data-metric='bleu4'] td").all_inner_texts()
+            assert all("[" in cell for cell in bleu4[1:]), bleu4
+            assert page.locator("p.verdict").count() == 2
             assert page.locator("#labeller").count() == 1
             assert page.locator("svg.chart").count() >= 5  # curves, by length, top impressions
             assert page.locator("#confusion td").count() == 4

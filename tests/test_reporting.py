@@ -6,7 +6,7 @@ from PIL import Image
 
 from cxr_impressions.reporting.charts import bar_chart, line_chart
 from cxr_impressions.reporting.heatmaps import colourise, explain_figure, view_maps
-from cxr_impressions.reporting.page import attention_payload, headline_table
+from cxr_impressions.reporting.page import attention_payload, headline_table, verdict
 
 
 def test_heatmap_figure_has_a_row_per_word_and_marks_where_it_looked() -> None:
@@ -39,6 +39,51 @@ def test_headline_table_marks_the_best_system() -> None:
     row = html.split('data-metric="bleu4"')[1].split("</tr>")[0]
     assert '<td class="best">0.200</td>' in row and "0.100" in row
     assert 'data-metric="abnormal_f1"' in html
+    assert "<caption>" not in html and 'class="diff win"' not in html  # no intervals: none shown
+
+
+def _with_intervals() -> dict:
+    """Scores as the evaluate stage writes them: BLEU-4 a significant win over the constant,
+    ROUGE-L a significant loss, abnormal F1 within noise."""
+    scores = {s: {"bleu4": b, "rouge_l": r, "distinct": d,
+                  "clinical": {"abnormal": {"f1": f}},
+                  "ci95": {"bleu4_low": b - 0.01, "bleu4_high": b + 0.01,
+                           "rouge_l_low": r - 0.02, "rouge_l_high": r + 0.02,
+                           "abnormal_f1_low": f - 0.1, "abnormal_f1_high": f + 0.1}}
+              for s, b, r, d, f in (("model", 0.12, 0.48, 17, 0.47),
+                                    ("constant", 0.10, 0.51, 1, 0.45),
+                                    ("nearest_neighbour", 0.08, 0.40, 150, 0.30))}
+    scores["model_vs_constant"] = {"bleu4": {"diff": 0.02, "low": 0.004, "high": 0.035},
+                                   "rouge_l": {"diff": -0.03, "low": -0.05, "high": -0.01},
+                                   "abnormal_f1": {"diff": 0.02, "low": -0.04, "high": 0.08}}
+    scores["bootstrap"] = {"resamples": 1000, "seed": 0, "level": 0.95}
+    scores["test_studies"] = 352
+    return scores
+
+
+def test_headline_table_shows_intervals_and_marks_wins_and_losses() -> None:
+    html = headline_table(_with_intervals())
+    header = html.split("<thead>")[1].split("</thead>")[0]
+    assert header.count("<th>") == 6 and "model − constant" in header
+    bleu = html.split('data-metric="bleu4"')[1].split("</tr>")[0]
+    assert '0.120 <span class="ci">[0.110, 0.130]</span>' in bleu
+    assert ('<td class="diff win" data-baseline="constant">+0.020 <span class="ci">'
+            '[+0.004, +0.035]</span> <span class="mark">▲</span></td>') in bleu
+    assert '<td class="diff " data-baseline="nearest_neighbour">–</td>' in bleu
+    rouge = html.split('data-metric="rouge_l"')[1].split("</tr>")[0]
+    assert 'class="diff loss" data-baseline="constant">-0.030' in rouge and "▼" in rouge
+    f1 = html.split('data-metric="abnormal_f1"')[1].split("</tr>")[0]
+    assert 'class="diff " data-baseline="constant">+0.020' in f1 and "mark" not in f1
+    distinct = html.split('data-metric="distinct"')[1].split("</tr>")[0]
+    assert ">+16</td>" in distinct  # a count: the plain difference, no interval
+    assert "1000 bootstrap resamples of the 352 test studies" in html
+
+
+def test_verdict_names_wins_losses_and_ties() -> None:
+    scores = _with_intervals()
+    assert verdict(scores, "constant") == (
+        "Model vs constant: better on BLEU-4; worse on ROUGE-L; within noise on abnormal F1.")
+    assert verdict(scores, "nearest_neighbour") is None  # no paired intervals for it
 
 
 def test_attention_payload_and_charts() -> None:
@@ -64,11 +109,22 @@ def test_scores_command_prints_the_table(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores", str(path)],
                          capture_output=True, text=True, check=True).stdout
     assert "merge model, 3 test studies" in out
-    assert [line.split()[-1] for line in out.splitlines() if line.startswith("BLEU-4")] == [
-        "0.250"]
+    # A file without intervals (an older run): the values, and "–" for the differences.
+    assert [line.split()[1:] for line in out.splitlines() if line.startswith("BLEU-4")] == [
+        ["0.250", "0.250", "0.250"], ["–", "–"]]
     missing = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores",
                               str(tmp_path / "none.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+    path.write_text(json.dumps(_with_intervals()))
+    out = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    bleu = [line for line in out.splitlines() if line.startswith("BLEU-4")]
+    assert bleu[0].split()[1:4] == ["0.120", "[0.110,", "0.130]"]
+    assert bleu[1].split()[1:4] == ["+0.020", "[+0.004,", "+0.035]"] and bleu[1].split()[4] == "▲"
+    rouge = [line for line in out.splitlines() if line.startswith("ROUGE-L")][1]
+    assert rouge.split()[4] == "▼"
+    assert "Model vs constant: better on BLEU-4; worse on ROUGE-L" in out
 
 
 def test_scores_command_rejects_a_malformed_file(tmp_path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -47,7 +48,14 @@ def _scores(path: Path) -> None:
     import json
 
     from .errors import InputError
-    from .reporting.page import check_scores, score_rows
+    from .reporting.page import (
+        BASELINES,
+        SYSTEMS,
+        bootstrap_note,
+        check_scores,
+        score_rows,
+        verdict,
+    )
 
     if not path.is_file():
         raise InputError(f"{path}: not found (run the evaluate stage: `dvc repro evaluate`)")
@@ -56,11 +64,21 @@ def _scores(path: Path) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a metrics JSON file ({exc})") from None
     rows = score_rows(check_scores(scores, str(path)))
-    width = max(len(r[0]) for r in rows)
     print(f"{scores.get('kind', '?')} model, {scores.get('test_studies', '?')} test studies "
           f"({path})")
-    for row in rows:
-        print(f"{row[0]:<{width}}  " + "  ".join(f"{c:>10}" for c in row[1:]))
+    # Two blocks, so that each fits a terminal: the systems, then model minus each baseline.
+    systems = len(SYSTEMS) + 1
+    for block in ([r[:systems] for r in rows], [(r[0], *r[systems:]) for r in rows]):
+        widths = [max(len(r[i]) for r in block) for i in range(len(block[0]))]
+        print()
+        for row in block:
+            print(f"{row[0]:<{widths[0]}}  " + "  ".join(
+                f"{c:>{w}}" for c, w in zip(row[1:], widths[1:], strict=True)))
+    lines = [bootstrap_note(scores), *(verdict(scores, b) for b in BASELINES)]
+    if any(lines):
+        print()
+    for line in filter(None, lines):
+        print(textwrap.fill(line, width=100, subsequent_indent="  "))
 
 
 def _batch_alias(argv: list[str]) -> list[str]:

@@ -4,6 +4,10 @@ Tokenisation: every metric sees the normalised text of the clean stage, split on
 the sentence token `.` kept as a word (as R2Gen's evaluation does) and without the start and
 end tokens. BLEU is nltk's `corpus_bleu` (one reference per study, no smoothing); METEOR,
 ROUGE-L and CIDEr come from pycocoevalcap (METEOR runs Java), fed the same tokens.
+
+ROUGE-L and CIDEr are means of per-study scores (CIDEr's document frequencies come from all the
+references scored together); METEOR is corpus-level, computed from the sum of the per-study
+sufficient statistics that Java returns. `bootstrap.py` resamples exactly these per-study numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ warnings.filterwarnings("ignore", message=r"(?s).*counts of .-gram overlaps")
 BLEU_WEIGHTS = [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (1 / 3, 1 / 3, 1 / 3, 0), (0.25,) * 4]
 
 
+# Meteor 1.5's defaults for English (`-l en`, task "default"): alpha, beta, gamma, delta, and
+# the weights of its four matching modules (exact, stem, synonym, paraphrase).
+METEOR_ALPHA, METEOR_BETA, METEOR_GAMMA, METEOR_DELTA = 0.85, 0.2, 0.6, 0.75
+METEOR_MODULE_WEIGHTS = np.array([1.0, 0.6, 0.8, 0.6])
+METEOR_STATISTICS = 23  # per study: lengths, function words, 4 modules x 4 match counts, chunks...
+
+
 class MeteorScorer:
     """One METEOR Java process, reused for every system scored in a run."""
 
@@ -33,10 +44,26 @@ class MeteorScorer:
 
         self._meteor = Meteor()
 
+    def statistics(self, references: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
+        """Per study, METEOR's 23 sufficient statistics (studies, 23); `meteor_score` of their
+        sum is the corpus METEOR that pycocoevalcap's `compute_score` returns."""
+        rows = []
+        for reference, hypothesis in zip(references, hypotheses, strict=True):
+            line = self._meteor._stat(hypothesis or "empty", [reference])
+            rows.append([float(x) for x in line.split()])
+        stats = np.array(rows, dtype=np.float64).reshape(len(rows), METEOR_STATISTICS)
+        # Java's aggregation leaves out the chunk count of a study matched whole in one chunk
+        # (MeteorStats.addStats): do it here, so that the corpus statistics are a plain sum.
+        test_matches = stats[:, 4:20:2].sum(axis=1)
+        reference_matches = stats[:, 5:20:2].sum(axis=1)
+        whole = ((test_matches == stats[:, 0]) & (reference_matches == stats[:, 1])
+                 & (stats[:, 20] == 1))
+        stats[whole, 20] = 0
+        return stats
+
     def score(self, references: Sequence[str], hypotheses: Sequence[str]) -> float:
-        gts = {i: [r] for i, r in enumerate(references)}
-        res = {i: [h or "empty"] for i, h in enumerate(hypotheses)}
-        return float(self._meteor.compute_score(gts, res)[0])
+        """Corpus METEOR of these studies."""
+        return float(meteor_score(self.statistics(references, hypotheses).sum(axis=0)))
 
     def close(self) -> None:
         """End the Java process now rather than whenever the object is collected."""
@@ -47,44 +74,81 @@ class MeteorScorer:
             process.wait()
 
 
-def text_metrics(references: Sequence[str], hypotheses: Sequence[str],
-                 meteor: MeteorScorer | None = None) -> dict[str, float]:
-    from pycocoevalcap.cider.cider import Cider
+def meteor_score(summed: np.ndarray) -> np.ndarray:
+    """METEOR from summed sufficient statistics (..., 23), as Meteor 1.5 computes it
+    (MeteorScorer.computeMetrics): weighted precision and recall, their alpha-weighted harmonic
+    mean, times 1 - gamma * fragmentation ** beta. Any leading axes: one score per row."""
+    s = np.asarray(summed, dtype=np.float64)
+    test_length, reference_length = s[..., 0], s[..., 1]
+    test_function, reference_function = s[..., 2], s[..., 3]
+    stages = s[..., 4:20].reshape(*s.shape[:-1], 4, 4)  # module x (test/ref, content/function)
+    chunks, test_words, reference_words = s[..., 20], s[..., 21], s[..., 22]
+    delta, weights = METEOR_DELTA, METEOR_MODULE_WEIGHTS
+    test_weighted = delta * (test_length - test_function) + (1 - delta) * test_function
+    reference_weighted = (delta * (reference_length - reference_function)
+                          + (1 - delta) * reference_function)
+    test_matched = (delta * stages[..., 0] + (1 - delta) * stages[..., 2]) @ weights
+    reference_matched = (delta * stages[..., 1] + (1 - delta) * stages[..., 3]) @ weights
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = test_matched / test_weighted
+        recall = reference_matched / reference_weighted
+        f_mean = 1.0 / ((1 - METEOR_ALPHA) / precision + METEOR_ALPHA / recall)
+        whole = ((stages[..., [0, 2]].sum(axis=(-1, -2)) == test_length)
+                 & (stages[..., [1, 3]].sum(axis=(-1, -2)) == reference_length) & (chunks == 1))
+        fragmentation = np.where(whole, 0.0, chunks / ((test_words + reference_words) / 2))
+        score = f_mean * (1 - METEOR_GAMMA * fragmentation ** METEOR_BETA)
+    return np.where(np.isnan(score), 0.0, np.maximum(score, 0.0))
+
+
+def rouge_l_per_study(references: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
+    """pycocoevalcap's ROUGE-L of each study (an empty hypothesis is scored as "empty")."""
     from pycocoevalcap.rouge.rouge import Rouge
 
+    rouge = Rouge()
+    return np.array([rouge.calc_score([h or "empty"], [r])
+                     for r, h in zip(references, hypotheses, strict=True)], dtype=np.float64)
+
+
+def cider_per_study(references: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
+    """pycocoevalcap's CIDEr-D of each study, with document frequencies from these references."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts = {i: [r] for i, r in enumerate(references)}
+    res = {i: [h or "empty"] for i, h in enumerate(hypotheses)}
+    return np.asarray(Cider().compute_score(gts, res)[1], dtype=np.float64)
+
+
+def text_metrics(references: Sequence[str], hypotheses: Sequence[str],
+                 meteor_statistics: np.ndarray | None = None) -> dict[str, float]:
+    """BLEU-1..4, METEOR (given `MeteorScorer.statistics` for these studies), ROUGE-L, CIDEr
+    and the number of distinct hypotheses."""
     refs = [[r.split()] for r in references]
     hyps = [h.split() for h in hypotheses]
     scores = {f"bleu{n + 1}": float(corpus_bleu(refs, hyps, weights=w))
               for n, w in enumerate(BLEU_WEIGHTS)}
-    gts = {i: [r] for i, r in enumerate(references)}
-    res = {i: [h or "empty"] for i, h in enumerate(hypotheses)}
-    if meteor is not None:
-        scores["meteor"] = meteor.score(references, hypotheses)
-    scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
-    scores["cider"] = float(Cider().compute_score(gts, res)[0])
+    if meteor_statistics is not None:
+        scores["meteor"] = float(meteor_score(meteor_statistics.sum(axis=0)))
+    scores["rouge_l"] = float(rouge_l_per_study(references, hypotheses).mean())
+    scores["cider"] = float(cider_per_study(references, hypotheses).mean())
     scores["distinct"] = len(set(hypotheses))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()}
 
 
 def per_study_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, list]:
     """Sentence BLEU-4 (smoothed) and ROUGE-L per study, for error analysis."""
-    from pycocoevalcap.rouge.rouge import Rouge
-
     smooth = SmoothingFunction().method1
     bleu = [float(sentence_bleu([r.split()], h.split(), smoothing_function=smooth))
             for r, h in zip(references, hypotheses, strict=True)]
-    rouge = Rouge()
-    rouge_l = [float(rouge.calc_score([h or "empty"], [r]))
-               for r, h in zip(references, hypotheses, strict=True)]
-    return {"bleu4": bleu, "rouge_l": rouge_l}
+    return {"bleu4": bleu, "rouge_l": rouge_l_per_study(references, hypotheses).tolist()}
 
 
-def _prf(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+def _prf(truth: np.ndarray, predicted: np.ndarray, digits: int | None = 4) -> dict[str, float]:
     tp = float((truth & predicted).sum())
     precision = tp / predicted.sum() if predicted.sum() else 0.0
     recall = tp / truth.sum() if truth.sum() else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)}
+    scores = {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+    return scores if digits is None else {k: round(v, digits) for k, v in scores.items()}
 
 
 def clinical_scores(reference_labels: Sequence[dict[str, bool]],
@@ -92,13 +156,13 @@ def clinical_scores(reference_labels: Sequence[dict[str, bool]],
     """Abnormal precision/recall/F1, and per-finding and macro F1 over findings present."""
     truth = {k: np.array([r[k] for r in reference_labels]) for k in ("abnormal", *FINDINGS)}
     pred = {k: np.array([p[k] for p in predicted_labels]) for k in ("abnormal", *FINDINGS)}
-    per_finding = {f: _prf(truth[f], pred[f])["f1"] for f in FINDINGS if truth[f].any()}
+    per_finding = {f: _prf(truth[f], pred[f], None)["f1"] for f in FINDINGS if truth[f].any()}
     return {
         "abnormal": _prf(truth["abnormal"], pred["abnormal"]),
         "abnormal_predicted_share": round(float(pred["abnormal"].mean()), 4),
         "findings_macro_f1": round(float(np.mean(list(per_finding.values()))), 4)
         if per_finding else 0.0,
-        "findings_f1": per_finding,
+        "findings_f1": {f: round(v, 4) for f, v in per_finding.items()},
     }
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from ..atomic import atomic_path, write_csv
 from ..data.labeller import label_text, mesh_labels
 from ..data.text import normalise
+from .bootstrap import significance, study_statistics
 from .scoring import (
     MeteorScorer,
     clinical_scores,
@@ -23,22 +24,24 @@ from .scoring import (
 LENGTH_BINS = (0, 3, 5, 8, 12, 20, 1000)
 
 
-def score_system(references: Sequence[str], hypotheses: Sequence[str],
-                 meteor: MeteorScorer | None) -> dict[str, object]:
-    reference_labels = [label_text(r) for r in references]
-    predicted_labels = [label_text(h) for h in hypotheses]
-    return {**text_metrics(references, hypotheses, meteor),
-            "clinical": clinical_scores(reference_labels, predicted_labels)}
-
-
 def evaluate_systems(references: Sequence[str], systems: dict[str, Sequence[str]],
-                     normal: np.ndarray, meteor: MeteorScorer | None) -> dict[str, object]:
-    """Every system on every metric, overall and split by normal vs abnormal reference."""
-    results: dict[str, object] = {}
+                     normal: np.ndarray, meteor: MeteorScorer | None, resamples: int,
+                     seed: int) -> dict[str, object]:
+    """Every system on every metric, overall (with its 95% bootstrap interval) and split by
+    normal vs abnormal reference; then `model_vs_<baseline>`: the paired bootstrap difference.
+    The first system is the one compared with the others."""
+    results: dict[str, dict] = {}
+    statistics = {}
     refs = list(references)
+    reference_labels = [label_text(r) for r in refs]
     for name, hypotheses in systems.items():
         hyps = list(hypotheses)
-        overall = score_system(refs, hyps, meteor)
+        meteor_statistics = None if meteor is None else meteor.statistics(refs, hyps)
+        predicted_labels = [label_text(h) for h in hyps]
+        statistics[name] = study_statistics(refs, hyps, meteor_statistics, reference_labels,
+                                            predicted_labels)
+        overall = {**text_metrics(refs, hyps, meteor_statistics),
+                   "clinical": clinical_scores(reference_labels, predicted_labels)}
         by_reference = {}
         for group, mask in (("normal", normal), ("abnormal", ~normal)):
             if mask.any():
@@ -46,6 +49,9 @@ def evaluate_systems(references: Sequence[str], systems: dict[str, Sequence[str]
                 by_reference[group] = text_metrics([refs[i] for i in chosen],
                                                    [hyps[i] for i in chosen])
         results[name] = {**overall, "by_reference": by_reference}
+    compared = significance(statistics, resamples, seed, reference=next(iter(systems)))
+    for name, entry in compared.items():
+        results.setdefault(name, {}).update(entry)
     return results
 
 

@@ -58,61 +58,179 @@ HEADLINE = [(m, NAMES[m]) for m in TEXT_METRICS] + [
     ("abnormal_f1", "abnormal F1"), ("findings_macro_f1", "findings macro-F1")]
 
 
+BASELINES = ("constant", "nearest_neighbour")
+DIFFERENCES = {b: f"model − {SYSTEMS[b]}" for b in BASELINES}
+BETTER, WORSE = "▲", "▼"  # the paired interval lies above (below) 0: the model wins (loses)
+
+
 def _cell(metric: str, value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value:.0f}" if metric == "distinct" else f"{value:.3f}"
 
 
+def _interval(scores: dict, system: str, metric: str) -> tuple[float, float] | None:
+    """The system's 95% bootstrap interval for `metric`; None without one (older files)."""
+    bounds = scores.get(system, {}).get("ci95", {})
+    low, high = bounds.get(f"{metric}_low"), bounds.get(f"{metric}_high")
+    return None if low is None or high is None else (low, high)
+
+
+def _paired(scores: dict, baseline: str, metric: str) -> dict | None:
+    """{"diff", "low", "high"}: model minus `baseline`, paired bootstrap; None without one."""
+    entry = scores.get(f"model_vs_{baseline}", {}).get(metric)
+    return entry if isinstance(entry, dict) and {"diff", "low", "high"} <= set(entry) else None
+
+
+def _mark(entry: dict | None) -> str:
+    if entry is None:
+        return ""
+    return BETTER if entry["low"] > 0 else WORSE if entry["high"] < 0 else ""
+
+
+def _value_text(scores: dict, system: str, metric: str) -> str:
+    value = _value(scores, system, metric)
+    interval = _interval(scores, system, metric)
+    if value is None or interval is None:
+        return _cell(metric, value)
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _difference(scores: dict, baseline: str, metric: str) -> tuple[str, str]:
+    """(text, mark) of model minus `baseline`: with its interval where there is one; the plain
+    difference of the counts for `distinct`."""
+    entry = _paired(scores, baseline, metric)
+    if entry is not None:
+        return (f"{entry['diff']:+.3f} [{entry['low']:+.3f}, {entry['high']:+.3f}]",
+                _mark(entry))
+    model, other = _value(scores, "model", metric), _value(scores, baseline, metric)
+    if metric == "distinct" and model is not None and other is not None:
+        return f"{model - other:+.0f}", ""
+    return "–", ""
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def check_scores(scores: object, source: str) -> dict:
-    """`scores` if it has the shape of evaluate's metrics (the headline's systems and metrics,
-    numbers where present), else a one-line `InputError` naming `source` and the first fault."""
+    """`scores` if it has the shape of evaluate's metrics (the systems' metrics, intervals and
+    paired differences, numbers where present), else a one-line `InputError` naming `source` and
+    the first fault. Older files, without intervals, pass."""
+    def fault(what: str) -> InputError:
+        return InputError(f"{source}: {what}")
+
     if not isinstance(scores, dict) or not isinstance(scores.get("model"), dict):
-        raise InputError(f"{source}: not evaluate's scores (expected a JSON object with a "
-                         "'model' object of metrics)")
+        raise fault("not evaluate's scores (expected a JSON object with a 'model' object of "
+                    "metrics)")
     for system in SYSTEMS:
         entry = scores.get(system, {})
         clinical = entry.get("clinical", {}) if isinstance(entry, dict) else None
         if not isinstance(clinical, dict) or not isinstance(clinical.get("abnormal", {}), dict):
-            raise InputError(f"{source}: '{system}' must be an object of metrics, with "
-                             "'clinical' and 'clinical.abnormal' objects")
+            raise fault(f"'{system}' must be an object of metrics, with 'clinical' and "
+                        "'clinical.abnormal' objects")
+        if not isinstance(entry.get("ci95", {}), dict):
+            raise fault(f"{system}.ci95 must be an object of interval bounds")
         for metric, _label in HEADLINE:
             value = _value(scores, system, metric)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float)):
-                raise InputError(f"{source}: {system} {metric} must be a number, got {value!r}")
+            if value is not None and not _is_number(value):
+                raise fault(f"{system} {metric} must be a number, got {value!r}")
+            for bound in ("low", "high"):
+                value = entry.get("ci95", {}).get(f"{metric}_{bound}")
+                if value is not None and not _is_number(value):
+                    raise fault(f"{system}.ci95.{metric}_{bound} must be a number, got {value!r}")
+    for baseline in BASELINES:
+        name = f"model_vs_{baseline}"
+        if not isinstance(scores.get(name, {}), dict):
+            raise fault(f"{name} must be an object of paired differences")
+        for metric, _label in HEADLINE:
+            entry = _paired(scores, baseline, metric)
+            if entry is not None and not all(_is_number(entry[k]) for k in ("diff", "low", "high")):
+                raise fault(f"{name}.{metric} must hold numbers diff, low and high")
+    settings = scores.get("bootstrap")
+    if isinstance(settings, dict) and not _is_number(settings.get("level", 0.95)):
+        raise fault(f"bootstrap.level must be a number, got {settings['level']!r}")
     return scores
 
 
 def score_rows(scores: dict) -> list[tuple[str, ...]]:
-    """The headline table as text rows: a header, then a metric per row."""
-    rows = [("metric", *SYSTEMS.values())]
+    """The headline table as text rows: a header, then a metric per row; each system's value
+    [95% interval], then model minus each baseline [95% paired interval] and its mark."""
+    rows = [("metric", *SYSTEMS.values(), *DIFFERENCES.values())]
     for metric, label in HEADLINE:
-        rows.append((label, *(_cell(metric, _value(scores, s, metric)) for s in SYSTEMS)))
+        differences = [_difference(scores, b, metric) for b in BASELINES]
+        rows.append((label, *(_value_text(scores, s, metric) for s in SYSTEMS),
+                     *(f"{text} {mark or ' '}" for text, mark in differences)))
     return rows
 
 
+def verdict(scores: dict, baseline: str) -> str | None:
+    """One line: where the model is significantly better or worse than `baseline`, and where
+    the difference is within noise. None without paired intervals."""
+    better, worse, tied = [], [], []
+    for metric, label in HEADLINE:
+        entry = _paired(scores, baseline, metric)
+        if entry is not None:
+            {BETTER: better, WORSE: worse, "": tied}[_mark(entry)].append(label)
+    if not better + worse + tied:
+        return None
+    parts = [f"better on {', '.join(better) or 'nothing'}",
+             f"worse on {', '.join(worse) or 'nothing'}"]
+    if tied:
+        parts.append(f"within noise on {', '.join(tied)}")
+    return f"Model vs {SYSTEMS[baseline]}: " + "; ".join(parts) + "."
+
+
+def bootstrap_note(scores: dict) -> str | None:
+    """How the intervals were made, from the metrics file; None without intervals."""
+    settings = scores.get("bootstrap")
+    if not isinstance(settings, dict):
+        return None
+    return (f"{settings.get('level', 0.95):.0%} intervals: {settings.get('resamples', '?')} "
+            f"bootstrap resamples of the {scores.get('test_studies', '?')} test studies (seed "
+            f"{settings.get('seed', '?')}); model − baseline is paired (the same resamples). "
+            f"{BETTER}/{WORSE}: the model is significantly better/worse (the interval excludes "
+            "0).")
+
+
 def headline_table(scores: dict) -> str:
-    """Every metric for the model and both baselines, the best of each row in bold."""
+    """Every metric for the model and both baselines with 95% intervals (the best value of each
+    row in bold), then the model minus each baseline with its paired interval, the cell green
+    (▲) where the model is significantly better and red (▼) where it is worse."""
     rows = [("text", None), *HEADLINE[:len(TEXT_METRICS)],
             ("clinical (labeller on reference vs generated)", None),
             *HEADLINE[len(TEXT_METRICS):]]
-    header = "".join(f"<th>{escape(label)}</th>" for label in SYSTEMS.values())
+    columns = [*SYSTEMS.values(), *DIFFERENCES.values()]
+    header = "".join(f"<th>{escape(label)}</th>" for label in columns)
     body = []
     for metric, label in rows:
         if label is None:
-            body.append(f'<tr class="group"><td colspan="{len(SYSTEMS) + 1}">{escape(metric)}'
+            body.append(f'<tr class="group"><td colspan="{len(columns) + 1}">{escape(metric)}'
                         "</td></tr>")
             continue
         values = {s: _value(scores, s, metric) for s in SYSTEMS}
         known = [v for v in values.values() if v is not None]
         best = max(known) if known else None
-        cells = "".join(
-            f'<td class="{"best" if v is not None and v == best else ""}">{_cell(metric, v)}</td>'
-            for v in values.values())
-        body.append(f'<tr data-metric="{metric}"><td>{escape(label)}</td>{cells}</tr>')
-    return (f'<table class="scores" id="headline"><thead><tr><th>metric</th>{header}</tr>'
-            f'</thead><tbody>{"".join(body)}</tbody></table>')
+        cells = []
+        for system, value in values.items():
+            interval = _interval(scores, system, metric)
+            shown = _cell(metric, value) + (
+                "" if value is None or interval is None else
+                f' <span class="ci">[{interval[0]:.3f}, {interval[1]:.3f}]</span>')
+            cells.append(f'<td class="{"best" if value is not None and value == best else ""}">'
+                         f"{shown}</td>")
+        for baseline in BASELINES:
+            text, mark = _difference(scores, baseline, metric)
+            value, _, interval = text.partition(" ")
+            kind = {BETTER: "win", WORSE: "loss"}.get(mark, "")
+            cells.append(f'<td class="diff {kind}" data-baseline="{baseline}">{value}'
+                         + (f' <span class="ci">{interval}</span>' if interval else "")
+                         + (f' <span class="mark">{mark}</span>' if mark else "") + "</td>")
+        body.append(f'<tr data-metric="{metric}"><td>{escape(label)}</td>{"".join(cells)}</tr>')
+    note = bootstrap_note(scores)
+    caption = f"<caption>{escape(note)}</caption>" if note else ""
+    return (f'<table class="scores" id="headline">{caption}<thead><tr><th>metric</th>{header}'
+            f'</tr></thead><tbody>{"".join(body)}</tbody></table>')
 
 
 def labeller_table(labeller: dict) -> str:
@@ -288,6 +406,9 @@ def build_report(out_dir: str | os.PathLike[str], scores: dict, train_summary: d
                f"ROUGE-L {model.get('rouge_l', 0):.3f}, CIDEr {model.get('cider', 0):.3f}, "
                f"abnormal F1 {_value(scores, 'model', 'abnormal_f1') or 0:.3f}, "
                f"{model.get('distinct', 0)} distinct impressions.")
+    verdicts = "".join(
+        f'<p class="verdict" data-baseline="{b}">{escape(line)}</p>'
+        for b in BASELINES if (line := verdict(scores, b)) is not None)
     # "</" would end the script element early: JSON allows escaping its slash.
     payload = json.dumps(attention_payload(attention), separators=(",", ":")).replace(
         "</", "<\\/")
@@ -298,6 +419,7 @@ def build_report(out_dir: str | os.PathLike[str], scores: dict, train_summary: d
 <body>
 <h1>cxr-impressions: test-split report</h1>
 <p class="summary" id="summary">{escape(summary)}</p>
+{verdicts}
 <p><a href="#" data-preset="rouge:asc">worst studies first</a> ·
  <a href="#" data-preset="rouge:desc">best studies first</a> · <a href="#plots">plots</a> ·
  <a href="#gallery-section">gallery</a></p>
