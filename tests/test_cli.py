@@ -105,7 +105,16 @@ def test_a_batch_in_which_every_study_fails_exits_non_zero(capsys, models: Path,
     ({"model": {"clinical": {"abnormal": [1]}}}, "'model' must be an object of metrics"),
     ({"model": {"clinical": {"findings_macro_f1": None, "abnormal": {"f1": True}}}},
      "model abnormal_f1 must be a number, got True"),
-], ids=["list", "no-model", "model-list", "text", "system-number", "abnormal-list", "bool"])
+    ({"model": {"bleu4": 0.1, "ci95": {"bleu4_low": "x"}}},
+     "model.ci95.bleu4_low must be a number, got 'x'"),
+    ({"model": {"ci95": [0.1]}}, "model.ci95 must be an object of interval bounds"),
+    ({"model": {}, "model_vs_constant": [1]},
+     "model_vs_constant must be an object of paired differences"),
+    ({"model": {}, "model_vs_nearest_neighbour": {"cider": {"diff": "a", "low": 0, "high": 1}}},
+     "model_vs_nearest_neighbour.cider must hold numbers diff, low and high"),
+    ({"model": {}, "bootstrap": {"level": "95%"}}, "bootstrap.level must be a number"),
+], ids=["list", "no-model", "model-list", "text", "system-number", "abnormal-list", "bool",
+        "ci95-text", "ci95-list", "paired-list", "paired-text", "level-text"])
 def test_scores_of_the_wrong_shape_is_one_line(capsys, tmp_path: Path, scores: object,
                                                fault: str) -> None:
     path = tmp_path / "evaluate.json"

@@ -66,12 +66,14 @@ def test_only_affected_stages_rerun(pipeline_repo: Path) -> None:
     assert "up to date" in sh(DVC, "status", cwd=repo)
     # A typo in a tracked section is a change DVC sees, and the stage stops on it in one line.
     params = (repo / "params.yaml").read_text()
+    metrics = (repo / "metrics/features.json").read_bytes()  # cache: false, so git's to restore
     set_params(repo, features={"batchsize": 4})
     assert re.search(r"modified:\s+features\n", sh(DVC, "status", "features", cwd=repo))
     typo = run(DVC, "repro", "features", cwd=repo)
     assert typo.returncode != 0
     assert "error: params.yaml: unknown param features.batchsize" in typo.stderr + typo.stdout
     (repo / "params.yaml").write_text(params)
+    (repo / "metrics/features.json").write_bytes(metrics)
     sh(DVC, "checkout", cwd=repo)  # DVC removed the stage's outputs before running it
     assert "up to date" in sh(DVC, "status", cwd=repo)
     set_params(repo, clean={"min_count": 1})

@@ -109,23 +109,47 @@ def _difference(scores: dict, baseline: str, metric: str) -> tuple[str, str]:
     return "–", ""
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def check_scores(scores: object, source: str) -> dict:
-    """`scores` if it has the shape of evaluate's metrics (the headline's systems and metrics,
-    numbers where present), else a one-line `InputError` naming `source` and the first fault."""
+    """`scores` if it has the shape of evaluate's metrics (the systems' metrics, intervals and
+    paired differences, numbers where present), else a one-line `InputError` naming `source` and
+    the first fault. Older files, without intervals, pass."""
+    def fault(what: str) -> InputError:
+        return InputError(f"{source}: {what}")
+
     if not isinstance(scores, dict) or not isinstance(scores.get("model"), dict):
-        raise InputError(f"{source}: not evaluate's scores (expected a JSON object with a "
-                         "'model' object of metrics)")
+        raise fault("not evaluate's scores (expected a JSON object with a 'model' object of "
+                    "metrics)")
     for system in SYSTEMS:
         entry = scores.get(system, {})
         clinical = entry.get("clinical", {}) if isinstance(entry, dict) else None
         if not isinstance(clinical, dict) or not isinstance(clinical.get("abnormal", {}), dict):
-            raise InputError(f"{source}: '{system}' must be an object of metrics, with "
-                             "'clinical' and 'clinical.abnormal' objects")
+            raise fault(f"'{system}' must be an object of metrics, with 'clinical' and "
+                        "'clinical.abnormal' objects")
+        if not isinstance(entry.get("ci95", {}), dict):
+            raise fault(f"{system}.ci95 must be an object of interval bounds")
         for metric, _label in HEADLINE:
             value = _value(scores, system, metric)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float)):
-                raise InputError(f"{source}: {system} {metric} must be a number, got {value!r}")
+            if value is not None and not _is_number(value):
+                raise fault(f"{system} {metric} must be a number, got {value!r}")
+            for bound in ("low", "high"):
+                value = entry.get("ci95", {}).get(f"{metric}_{bound}")
+                if value is not None and not _is_number(value):
+                    raise fault(f"{system}.ci95.{metric}_{bound} must be a number, got {value!r}")
+    for baseline in BASELINES:
+        name = f"model_vs_{baseline}"
+        if not isinstance(scores.get(name, {}), dict):
+            raise fault(f"{name} must be an object of paired differences")
+        for metric, _label in HEADLINE:
+            entry = _paired(scores, baseline, metric)
+            if entry is not None and not all(_is_number(entry[k]) for k in ("diff", "low", "high")):
+                raise fault(f"{name}.{metric} must hold numbers diff, low and high")
+    settings = scores.get("bootstrap")
+    if isinstance(settings, dict) and not _is_number(settings.get("level", 0.95)):
+        raise fault(f"bootstrap.level must be a number, got {settings['level']!r}")
     return scores
 
 
