@@ -92,6 +92,17 @@ def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
 
 
 @needs_shared(SHARED)
+def test_evaluate_reproduces_its_metrics_exactly(pipeline_repo: Path) -> None:
+    # A fresh process reloads the saved model: any weight not saved (a position table built at
+    # model-build time, say) would change the captions and so the scores.
+    before = (pipeline_repo / "metrics/evaluate.json").read_text()
+    per_study = (pipeline_repo / "metrics/eval/per_study.csv").read_text()
+    sh(DVC, "repro", "-f", "-s", "evaluate", cwd=pipeline_repo)
+    assert (pipeline_repo / "metrics/evaluate.json").read_text() == before
+    assert (pipeline_repo / "metrics/eval/per_study.csv").read_text() == per_study
+
+
+@needs_shared(SHARED)
 def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 

@@ -47,6 +47,33 @@ class CaptionModel:
         return "condition" in self.decoder.input
 
 
+class PositionEmbedding(layers.Layer):
+    """Adds a learned vector per position to a (batch, steps, width) sequence.
+
+    A layer with its own weight, so the positions are trained and saved with the model. (An
+    `Embedding` called on a constant `ops.arange` inside a functional model is evaluated once,
+    at build time: its output becomes a random constant, never trained, never saved, and
+    different in every process that rebuilds the model.)
+    """
+
+    def __init__(self, length: int, width: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.length = length
+        self.width = width
+
+    def build(self, input_shape: tuple) -> None:
+        self.positions = self.add_weight(
+            shape=(self.length, self.width), name="positions",
+            initializer=keras.initializers.RandomUniform(-0.05, 0.05))
+
+    def call(self, sequence: keras.KerasTensor) -> keras.KerasTensor:
+        steps = ops.shape(sequence)[1]
+        return sequence + ops.expand_dims(self.positions[:steps], 0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "length": self.length, "width": self.width}
+
+
 def _study_inputs(feature_dim: int, regions: int | None) -> dict[str, keras.KerasTensor]:
     inputs = {
         "pooled": keras.Input((2, feature_dim), name="pooled"),
@@ -157,9 +184,8 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
     grid = ops.reshape(ops.cast(inputs["grid"], "float32"), (-1, 2 * regions, feature_dim))
     grid = layers.Dropout(params.dropout, name="region_dropout")(grid)
     regions_d = layers.Dense(d, name="region_projection")(grid)
-    position = layers.Embedding(2 * regions, d, name="region_position")(
-        ops.arange(2 * regions)[None, :])
-    regions_d = layers.LayerNormalization(name="region_norm")(regions_d + position)
+    regions_d = PositionEmbedding(2 * regions, d, name="region_position")(regions_d)
+    regions_d = layers.LayerNormalization(name="region_norm")(regions_d)
     region_mask = ops.repeat(inputs["views"], regions, axis=1)
     encoder = keras.Model(inputs, {"regions": regions_d, "region_mask": region_mask,
                                    **_abnormal_head(inputs, params)},
@@ -171,9 +197,7 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     words = _embedding(matrix, params, mask_zero=False)(tokens)
     words = layers.Dense(d, name="word_projection")(words)
-    word_position = layers.Embedding(max_len - 1, d, name="word_position")(
-        ops.arange(max_len - 1)[None, :])
-    x = words + word_position
+    x = PositionEmbedding(max_len - 1, d, name="word_position")(words)
     if embedded is not None:
         x = x + ops.expand_dims(embedded, 1)
     x = layers.Dropout(params.dropout, name="word_dropout")(x)
