@@ -52,7 +52,7 @@ def main() -> None:
         test = load_split(args.clean, "test", store, bundle.vocab, grid_pool)
         train = load_split(args.clean, "train", store, bundle.vocab)
 
-    decoder = Decoder(bundle.model, bundle.vocab, bundle.threshold)
+    decoder = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
     inputs = test.inputs()
     decoded = decoder.decode(inputs, decode)
     generated = decoder.texts(decoded)

@@ -32,7 +32,7 @@ def main() -> None:
     from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.models import build_model
     from cxr_impressions.captioning.studies import load_split
-    from cxr_impressions.captioning.training import choose_threshold, prepare_state_dir, train
+    from cxr_impressions.captioning.training import choose_thresholds, prepare_state_dir, train
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
 
@@ -57,12 +57,13 @@ def main() -> None:
         "backbone", "weights", "image_size", "resize")}, feature_dim, regions, matrix.shape[1],
         vocab)
     if model.conditioned:
-        # The label threshold, like everything selected, is chosen on the validation split.
+        # The label thresholds, like everything selected, are chosen on the validation split.
         val = splits["val"]
-        probabilities = Decoder(model, vocab).encode(val.inputs())["abnormal"]
-        threshold, f1 = choose_threshold(probabilities, val.abnormal)
-        config["abnormal_threshold"] = threshold
-        summary.update(abnormal_threshold=round(threshold, 4), val_abnormal_f1=round(f1, 4),
+        probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
+        thresholds, chosen = choose_thresholds(probabilities, val.label_matrix(model.labels),
+                                               model.labels)
+        config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
+        summary.update(label_thresholds=chosen,
                        val_abnormal_share=round(float(val.abnormal.mean()), 4))
     save_bundle(out, model, vocab, config)
     write_json(args.metrics, {"kind": model_params.kind, **summary,

@@ -25,7 +25,7 @@ bundle = load_bundle(sys.argv[1])
 inputs = study_inputs(3, seed=7)
 out = bundle.model.train_model({**inputs, "condition": np.ones((3, 1), np.float32),
                                 "tokens": np.full((3, 5), 4, np.int32)})
-decoder = Decoder(bundle.model, bundle.vocab, bundle.threshold)
+decoder = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
 texts = decoder.texts(decoder.greedy(inputs))
 print(json.dumps({"logits": out["logits"].numpy().tolist(), "texts": texts}))
 """

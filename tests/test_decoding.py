@@ -81,3 +81,16 @@ def test_explain_matches_the_attention_seen_while_decoding() -> None:
         np.testing.assert_allclose(maps, decoded.attention, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="no spatial attention"):
         Decoder(*tiny("merge")).explain(inputs, greedy)
+
+
+def test_inference_functions_are_traced_once_per_model() -> None:
+    # The cause of the "tf.function retracing" warning in training: a tf.function per Decoder
+    # (and per input shape) retraced every epoch. Now every batch size, beam width and decoder
+    # of one model share one trace of each function.
+    model, vocab = tiny("transformer", max_len=6, condition="findings")
+    for n in (5, 2, 7):
+        Decoder(model, vocab).decode(study_inputs(n, seed=n), DecodeParams(method="greedy"))
+        Decoder(model, vocab).decode(study_inputs(n, seed=n), DecodeParams(beam_size=3),
+                                     batch_size=4)
+    for part in ("encoder", "decoder"):
+        assert model.inference_function(part).experimental_get_tracing_count() == 1, part

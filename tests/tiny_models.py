@@ -10,11 +10,14 @@ from cxr_impressions.data.tokenizer import Vocabulary
 WORDS = ("<pad>", "<unk>", "startseq", "endseq", "no", "effusion", ".")
 
 
-def tiny(kind: str, max_len: int = 6, seed: int = 0):
+def tiny(kind: str, max_len: int = 6, seed: int = 0, **params: object):
+    """A tiny `kind` model (8-d features, 3 regions per view) and its vocabulary; `params`
+    override the model params (condition, retrieval_k, ...)."""
     tf.keras.utils.set_random_seed(seed)
     vocab = Vocabulary(WORDS, "startseq", "endseq", max_len)
     matrix = np.random.default_rng(seed).normal(size=(len(WORDS), 4)).astype(np.float32)
-    model = build_model(ModelParams(kind=kind, units=16, dropout=0.0, heads=2, layers=1),
+    model = build_model(ModelParams(kind=kind, units=16, dropout=0.0, heads=2, layers=1,
+                                    **params),
                         matrix, 8, max_len, regions=3)
     return model, vocab
 

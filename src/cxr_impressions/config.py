@@ -96,7 +96,8 @@ class ModelParams:
     heads: int = at_least(1, 4)  # transformer
     layers: int = at_least(1, 2)  # transformer decoder layers
     grid_pool: int = at_least(1, 1)  # transformer: average-pool the 10x10 grid by this factor
-    condition: Literal["abnormal", "none"] = "abnormal"  # decode conditioned on a predicted label
+    # Decode conditioned on predicted labels: abnormal (one), findings (13 findings + abnormal)
+    condition: Literal["findings", "abnormal", "none"] = "abnormal"
 
     @property
     def needs_grid(self) -> bool:

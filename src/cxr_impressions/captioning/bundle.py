@@ -1,7 +1,8 @@
 """The trained model as files under `models/`, loadable without DVC.
 
 - `config.json`: the model params, the backbone settings of the features it was trained on,
-  the shapes needed to rebuild it, and the abnormal-label threshold chosen on validation;
+  the shapes needed to rebuild it, and the label thresholds chosen on validation
+  (`label_thresholds`, one per label of `model.condition`);
 - `model.weights.h5`: the Keras weights; `vocab.json`: the vocabulary;
 - `decoding.json` (written by evaluate): the decoding settings used for the reported metrics.
 """
@@ -32,9 +33,10 @@ class Bundle:
     params: ModelParams
 
     @property
-    def threshold(self) -> float:
-        """The abnormal-label threshold chosen on validation (0.5 for older bundles)."""
-        return float(self.config.get("abnormal_threshold", 0.5))
+    def thresholds(self) -> np.ndarray:
+        """The label thresholds chosen on validation, in the order of the model's labels."""
+        chosen = self.config.get("label_thresholds", {})
+        return np.array([chosen.get(name, 0.5) for name in self.model.labels], np.float64)
 
 
 def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: Vocabulary,
@@ -66,7 +68,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     matrix = np.zeros((config["vocab_size"], config["embedding_dim"]), dtype=np.float32)
     model = build_model(params, matrix, config["feature_dim"], config["max_len"],
                         config["regions"])
-    model.train_model.load_weights(directory / "model.weights.h5")
+    try:
+        model.train_model.load_weights(directory / "model.weights.h5")
+    except ValueError as exc:  # Keras names the first layer that does not match
+        raise InputError(f"{directory / 'model.weights.h5'}: does not fit config.json (retrain "
+                         f"with `dvc repro train`): {str(exc).splitlines()[0]}") from None
     decode = DecodeParams()
     if (directory / "decoding.json").is_file():
         decode = build_section("decode", DecodeParams,

@@ -6,9 +6,9 @@ bug). Beams sum log-probabilities; finished hypotheses are ranked by
 `sum_logprob / length ** length_penalty`; `no_repeat_ngram` bans any token that would repeat an
 n-gram already in the hypothesis.
 
-A conditioned model (`model.condition: abnormal`) first predicts whether the study is abnormal;
-the decoder then writes under that label, `probability >= threshold` (the threshold chosen on
-the validation split by the train stage and kept in the model bundle).
+A conditioned model (`model.condition: abnormal | findings`) first predicts the study's labels;
+the decoder then writes under them, each label on where `probability >= its threshold` (the
+thresholds chosen on the validation split by the train stage and kept in the model bundle).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from ..config import DecodeParams
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
@@ -33,27 +32,30 @@ class Decoded:
 
 
 class Decoder:
-    """Decodes studies with one model; tf.functions are traced once per input shape."""
+    """Decodes studies with one model, through its inference functions (traced once)."""
 
-    def __init__(self, model: CaptionModel, vocab: Vocabulary, threshold: float = 0.5) -> None:
+    def __init__(self, model: CaptionModel, vocab: Vocabulary,
+                 thresholds: float | Sequence[float] = 0.5) -> None:
         self.model = model
         self.vocab = vocab
-        self.threshold = threshold
+        # One threshold per label of the condition (a single number: the same for all).
+        self.thresholds = np.broadcast_to(np.asarray(thresholds, np.float64),
+                                          (len(model.labels),)).copy()
         self.length = vocab.max_len - 1  # token positions the decoder takes
-        self._encode = tf.function(lambda x: model.encoder(x, training=False),
-                                   reduce_retracing=True)
-        self._decode = tf.function(lambda x: model.decoder(x, training=False),
-                                   reduce_retracing=True)
+        self._encode = model.inference_function("encoder")
+        self._decode = model.inference_function("decoder")
 
     def encode(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The decoder's memory; for a conditioned model also `condition` (the thresholded
-        label) and `abnormal` (its probability, which the decoder does not take)."""
-        taken = {k: v for k, v in inputs.items() if k in self.model.encoder.input}
-        memory = {k: v.numpy() for k, v in self._encode(taken).items()}
-        if "abnormal" in memory:
-            probability = 1.0 / (1.0 + np.exp(-memory["abnormal"].astype(np.float64)))
-            memory["abnormal"] = probability[:, 0]
-            memory["condition"] = (probability >= self.threshold).astype(np.float32)
+        labels), `probabilities` (of every label) and `abnormal` (the probability of the
+        abnormal label), which the decoder does not take."""
+        memory = {k: v.numpy() for k, v in self._encode(_taken(inputs, self.model.encoder)).items()}
+        if "labels" in memory:
+            probability = 1.0 / (1.0 + np.exp(-memory.pop("labels").astype(np.float64)))
+            memory["probabilities"] = probability
+            memory["condition"] = (probability >= self.thresholds).astype(np.float32)
+            if "abnormal" in self.model.labels:
+                memory["abnormal"] = probability[:, self.model.labels.index("abnormal")]
         return memory
 
     @staticmethod
@@ -65,8 +67,7 @@ class Decoder:
     def step(self, memory: dict[str, np.ndarray], tokens: np.ndarray,
              t: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Log-probabilities of the word after each prefix `tokens[:, :t]`, and attention."""
-        taken = {k: v for k, v in memory.items() if k in self.model.decoder.input}
-        out = self._decode({**taken, "tokens": tf.constant(tokens)})
+        out = self._decode(_taken({**memory, "tokens": tokens}, self.model.decoder))
         logits = out["logits"].numpy()
         if not self.model.prefix_training:
             logits = logits[:, t - 1]
@@ -180,8 +181,8 @@ class Decoder:
             for i, d in enumerate(chunk):
                 ids = d.ids[: self.length - 1]
                 tokens[i, 1:1 + len(ids)] = ids
-            taken = {k: v for k, v in memory.items() if k in self.model.decoder.input}
-            attention = self._decode({**taken, "tokens": tf.constant(tokens)})["attention"]
+            attention = self._decode(_taken({**memory, "tokens": tokens},
+                                            self.model.decoder))["attention"]
             attention = attention.numpy()
             for i, d in enumerate(chunk):
                 maps.append(attention[i, : min(len(d.ids) + 1, self.length)])
@@ -202,6 +203,11 @@ class Decoder:
 
     def texts(self, decoded: Sequence[Decoded]) -> list[str]:
         return [self.vocab.decode(d.ids) for d in decoded]
+
+
+def _taken(values: dict[str, np.ndarray], network) -> dict[str, np.ndarray]:
+    """The arrays `network` takes, in the dtypes of its inputs (its signature's)."""
+    return {name: np.asarray(values[name], dtype=t.dtype) for name, t in network.input.items()}
 
 
 def _block_repeats(logp: np.ndarray, prefixes: np.ndarray, n: int) -> None:
