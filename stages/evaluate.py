@@ -53,7 +53,7 @@ def main() -> None:
         train = load_split(args.clean, "train", store, bundle.vocab)
 
     decoder = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
-    inputs = test.inputs()
+    inputs = bundle.with_retrieval(test.inputs())
     decoded = decoder.decode(inputs, decode)
     generated = decoder.texts(decoded)
     maps = (decoder.explain(inputs, decoded)

@@ -31,6 +31,7 @@ def main() -> None:
     from cxr_impressions.captioning.bundle import bundle_config, save_bundle
     from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.models import build_model
+    from cxr_impressions.captioning.retrieval import MemoryBank, empty_bank
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.captioning.training import choose_thresholds, prepare_state_dir, train
     from cxr_impressions.data.tokenizer import Vocabulary
@@ -45,6 +46,13 @@ def main() -> None:
         splits = {s: load_split(args.clean, s, store, vocab, grid_pool) for s in ("train", "val")}
         feature_dim = store.dim
     regions = splits["train"].grid.shape[2] if model_params.needs_grid else None
+    bank = empty_bank(feature_dim, vocab.max_len - 1)
+    if model_params.retrieval_k:
+        # The training split is the memory: a training study never retrieves itself (its uid).
+        bank = MemoryBank.from_studies(splits["train"])
+        for split in splits.values():
+            split.retrieved = bank.retrieve(split.pooled, split.views, model_params.retrieval_k,
+                                            uids=split.uids)
 
     out = Path(args.out)
     state_dir = out / ".train-state"  # DVC deletes only the declared files in `out`
@@ -65,7 +73,7 @@ def main() -> None:
         config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
         summary.update(label_thresholds=chosen,
                        val_abnormal_share=round(float(val.abnormal.mean()), 4))
-    save_bundle(out, model, vocab, config)
+    save_bundle(out, model, vocab, config, bank)
     write_json(args.metrics, {"kind": model_params.kind, **summary,
                               "train_studies": len(splits["train"]),
                               "val_studies": len(splits["val"]),

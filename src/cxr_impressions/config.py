@@ -98,6 +98,13 @@ class ModelParams:
     grid_pool: int = at_least(1, 1)  # transformer: average-pool the 10x10 grid by this factor
     # Decode conditioned on predicted labels: abnormal (one), findings (13 findings + abnormal)
     condition: Literal["findings", "abnormal", "none"] = "abnormal"
+    # transformer: attend to the impressions of this many most similar training studies (0: off)
+    retrieval_k: int = at_least(0, 0)
+
+    def validate(self, source: str) -> None:
+        if self.retrieval_k and self.kind != "transformer":
+            raise InputError(f"{source}: model.retrieval_k needs model.kind: transformer (the "
+                             f"memory is cross-attended), got {self.kind}; set it to 0")
 
     @property
     def needs_grid(self) -> bool:

@@ -50,6 +50,9 @@ class Decoder:
         labels), `probabilities` (of every label) and `abnormal` (the probability of the
         abnormal label), which the decoder does not take."""
         memory = {k: v.numpy() for k, v in self._encode(_taken(inputs, self.model.encoder)).items()}
+        for name in self.model.decoder.input:  # what the decoder takes as given (retrieval)
+            if name in inputs and name not in memory:
+                memory[name] = np.asarray(inputs[name])
         if "labels" in memory:
             probability = 1.0 / (1.0 + np.exp(-memory.pop("labels").astype(np.float64)))
             memory["probabilities"] = probability

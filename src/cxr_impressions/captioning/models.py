@@ -101,6 +101,29 @@ class PositionEmbedding(layers.Layer):
         return {**super().get_config(), "length": self.length, "width": self.width}
 
 
+class RetrievedSegments(layers.Layer):
+    """Retrieved impressions as memory tokens: (batch, k, T, width) embedded words plus a
+    learned vector per rank (which neighbour: the segment) and per word position, flattened to
+    (batch, k * T, width)."""
+
+    def __init__(self, k: int, length: int, width: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.k, self.length, self.width = k, length, width
+
+    def build(self, input_shape: tuple) -> None:
+        init = keras.initializers.RandomUniform(-0.05, 0.05)
+        self.ranks = self.add_weight(shape=(self.k, self.width), name="ranks", initializer=init)
+        self.positions = self.add_weight(shape=(self.length, self.width), name="positions",
+                                         initializer=init)
+
+    def call(self, words: keras.KerasTensor) -> keras.KerasTensor:
+        words = words + self.ranks[None, :, None, :] + self.positions[None, None, :, :]
+        return ops.reshape(words, (-1, self.k * self.length, self.width))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "k": self.k, "length": self.length, "width": self.width}
+
+
 def _study_inputs(feature_dim: int, regions: int | None) -> dict[str, keras.KerasTensor]:
     inputs = {
         "pooled": keras.Input((2, feature_dim), name="pooled"),
@@ -249,15 +272,24 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
     memory = {"regions": keras.Input((2 * regions, d), name="regions"),
               "region_mask": keras.Input((2 * regions,), name="region_mask"), **conditions}
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
-    words = _embedding(matrix, params, mask_zero=False)(tokens)
-    words = layers.Dense(d, name="word_projection")(words)
-    x = PositionEmbedding(max_len - 1, d, name="word_position")(words)
-    # What cross-attention looks at: the regions, then (conditioned) one prompt per label.
+    embed = _embedding(matrix, params, mask_zero=False)
+    project = layers.Dense(d, name="word_projection")
+    x = PositionEmbedding(max_len - 1, d, name="word_position")(project(embed(tokens)))
+    # What cross-attention looks at: the regions, then (conditioned) one prompt per label, then
+    # (retrieval) the words of the k nearest training impressions, padding masked.
     keys, key_mask = [memory["regions"]], [memory["region_mask"]]
     if prompts is not None:
         x = x + ops.expand_dims(ops.sum(prompts, axis=1), 1)
         keys.append(prompts)
         key_mask.append(ops.ones_like(memory["condition"]))
+    if params.retrieval_k:
+        k = params.retrieval_k
+        memory["retrieved"] = keras.Input((k, max_len - 1), dtype="int32", name="retrieved")
+        retrieved = RetrievedSegments(k, max_len - 1, d, name="retrieved_segments")(
+            project(embed(memory["retrieved"])))
+        keys.append(layers.LayerNormalization(name="retrieved_norm")(retrieved))
+        key_mask.append(ops.reshape(ops.cast(ops.not_equal(memory["retrieved"], 0), "float32"),
+                                    (-1, k * (max_len - 1))))
     keys = ops.concatenate(keys, axis=1) if len(keys) > 1 else keys[0]
     key_mask = ops.concatenate(key_mask, axis=1) if len(key_mask) > 1 else key_mask[0]
     x = layers.Dropout(params.dropout, name="word_dropout")(x)
@@ -294,8 +326,9 @@ def _assemble(kind: str, encoder: keras.Model, decoder: keras.Model, max_len: in
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     inputs = {name: keras.Input(t.shape[1:], dtype=t.dtype, name=name)
               for name, t in encoder.input.items()}
-    if "condition" in decoder.input:
-        inputs["condition"] = keras.Input((len(labels),), name="condition")
+    for name, t in decoder.input.items():  # the condition, the retrieval memory
+        if name not in encoder.output and name != "tokens":
+            inputs[name] = keras.Input(t.shape[1:], dtype=t.dtype, name=name)
     memory = encoder({k: v for k, v in inputs.items() if k in encoder.input})
     decoded = decoder({**{k: v for k, v in memory.items() if k in decoder.input},
                        **{k: v for k, v in inputs.items() if k in decoder.input},

@@ -83,7 +83,7 @@ class Predictor:
             if regions is not None:
                 inputs["grid"][i, :count] = regions[row:row + count]
             row += count
-        return inputs
+        return self.bundle.with_retrieval(inputs)
 
     def explain(self, study: Study) -> tuple[str, list, np.ndarray]:
         """The study's impression, its images (PIL) and where each word looked: one row of

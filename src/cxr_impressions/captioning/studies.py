@@ -33,6 +33,7 @@ class Studies:
     texts: list[str]  # the normalised reference text
     labels: np.ndarray  # (N, len(LABELS)) float32: the labeller's reading of the reference
     grid: np.ndarray | None = None  # (N, 2, R, D) float16
+    retrieved: np.ndarray | None = None  # (N, k, T) int32: retrieval memory (retrieval.py)
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -51,6 +52,8 @@ class Studies:
         out = {"pooled": self.pooled[index], "views": self.views[index]}
         if self.grid is not None:
             out["grid"] = self.grid[index]
+        if self.retrieved is not None:
+            out["retrieved"] = self.retrieved[index]
         return out
 
 
