@@ -24,6 +24,7 @@ def main() -> None:
     model_params = load_section("model")
     params = load_section("train")
     features = load_section("features")
+    decode = load_section("decode")
 
     import keras
     import tensorflow as tf
@@ -64,16 +65,24 @@ def main() -> None:
     config = bundle_config(model_params, {k: getattr(features, k) for k in (
         "backbone", "weights", "image_size", "resize")}, feature_dim, regions, matrix.shape[1],
         vocab)
+    # Everything selected is chosen on the validation split: the label thresholds first, then
+    # the decoding settings, decoding under those thresholds.
+    val = splits["val"]
+    thresholds = np.zeros(0)
     if model.conditioned:
-        # The label thresholds, like everything selected, are chosen on the validation split.
-        val = splits["val"]
         probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
         thresholds, chosen = choose_thresholds(probabilities, val.label_matrix(model.labels),
                                                model.labels)
         config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
         summary.update(label_thresholds=chosen,
                        val_abnormal_share=round(float(val.abnormal.mean()), 4))
+    if decode.select:
+        decode, candidates = Decoder(model, vocab, thresholds).select(val.inputs(), val.texts,
+                                                                      decode)
+        summary["decoding"] = {"selected_on": "val", "metric": decode.select_metric,
+                               "chosen": decode.settings(), "candidates": candidates}
     save_bundle(out, model, vocab, config, bank)
+    write_json(out / "decoding.json", decode.settings())
     write_json(args.metrics, {"kind": model_params.kind, **summary,
                               "train_studies": len(splits["train"]),
                               "val_studies": len(splits["val"]),

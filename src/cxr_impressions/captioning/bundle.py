@@ -7,7 +7,9 @@
 - `retrieval.npz`: the retrieval memory bank (the training studies' uids, pooled vectors and
   impression token ids; empty when `model.retrieval_k` is 0), so that evaluate and `cxr predict`
   retrieve from the same training studies as the train stage;
-- `decoding.json` (written by evaluate): the decoding settings used for the reported metrics.
+- `decoding.json`: the decoding settings (method, beam size, length penalty, n-gram blocking),
+  chosen on the validation split by the train stage (`decode.select`), used by evaluate and
+  `cxr predict`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ thresholds chosen on the validation split by the train stage and kept in the mod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -29,6 +29,27 @@ class Decoded:
     score: float
     attention: np.ndarray | None = None  # (steps, regions) for the transformer
     abnormal: float | None = None  # the predicted probability that the study is abnormal
+    # Beam search: every finished hypothesis as (sum of log-probabilities, ids), so that another
+    # length penalty can re-rank them without searching again (the search does not depend on it).
+    hypotheses: list[tuple[float, list[int]]] | None = None
+
+
+def _normalised(hypothesis: tuple[float, list[int]], length_penalty: float) -> float:
+    total, ids = hypothesis
+    return total / (len(ids) + 1) ** length_penalty
+
+
+def rerank(decoded: Sequence[Decoded], length_penalty: float) -> list[Decoded]:
+    """Beam search's results as under another `length_penalty`: each study's best finished
+    hypothesis by `sum(log p) / length ** length_penalty` (exactly what the beam would give)."""
+    out = []
+    for d in decoded:
+        if not d.hypotheses:
+            out.append(d)
+            continue
+        best = max(d.hypotheses, key=lambda h: _normalised(h, length_penalty))
+        out.append(replace(d, ids=best[1], score=float(_normalised(best, length_penalty))))
+    return out
 
 
 class Decoder:
@@ -143,9 +164,8 @@ class Decoder:
                         break
                     beam, word = divmod(int(flat), vocab_size)
                     if word == self.vocab.end_id:
-                        prefix = [int(x) for x in tokens[i, beam, 1:t]]
-                        norm = score / (len(prefix) + 1) ** params.length_penalty
-                        finished[i].append((norm, prefix))
+                        finished[i].append((float(score),
+                                            [int(x) for x in tokens[i, beam, 1:t]]))
                         continue
                     new_tokens[i, kept, :t] = tokens[i, beam, :t]
                     if t < self.length:
@@ -163,9 +183,8 @@ class Decoder:
         results = []
         probabilities = self._probabilities(memory, n)
         for i in range(n):
-            norm, ids = max(finished[i], key=lambda h: h[0]) if finished[i] else (0.0, [])
-            results.append(Decoded(ids, float(norm), abnormal=probabilities[i]))
-        return results
+            results.append(Decoded([], 0.0, abnormal=probabilities[i], hypotheses=finished[i]))
+        return rerank(results, params.length_penalty)
 
     def explain(self, inputs: dict[str, np.ndarray], decoded: Sequence[Decoded],
                 batch_size: int = 64) -> list[np.ndarray]:
@@ -206,6 +225,36 @@ class Decoder:
 
     def texts(self, decoded: Sequence[Decoded]) -> list[str]:
         return [self.vocab.decode(d.ids) for d in decoded]
+
+    def select(self, inputs: dict[str, np.ndarray], references: Sequence[str],
+               params: DecodeParams) -> tuple[DecodeParams, list[dict]]:
+        """The decoding settings, among `params.beam_sizes` x `params.length_penalties`, whose
+        captions of the given studies (the validation split: never the test split) score best
+        on `params.select_metric`; ties go to the earlier candidate (the smaller beam). Also a
+        row per candidate with its scores. Each beam size is searched once; its length
+        penalties only re-rank the finished hypotheses. Beam 1 is greedy decoding, for which
+        the length penalty changes nothing."""
+        from ..evaluation.scoring import text_metrics
+
+        rows: list[dict] = []
+        for beam_size in params.beam_sizes:
+            if beam_size == 1:
+                candidates = [(replace(params, method="greedy", beam_size=1),
+                               self.decode(inputs, replace(params, method="greedy")))]
+            else:
+                searched = self.decode(inputs, replace(params, method="beam",
+                                                       beam_size=beam_size))
+                candidates = [(replace(params, method="beam", beam_size=beam_size,
+                                       length_penalty=alpha), rerank(searched, alpha))
+                              for alpha in params.length_penalties]
+            for chosen, decoded in candidates:
+                scores = text_metrics(references, self.texts(decoded))
+                rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
+                             "length_penalty": chosen.length_penalty, **scores})
+        best = max(range(len(rows)), key=lambda i: (rows[i][params.select_metric], -i))
+        row = rows[best]
+        return replace(params, method=row["method"], beam_size=row["beam_size"],
+                       length_penalty=row["length_penalty"]), rows
 
 
 def _taken(values: dict[str, np.ndarray], network) -> dict[str, np.ndarray]:
