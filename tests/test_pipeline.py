@@ -29,9 +29,14 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     repo = pipeline_repo
     for output in ("data/parsed/reports.parquet", "data/clean/vocab.json",
                    "features/xception.h5", "data/embeddings/matrix.npy",
-                   "models/model.weights.h5", "models/decoding.json",
+                   "models/model.weights.h5", "models/decoding.json", "models/retrieval.npz",
                    "metrics/eval/per_study.csv"):
         assert (repo / output).is_file(), output
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert len(train["label_thresholds"]) == 14  # condition: findings
+    chosen = train["decoding"]["chosen"]  # selected on validation, used by evaluate
+    assert json.loads((repo / "models/decoding.json").read_text()) == chosen
+    assert json.loads((repo / "metrics/evaluate.json").read_text())["decode"] == chosen
     parse = json.loads((repo / "metrics/parse.json").read_text())
     assert parse["reports"] == 100 and parse["images_found"] == 200
     assert "up to date" in sh(DVC, "status", cwd=repo)
