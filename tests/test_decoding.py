@@ -127,3 +127,13 @@ def test_decoding_settings_are_selected_on_the_given_split() -> None:
     assert text_metrics(references, again)["rouge_l"] == best
     assert chosen.settings() == {"method": chosen.method, "beam_size": chosen.beam_size,
                                  "length_penalty": chosen.length_penalty, "no_repeat_ngram": 3}
+
+
+def test_several_models_in_one_process_do_not_warn_of_retracing(caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    for seed in range(4):
+        model, vocab = tiny("merge", seed=seed)
+        Decoder(model, vocab).decode(study_inputs(3), DecodeParams(method="greedy"))
+    assert "retracing" not in caplog.text
