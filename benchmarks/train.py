@@ -2,10 +2,15 @@
 
 Times `--steps` training steps (after `--warmup` steps that trace the graph) of each model over
 the checkout's clean split, features and embedding matrix, and extrapolates to one epoch of its
-training split. The merge model, the article's, is the baseline of the ratios. Validation
-(val_loss and the greedy val_bleu4 decoding) is timed once per kind as well.
+training split. The merge model, the article's, is the baseline of the ratios (or, without it,
+the first variant). Validation (the greedy val_bleu4 decoding) is timed once per variant as well.
+
+A variant is a model kind with model params overridden by `+param=value` suffixes, e.g.
+`transformer+condition=findings+retrieval_k=3` (the retrieval memory is attached as in training).
 
     python benchmarks/train.py [--repo .] [--kinds merge,bilstm_attention,transformer]
+    python benchmarks/train.py --kinds transformer,transformer+condition=findings,\
+        transformer+condition=findings+retrieval_k=3
 Needs `dvc repro embeddings features` in that checkout (e.g. one with data.root ../shared/iuxray
 for the full data).
 """
@@ -19,6 +24,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import yaml
 
 
 def main() -> None:
@@ -37,9 +43,10 @@ def main() -> None:
 
     from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.models import build_model
+    from cxr_impressions.captioning.retrieval import MemoryBank
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.captioning.training import compile_for_training, make_dataset
-    from cxr_impressions.config import DecodeParams, load_section
+    from cxr_impressions.config import DecodeParams, ModelParams, build_section, load_section
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
 
@@ -50,11 +57,21 @@ def main() -> None:
     matrix = np.load("data/embeddings/matrix.npy")
     rows = []
     with FeatureStore(f"features/{backbone}.h5") as store:
-        for kind in args.kinds.split(","):
-            params = dataclasses.replace(model_params, kind=kind)
+        for variant in args.kinds.split(","):
+            kind, *overrides = variant.split("+")
+            raw = {**dataclasses.asdict(model_params), "kind": kind}
+            for override in overrides:
+                name, value = override.split("=", 1)
+                raw[name] = yaml.safe_load(value)
+            params = build_section("model", ModelParams, raw, source=f"--kinds {variant}")
             grid_pool = params.grid_pool if params.needs_grid else None
             split = {s: load_split("data/clean", s, store, vocab, grid_pool)
                      for s in ("train", "val")}
+            if params.retrieval_k:
+                bank = MemoryBank.from_studies(split["train"])
+                for studies in split.values():
+                    studies.retrieved = bank.retrieve(studies.pooled, studies.views,
+                                                      params.retrieval_k, uids=studies.uids)
             keras.utils.set_random_seed(0)
             model = build_model(params, matrix, store.dim, vocab.max_len,
                                 split["train"].grid.shape[2] if params.needs_grid else None)
@@ -71,15 +88,15 @@ def main() -> None:
             began = time.perf_counter()
             Decoder(model, vocab).decode(split["val"].inputs(), DecodeParams(method="greedy"))
             validation = time.perf_counter() - began
-            rows.append({"kind": kind, "parameters": model.train_model.count_params(),
+            rows.append({"kind": variant, "parameters": model.train_model.count_params(),
                          "train_studies": len(split["train"]), "batch": train_params.batch_size,
                          "steps_per_epoch": steps, "s_per_step": round(per_step, 3),
                          "s_per_epoch": round(per_step * steps, 1),
                          "val_decode_s": round(validation, 1)})
     table = pd.DataFrame(rows)
-    if "merge" in set(table["kind"]):
-        base = table.loc[table["kind"] == "merge", "s_per_epoch"].iloc[0]
-        table["epoch_vs_merge"] = (table["s_per_epoch"] / base).round(2)
+    base_kind = "merge" if "merge" in set(table["kind"]) else table["kind"].iloc[0]
+    base = table.loc[table["kind"] == base_kind, "s_per_epoch"].iloc[0]
+    table[f"epoch_vs_{base_kind}"] = (table["s_per_epoch"] / base).round(2)
     print(table.to_string(index=False))
     total = table["s_per_epoch"] + table["val_decode_s"]
     print("\nepoch incl. validation decoding (s): " + ", ".join(

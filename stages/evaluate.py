@@ -2,7 +2,6 @@
 with bootstrap intervals and paired differences."""
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +16,6 @@ def main() -> None:
     cli.add_argument("--clean", required=True, help="input: directory of the clean outputs")
     cli.add_argument("--features", required=True, help="input: features HDF5 file")
     cli.add_argument("--model", required=True, help="input: model directory (train's output)")
-    cli.add_argument("--decoding", required=True, help="output: decoding settings (JSON)")
     cli.add_argument("--metrics", required=True, help="output: all scores (JSON)")
     cli.add_argument("--tables", required=True, help="output: directory of per-study tables")
     cli.add_argument("--attention", required=True,
@@ -25,7 +23,6 @@ def main() -> None:
                           "spatial attention)")
     args = cli.parse_args()
 
-    decode = load_section("decode")
     params = load_section("evaluate")
 
     from cxr_impressions.captioning.bundle import load_bundle
@@ -54,9 +51,9 @@ def main() -> None:
         test = load_split(args.clean, "test", store, bundle.vocab, grid_pool)
         train = load_split(args.clean, "train", store, bundle.vocab)
 
-    decoder = Decoder(bundle.model, bundle.vocab, bundle.threshold)
-    inputs = test.inputs()
-    decoded = decoder.decode(inputs, decode)
+    decoder = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
+    inputs = bundle.with_retrieval(test.inputs())
+    decoded = decoder.decode(inputs, bundle.decode)  # the settings chosen on validation
     generated = decoder.texts(decoded)
     maps = (decoder.explain(inputs, decoded)
             if "attention" in bundle.model.decoder.output else [])
@@ -80,10 +77,9 @@ def main() -> None:
     table = per_study_table(test.uids, test.texts, systems, normal,
                             [d.abnormal for d in decoded])
     write_tables(args.tables, table, list(systems), params.worst)
-    write_json(args.decoding, dataclasses.asdict(decode))
     write_json(args.metrics, {
         "kind": bundle.model.kind, "test_studies": len(test),
-        "decode": dataclasses.asdict(decode),
+        "decode": bundle.decode.settings(),
         "bootstrap": {"resamples": params.bootstrap, "seed": params.seed, "level": LEVEL},
         **scores,
         "labeller": validate_labeller(examples)})

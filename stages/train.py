@@ -23,6 +23,7 @@ def main() -> None:
 
     model_params = load_section("model")
     params = load_section("train")
+    decode = load_section("decode")
 
     import keras
     import tensorflow as tf
@@ -30,8 +31,9 @@ def main() -> None:
     from cxr_impressions.captioning.bundle import bundle_config, save_bundle
     from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.models import build_model
+    from cxr_impressions.captioning.retrieval import MemoryBank, empty_bank
     from cxr_impressions.captioning.studies import load_split
-    from cxr_impressions.captioning.training import choose_threshold, prepare_state_dir, train
+    from cxr_impressions.captioning.training import choose_thresholds, prepare_state_dir, train
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
 
@@ -49,6 +51,13 @@ def main() -> None:
                     "image_size": int(store.attrs["input_size"]),
                     "resize": store.attrs["resize"]}
     regions = splits["train"].grid.shape[2] if model_params.needs_grid else None
+    bank = empty_bank(feature_dim, vocab.max_len - 1)
+    if model_params.retrieval_k:
+        # The training split is the memory: a training study never retrieves itself (its uid).
+        bank = MemoryBank.from_studies(splits["train"])
+        for split in splits.values():
+            split.retrieved = bank.retrieve(split.pooled, split.views, model_params.retrieval_k,
+                                            uids=split.uids)
 
     out = Path(args.out)
     state_dir = out / ".train-state"  # DVC deletes only the declared files in `out`
@@ -58,15 +67,24 @@ def main() -> None:
     summary = train(model, vocab, splits["train"], splits["val"], params, state_dir,
                     Path(args.live))
     config = bundle_config(model_params, features, feature_dim, regions, matrix.shape[1], vocab)
+    # Everything selected is chosen on the validation split: the label thresholds first, then
+    # the decoding settings, decoding under those thresholds.
+    val = splits["val"]
+    thresholds = np.zeros(0)
     if model.conditioned:
-        # The label threshold, like everything selected, is chosen on the validation split.
-        val = splits["val"]
-        probabilities = Decoder(model, vocab).encode(val.inputs())["abnormal"]
-        threshold, f1 = choose_threshold(probabilities, val.abnormal)
-        config["abnormal_threshold"] = threshold
-        summary.update(abnormal_threshold=round(threshold, 4), val_abnormal_f1=round(f1, 4),
+        probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
+        thresholds, chosen = choose_thresholds(probabilities, val.label_matrix(model.labels),
+                                               model.labels)
+        config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
+        summary.update(label_thresholds=chosen,
                        val_abnormal_share=round(float(val.abnormal.mean()), 4))
-    save_bundle(out, model, vocab, config)
+    if decode.select:
+        decode, candidates = Decoder(model, vocab, thresholds).select(val.inputs(), val.texts,
+                                                                      decode)
+        summary["decoding"] = {"selected_on": "val", "metric": decode.select_metric,
+                               "chosen": decode.settings(), "candidates": candidates}
+    save_bundle(out, model, vocab, config, bank)
+    write_json(out / "decoding.json", decode.settings())
     write_json(args.metrics, {"kind": model_params.kind, **summary,
                               "train_studies": len(splits["train"]),
                               "val_studies": len(splits["val"]),

@@ -18,8 +18,12 @@ GIT_USER = ("-c", "user.name=test", "-c", "user.email=test@example.org")
 # are tested elsewhere.
 SMALL = {"features": {"weights": "none", "image_size": 71, "batch_size": 16},
          "embeddings": {"glove": str(GLOVE)},
-         "model": {"units": 32, "layers": 1, "grid_pool": 1},
-         "train": {"epochs": 2, "batch_size": 16}}
+         # Every model input the default may come to use: findings prompts, retrieval memory.
+         "model": {"units": 32, "layers": 1, "grid_pool": 1, "condition": "findings",
+                   "retrieval_k": 2},
+         "train": {"epochs": 2, "batch_size": 16},
+         # Selection on validation runs, over fewer candidates than the default.
+         "decode": {"beam_sizes": [1, 2], "length_penalties": [0.0, 0.7]}}
 
 
 def env() -> dict:

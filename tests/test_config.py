@@ -130,3 +130,17 @@ def test_machine_settings_live_in_their_own_section(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"unknown param features\.threads"):
         load_section("features", path=path)
     assert set(UNTRACKED) == {"machine"} and "machine" in SECTIONS
+
+
+def test_decoding_candidates_are_lists_checked_in_one_line() -> None:
+    from cxr_impressions.config import DecodeParams
+
+    params = build_section("decode", DecodeParams, {"beam_sizes": [1, 4], "length_penalties": [1]})
+    assert params.beam_sizes == (1, 4) and params.length_penalties == (1.0,)
+    for raw, message in (({"beam_sizes": [0, 3]}, r"decode\.beam_sizes must be a non-empty"),
+                         ({"beam_sizes": []}, r"decode\.beam_sizes must be a non-empty"),
+                         ({"beam_sizes": 3}, r"decode\.beam_sizes must be a list of integers"),
+                         ({"length_penalties": [4.0]}, r"decode\.length_penalties must be")):
+        with pytest.raises(InputError, match=message) as info:
+            build_section("decode", DecodeParams, raw)
+        assert "\n" not in str(info.value)

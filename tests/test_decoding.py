@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cxr_impressions.captioning.decoding import Decoder
+from cxr_impressions.captioning.decoding import Decoder, rerank
 from cxr_impressions.config import DecodeParams
 
 from .tiny_models import WORDS, study_inputs, tiny
@@ -81,3 +81,59 @@ def test_explain_matches_the_attention_seen_while_decoding() -> None:
         np.testing.assert_allclose(maps, decoded.attention, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="no spatial attention"):
         Decoder(*tiny("merge")).explain(inputs, greedy)
+
+
+def test_inference_functions_are_traced_once_per_model() -> None:
+    # The cause of the "tf.function retracing" warning in training: a tf.function per Decoder
+    # (and per input shape) retraced every epoch. Now every batch size, beam width and decoder
+    # of one model share one trace of each function.
+    model, vocab = tiny("transformer", max_len=6, condition="findings")
+    for n in (5, 2, 7):
+        Decoder(model, vocab).decode(study_inputs(n, seed=n), DecodeParams(method="greedy"))
+        Decoder(model, vocab).decode(study_inputs(n, seed=n), DecodeParams(beam_size=3),
+                                     batch_size=4)
+    for part in ("encoder", "decoder"):
+        assert model.inference_function(part).experimental_get_tracing_count() == 1, part
+
+
+def test_length_penalty_reranks_without_a_new_search() -> None:
+    model, vocab = tiny("transformer", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(4, seed=9)
+    searched = decoder.beam(inputs, DecodeParams(beam_size=4, length_penalty=0.0))
+    for alpha in (0.7, 2.0):
+        direct = decoder.beam(inputs, DecodeParams(beam_size=4, length_penalty=alpha))
+        assert [d.ids for d in rerank(searched, alpha)] == [d.ids for d in direct]
+
+
+def test_decoding_settings_are_selected_on_the_given_split() -> None:
+    model, vocab = tiny("merge", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(6, seed=11)
+    references = ["no effusion .", ".", "no .", "effusion .", "no effusion .", "effusion"]
+    params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.0, 2.0),
+                          select_metric="rouge_l")
+    chosen, rows = decoder.select(inputs, references, params)
+    assert [(r["method"], r["beam_size"], r["length_penalty"]) for r in rows] == [
+        ("greedy", 1, 0.7), ("beam", 3, 0.0), ("beam", 3, 2.0)]
+    best = max(r["rouge_l"] for r in rows)
+    first_best = next(r for r in rows if r["rouge_l"] == best)  # ties: the earlier candidate
+    assert (chosen.method, chosen.beam_size, chosen.length_penalty) == (
+        first_best["method"], first_best["beam_size"], first_best["length_penalty"])
+    # The chosen settings decode to exactly the captions that were scored.
+    again = decoder.texts(decoder.decode(inputs, chosen))
+    from cxr_impressions.evaluation.scoring import text_metrics
+
+    assert text_metrics(references, again)["rouge_l"] == best
+    assert chosen.settings() == {"method": chosen.method, "beam_size": chosen.beam_size,
+                                 "length_penalty": chosen.length_penalty, "no_repeat_ngram": 3}
+
+
+def test_several_models_in_one_process_do_not_warn_of_retracing(caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    for seed in range(4):
+        model, vocab = tiny("merge", seed=seed)
+        Decoder(model, vocab).decode(study_inputs(3), DecodeParams(method="greedy"))
+    assert "retracing" not in caplog.text

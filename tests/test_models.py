@@ -7,7 +7,10 @@ import tensorflow as tf
 
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.models import MaskedAccuracy, build_model, masked_loss
+from cxr_impressions.captioning.studies import LABELS
+from cxr_impressions.captioning.training import compile_for_training
 from cxr_impressions.config import ModelParams
+from cxr_impressions.data.labeller import FINDINGS
 from cxr_impressions.data.tokenizer import Vocabulary
 
 from .tiny_models import WORDS, study_inputs, tiny
@@ -57,8 +60,8 @@ def test_the_condition_steers_the_decoder(kind: str) -> None:
     abnormal, _ = decoder.step({**memory, "condition": np.ones((1, 1), np.float32)}, tokens, 1)
     assert not np.allclose(normal, abnormal)
     # The threshold decides which label the decoder writes under.
-    always = Decoder(model, vocab, threshold=0.0).encode(study_inputs(1))
-    never = Decoder(model, vocab, threshold=1.01).encode(study_inputs(1))
+    always = Decoder(model, vocab, thresholds=0.0).encode(study_inputs(1))
+    never = Decoder(model, vocab, thresholds=1.01).encode(study_inputs(1))
     assert always["condition"][0, 0] == 1.0 and never["condition"][0, 0] == 0.0
 
 
@@ -68,3 +71,43 @@ def test_unconditioned_models_have_no_label_head() -> None:
     model = build_model(ModelParams(kind="merge", units=8, condition="none"), matrix, 8, 6)
     assert not model.conditioned and "abnormal" not in model.encoder.output
     assert Decoder(model, vocab).greedy(study_inputs(1))[0].abnormal is None
+
+
+def test_findings_condition_has_a_multi_label_head_trained_with_bce() -> None:
+    model, _ = tiny("transformer", condition="findings")
+    assert model.labels == (*FINDINGS, "abnormal") == LABELS and len(model.labels) == 14
+    inputs = study_inputs(4, seed=2)
+    logits = model.encoder(inputs)["labels"].numpy()
+    assert logits.shape == (4, 14)
+    # The head's loss is the binary cross-entropy averaged over studies and labels.
+    compile_for_training(model, 1e-3)
+    targets = np.random.default_rng(0).integers(0, 2, size=(4, 14)).astype(np.float32)
+    tokens = np.array([[2, 4, 5, 6, 3, 0]] * 4, np.int32)
+    losses = model.train_model.compute_loss(
+        x=None, y={"logits": tokens[:, 1:], "labels": targets},
+        y_pred=model.train_model({**inputs, "condition": targets, "tokens": tokens[:, :-1]}))
+    caption = float(masked_loss(tokens[:, 1:], model.train_model(
+        {**inputs, "condition": targets, "tokens": tokens[:, :-1]})["logits"]))
+    probability = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    bce = -np.mean(targets * np.log(probability) + (1 - targets) * np.log(1 - probability))
+    assert float(losses) == pytest.approx(caption + bce, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["merge", "bilstm_attention", "transformer"])
+def test_each_finding_state_changes_the_output(kind: str) -> None:
+    model, vocab = tiny(kind, condition="findings")
+    decoder = Decoder(model, vocab, thresholds=np.linspace(0.1, 0.9, 14))
+    memory = decoder.encode(study_inputs(1))
+    assert memory["probabilities"].shape == (1, 14) and memory["condition"].shape == (1, 14)
+    np.testing.assert_array_equal(memory["condition"][0],
+                                  memory["probabilities"][0] >= np.linspace(0.1, 0.9, 14))
+    assert memory["abnormal"][0] == memory["probabilities"][0, -1]
+    tokens = np.zeros((1, decoder.length), np.int32)
+    tokens[0, 0] = 2
+    none = np.zeros((1, 14), np.float32)
+    base, _ = decoder.step({**memory, "condition": none}, tokens, 1)
+    for j in (0, 5, 13):  # cardiomegaly, nodule, abnormal: each label's state is heard
+        flipped = none.copy()
+        flipped[0, j] = 1.0
+        changed, _ = decoder.step({**memory, "condition": flipped}, tokens, 1)
+        assert not np.allclose(base, changed), model.labels[j]

@@ -30,9 +30,14 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     repo = pipeline_repo
     for output in ("data/parsed/reports.parquet", "data/clean/vocab.json",
                    "features/xception.h5", "data/embeddings/matrix.npy",
-                   "models/model.weights.h5", "models/decoding.json",
+                   "models/model.weights.h5", "models/decoding.json", "models/retrieval.npz",
                    "metrics/eval/per_study.csv"):
         assert (repo / output).is_file(), output
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert len(train["label_thresholds"]) == 14  # condition: findings
+    chosen = train["decoding"]["chosen"]  # selected on validation, used by evaluate
+    assert json.loads((repo / "models/decoding.json").read_text()) == chosen
+    assert json.loads((repo / "metrics/evaluate.json").read_text())["decode"] == chosen
     parse = json.loads((repo / "metrics/parse.json").read_text())
     assert parse["reports"] == 100 and parse["images_found"] == 200
     assert "up to date" in sh(DVC, "status", cwd=repo)
@@ -115,6 +120,17 @@ def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
     assert len(table) == 10 and {"model", "constant", "nearest_neighbour"} <= set(table)
     curves = pipeline_repo / "metrics/train/plots/metrics"
     assert (curves / "train" / "loss.tsv").exists() and (curves / "eval" / "bleu4.tsv").exists()
+
+
+@needs_shared(SHARED)
+def test_evaluate_reproduces_its_metrics_exactly(pipeline_repo: Path) -> None:
+    # A fresh process reloads the saved model: any weight not saved (a position table built at
+    # model-build time, say) would change the captions and so the scores.
+    before = (pipeline_repo / "metrics/evaluate.json").read_text()
+    per_study = (pipeline_repo / "metrics/eval/per_study.csv").read_text()
+    sh(DVC, "repro", "-f", "-s", "evaluate", cwd=pipeline_repo)
+    assert (pipeline_repo / "metrics/evaluate.json").read_text() == before
+    assert (pipeline_repo / "metrics/eval/per_study.csv").read_text() == per_study
 
 
 @needs_shared(SHARED)

@@ -4,10 +4,24 @@
 import numpy as np
 import pytest
 
-from cxr_impressions.captioning.studies import Studies
-from cxr_impressions.captioning.training import choose_threshold, make_dataset, training_pairs
+from cxr_impressions.captioning.studies import LABELS, Studies
+from cxr_impressions.captioning.training import (
+    FALLBACK_THRESHOLD,
+    choose_threshold,
+    choose_thresholds,
+    make_dataset,
+    training_pairs,
+)
 
 from .tiny_models import tiny
+
+
+def _labels(**columns: list[float]) -> np.ndarray:
+    n = len(next(iter(columns.values())))
+    labels = np.zeros((n, len(LABELS)), np.float32)
+    for name, values in columns.items():
+        labels[:, LABELS.index(name)] = values
+    return labels
 
 
 def test_prefix_training_pairs_hide_the_future() -> None:
@@ -15,16 +29,16 @@ def test_prefix_training_pairs_hide_the_future() -> None:
     tokens = np.array([[2, 4, 5, 3, 0, 0], [2, 6, 3, 0, 0, 0]], np.int32)
     studies = Studies(np.array([1, 2]), np.array([["a", "b"], ["c", ""]]),
                       np.zeros((2, 2, 8), np.float32), np.ones((2, 2), np.float32), tokens,
-                      ["no effusion", "."], np.array([0.0, 1.0], np.float32))
+                      ["no effusion", "."], _labels(abnormal=[0.0, 1.0]))
     index, prefix = training_pairs(studies, True)
     assert index.tolist() == [0, 0, 0, 1, 1] and prefix.tolist() == [1, 2, 3, 1, 2]
     inputs, targets = next(iter(make_dataset(studies, model, 8, False, 0)))
     np.testing.assert_array_equal(inputs["tokens"].numpy()[:3],
                                   [[2, 0, 0, 0, 0], [2, 4, 0, 0, 0], [2, 4, 5, 0, 0]])
     assert targets["logits"].numpy().tolist() == [4, 5, 3, 6, 3]
-    # The reference's label is both the decoder's condition and the abnormal head's target.
+    # The reference's label is both the decoder's condition and the label head's target.
     assert inputs["condition"].numpy()[:, 0].tolist() == [0, 0, 0, 1, 1]
-    assert targets["abnormal"].numpy()[:, 0].tolist() == [0, 0, 0, 1, 1]
+    assert targets["labels"].numpy()[:, 0].tolist() == [0, 0, 0, 1, 1]
 
 
 def test_threshold_is_the_best_f1_on_the_given_split() -> None:
@@ -32,3 +46,31 @@ def test_threshold_is_the_best_f1_on_the_given_split() -> None:
     labels = np.array([0, 0, 1, 0, 1, 1])
     threshold, f1 = choose_threshold(probabilities, labels)
     assert threshold == 0.35 and f1 == pytest.approx(2 * 3 / (4 + 3))
+
+
+def test_findings_condition_feeds_the_reference_labels() -> None:
+    model, _ = tiny("transformer", condition="findings")
+    tokens = np.array([[2, 4, 5, 3, 0, 0], [2, 6, 3, 0, 0, 0]], np.int32)
+    labels = _labels(cardiomegaly=[1.0, 0.0], edema=[0.0, 1.0], abnormal=[1.0, 1.0])
+    studies = Studies(np.array([1, 2]), np.array([["a", "b"], ["c", ""]]),
+                      np.zeros((2, 2, 8), np.float32), np.ones((2, 2), np.float32), tokens,
+                      ["cardiomegaly .", "edema ."], labels,
+                      grid=np.zeros((2, 2, 3, 8), np.float16))
+    inputs, targets = next(iter(make_dataset(studies, model, 8, False, 0)))
+    np.testing.assert_array_equal(inputs["condition"].numpy(), labels)
+    np.testing.assert_array_equal(targets["labels"].numpy(), labels)
+
+
+def test_per_label_thresholds_are_chosen_on_the_given_split() -> None:
+    probabilities = np.array([[0.1, 0.9, 0.2], [0.2, 0.8, 0.1], [0.35, 0.3, 0.3],
+                              [0.4, 0.2, 0.05], [0.8, 0.6, 0.2], [0.9, 0.1, 0.1]])
+    labels = np.array([[0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]])
+    thresholds, summary = choose_thresholds(probabilities, labels, ("a", "b", "c"))
+    # Each label its own best F1: a as in the single-label case, b perfectly at 0.8.
+    assert thresholds[0] == 0.35 and summary["a"]["val_f1"] == pytest.approx(6 / 7, abs=1e-4)
+    assert thresholds[1] == 0.8 and summary["b"]["val_f1"] == 1.0
+    # No positive on validation: the documented fallback, flagged, with no F1 to report.
+    assert thresholds[2] == FALLBACK_THRESHOLD
+    assert summary["c"] == {"threshold": FALLBACK_THRESHOLD, "val_f1": None,
+                            "val_positives": 0, "fallback": True}
+    assert not summary["a"]["fallback"] and summary["a"]["val_positives"] == 3

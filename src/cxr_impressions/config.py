@@ -123,7 +123,15 @@ class ModelParams:
     heads: int = at_least(1, 4)  # transformer
     layers: int = at_least(1, 2)  # transformer decoder layers
     grid_pool: int = at_least(1, 3)  # transformer: average-pool the 10x10 grid by this factor
-    condition: Literal["abnormal", "none"] = "abnormal"  # decode conditioned on a predicted label
+    # Decode conditioned on predicted labels: abnormal (one), findings (13 findings + abnormal)
+    condition: Literal["findings", "abnormal", "none"] = "abnormal"
+    # transformer: attend to the impressions of this many most similar training studies (0: off)
+    retrieval_k: int = at_least(0, 0)
+
+    def validate(self, source: str) -> None:
+        if self.retrieval_k and self.kind != "transformer":
+            raise InputError(f"{source}: model.retrieval_k needs model.kind: transformer (the "
+                             f"memory is cross-attended), got {self.kind}; set it to 0")
 
     @property
     def needs_grid(self) -> bool:
@@ -143,10 +151,33 @@ class TrainParams:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeParams:
+    """How captions are decoded. With `select: true` (the default) the train stage chooses
+    method, beam_size and length_penalty among the candidate lists by `select_metric` on the
+    validation split and writes them to models/decoding.json, which evaluate and `cxr predict`
+    use; with `select: false` it writes method, beam_size and length_penalty as given."""
+
     method: Literal["greedy", "beam"] = "beam"
     beam_size: int = at_least(1, 3)
     length_penalty: float = at_least(0.0, 0.7, at_most=3.0)  # score / length ** length_penalty
     no_repeat_ngram: int = at_least(0, 3)  # 0: no blocking
+    select: bool = True
+    beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
+    length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
+    select_metric: Literal["bleu4", "cider", "rouge_l"] = "bleu4"
+
+    # What models/decoding.json holds: the settings one decodes with.
+    SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram")
+
+    def settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.SETTINGS}
+
+    def validate(self, source: str) -> None:
+        if not self.beam_sizes or any(isinstance(b, bool) or b < 1 for b in self.beam_sizes):
+            raise InputError(f"{source}: decode.beam_sizes must be a non-empty list of integers "
+                             f">= 1, got {list(self.beam_sizes)}")
+        if not self.length_penalties or any(not 0.0 <= a <= 3.0 for a in self.length_penalties):
+            raise InputError(f"{source}: decode.length_penalties must be a non-empty list of "
+                             f"numbers in [0, 3], got {list(self.length_penalties)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,6 +275,10 @@ def _coerce(param: str, hint: Any, value: Any, source: str) -> Any:
             except InputError:
                 continue
         raise bad
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+        if not isinstance(value, list | tuple):
+            raise bad
+        return tuple(_coerce(param, args[0], v, source) for v in value)
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise bad
@@ -276,15 +311,22 @@ def _describe(hint: Any) -> str:
     args = typing.get_args(hint)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return f"a list of {_plural(args[0])}"
     if origin is tuple:
-        return f"a list of {len(args)} {_describe(args[0])}s"
+        return f"a list of {len(args)} {_plural(args[0])}"
     if origin is list:
-        return f"a list of {_describe(args[0])}s"
+        return f"a list of {_plural(args[0])}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in args if a is not type(None)) + " or null"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
         hint, str(hint)
     )
+
+
+def _plural(hint: Any) -> str:
+    return {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}.get(
+        hint, f"{_describe(hint)} values")
 
 
 def _check_ranges(name: str, section: Any, source: str) -> None:

@@ -1,9 +1,15 @@
 """The trained model as files under `models/`, loadable without DVC.
 
 - `config.json`: the model params, the backbone settings of the features it was trained on,
-  the shapes needed to rebuild it, and the abnormal-label threshold chosen on validation;
+  the shapes needed to rebuild it, and the label thresholds chosen on validation
+  (`label_thresholds`, one per label of `model.condition`);
 - `model.weights.h5`: the Keras weights; `vocab.json`: the vocabulary;
-- `decoding.json` (written by evaluate): the decoding settings used for the reported metrics.
+- `retrieval.npz`: the retrieval memory bank (the training studies' uids, pooled vectors and
+  impression token ids; empty when `model.retrieval_k` is 0), so that evaluate and `cxr predict`
+  retrieve from the same training studies as the train stage;
+- `decoding.json`: the decoding settings (method, beam size, length penalty, n-gram blocking),
+  chosen on the validation split by the train stage (`decode.select`), used by evaluate and
+  `cxr predict`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from ..config import DecodeParams, ModelParams, build_section
 from ..data.tokenizer import Vocabulary
 from ..errors import InputError
 from .models import CaptionModel, build_model
+from .retrieval import MemoryBank
 
 
 @dataclass
@@ -30,20 +37,31 @@ class Bundle:
     config: dict
     decode: DecodeParams
     params: ModelParams
+    bank: MemoryBank | None = None  # the retrieval memory (None: the model retrieves nothing)
 
     @property
-    def threshold(self) -> float:
-        """The abnormal-label threshold chosen on validation (0.5 for older bundles)."""
-        return float(self.config.get("abnormal_threshold", 0.5))
+    def thresholds(self) -> np.ndarray:
+        """The label thresholds chosen on validation, in the order of the model's labels."""
+        chosen = self.config.get("label_thresholds", {})
+        return np.array([chosen.get(name, 0.5) for name in self.model.labels], np.float64)
+
+    def with_retrieval(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`inputs` plus, for a retrieval model, each study's `retrieved` training impressions
+        (none excluded: a new study is not in the bank, and val/test studies never are)."""
+        if self.bank is None:
+            return inputs
+        return {**inputs, "retrieved": self.bank.retrieve(inputs["pooled"], inputs["views"],
+                                                          self.params.retrieval_k)}
 
 
 def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: Vocabulary,
-                config: dict) -> None:
+                config: dict, bank: MemoryBank) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_path(directory / "model.weights.h5", suffix=".weights.h5") as tmp:
         model.train_model.save_weights(tmp)
     vocab.save(directory / "vocab.json")
+    bank.save(directory / "retrieval.npz")
     write_json(directory / "config.json", config)
 
 
@@ -89,7 +107,8 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         decode = build_section("decode", DecodeParams,
                                _read_json(directory / "decoding.json", "decoding settings"),
                                source=str(directory / "decoding.json"))
-    return Bundle(model, vocab, config, decode, params)
+    bank = MemoryBank.load(directory / "retrieval.npz") if params.retrieval_k else None
+    return Bundle(model, vocab, config, decode, params, bank)
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -6,18 +6,17 @@ bug). Beams sum log-probabilities; finished hypotheses are ranked by
 `sum_logprob / length ** length_penalty`; `no_repeat_ngram` bans any token that would repeat an
 n-gram already in the hypothesis.
 
-A conditioned model (`model.condition: abnormal`) first predicts whether the study is abnormal;
-the decoder then writes under that label, `probability >= threshold` (the threshold chosen on
-the validation split by the train stage and kept in the model bundle).
+A conditioned model (`model.condition: abnormal | findings`) first predicts the study's labels;
+the decoder then writes under them, each label on where `probability >= its threshold` (the
+thresholds chosen on the validation split by the train stage and kept in the model bundle).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
-import tensorflow as tf
 
 from ..config import DecodeParams
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
@@ -30,30 +29,57 @@ class Decoded:
     score: float
     attention: np.ndarray | None = None  # (steps, regions) for the transformer
     abnormal: float | None = None  # the predicted probability that the study is abnormal
+    # Beam search: every finished hypothesis as (sum of log-probabilities, ids), so that another
+    # length penalty can re-rank them without searching again (the search does not depend on it).
+    hypotheses: list[tuple[float, list[int]]] | None = None
+
+
+def _normalised(hypothesis: tuple[float, list[int]], length_penalty: float) -> float:
+    total, ids = hypothesis
+    return total / (len(ids) + 1) ** length_penalty
+
+
+def rerank(decoded: Sequence[Decoded], length_penalty: float) -> list[Decoded]:
+    """Beam search's results as under another `length_penalty`: each study's best finished
+    hypothesis by `sum(log p) / length ** length_penalty` (exactly what the beam would give)."""
+    out = []
+    for d in decoded:
+        if not d.hypotheses:
+            out.append(d)
+            continue
+        best = max(d.hypotheses, key=lambda h: _normalised(h, length_penalty))
+        out.append(replace(d, ids=best[1], score=float(_normalised(best, length_penalty))))
+    return out
 
 
 class Decoder:
-    """Decodes studies with one model; tf.functions are traced once per input shape."""
+    """Decodes studies with one model, through its inference functions (traced once)."""
 
-    def __init__(self, model: CaptionModel, vocab: Vocabulary, threshold: float = 0.5) -> None:
+    def __init__(self, model: CaptionModel, vocab: Vocabulary,
+                 thresholds: float | Sequence[float] = 0.5) -> None:
         self.model = model
         self.vocab = vocab
-        self.threshold = threshold
+        # One threshold per label of the condition (a single number: the same for all).
+        self.thresholds = np.broadcast_to(np.asarray(thresholds, np.float64),
+                                          (len(model.labels),)).copy()
         self.length = vocab.max_len - 1  # token positions the decoder takes
-        self._encode = tf.function(lambda x: model.encoder(x, training=False),
-                                   reduce_retracing=True)
-        self._decode = tf.function(lambda x: model.decoder(x, training=False),
-                                   reduce_retracing=True)
+        self._encode = model.inference_function("encoder")
+        self._decode = model.inference_function("decoder")
 
     def encode(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The decoder's memory; for a conditioned model also `condition` (the thresholded
-        label) and `abnormal` (its probability, which the decoder does not take)."""
-        taken = {k: v for k, v in inputs.items() if k in self.model.encoder.input}
-        memory = {k: v.numpy() for k, v in self._encode(taken).items()}
-        if "abnormal" in memory:
-            probability = 1.0 / (1.0 + np.exp(-memory["abnormal"].astype(np.float64)))
-            memory["abnormal"] = probability[:, 0]
-            memory["condition"] = (probability >= self.threshold).astype(np.float32)
+        labels), `probabilities` (of every label) and `abnormal` (the probability of the
+        abnormal label), which the decoder does not take."""
+        memory = {k: v.numpy() for k, v in self._encode(_taken(inputs, self.model.encoder)).items()}
+        for name in self.model.decoder.input:  # what the decoder takes as given (retrieval)
+            if name in inputs and name not in memory:
+                memory[name] = np.asarray(inputs[name])
+        if "labels" in memory:
+            probability = 1.0 / (1.0 + np.exp(-memory.pop("labels").astype(np.float64)))
+            memory["probabilities"] = probability
+            memory["condition"] = (probability >= self.thresholds).astype(np.float32)
+            if "abnormal" in self.model.labels:
+                memory["abnormal"] = probability[:, self.model.labels.index("abnormal")]
         return memory
 
     @staticmethod
@@ -65,8 +91,7 @@ class Decoder:
     def step(self, memory: dict[str, np.ndarray], tokens: np.ndarray,
              t: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Log-probabilities of the word after each prefix `tokens[:, :t]`, and attention."""
-        taken = {k: v for k, v in memory.items() if k in self.model.decoder.input}
-        out = self._decode({**taken, "tokens": tf.constant(tokens)})
+        out = self._decode(_taken({**memory, "tokens": tokens}, self.model.decoder))
         logits = out["logits"].numpy()
         if not self.model.prefix_training:
             logits = logits[:, t - 1]
@@ -139,9 +164,8 @@ class Decoder:
                         break
                     beam, word = divmod(int(flat), vocab_size)
                     if word == self.vocab.end_id:
-                        prefix = [int(x) for x in tokens[i, beam, 1:t]]
-                        norm = score / (len(prefix) + 1) ** params.length_penalty
-                        finished[i].append((norm, prefix))
+                        finished[i].append((float(score),
+                                            [int(x) for x in tokens[i, beam, 1:t]]))
                         continue
                     new_tokens[i, kept, :t] = tokens[i, beam, :t]
                     if t < self.length:
@@ -159,9 +183,8 @@ class Decoder:
         results = []
         probabilities = self._probabilities(memory, n)
         for i in range(n):
-            norm, ids = max(finished[i], key=lambda h: h[0]) if finished[i] else (0.0, [])
-            results.append(Decoded(ids, float(norm), abnormal=probabilities[i]))
-        return results
+            results.append(Decoded([], 0.0, abnormal=probabilities[i], hypotheses=finished[i]))
+        return rerank(results, params.length_penalty)
 
     def explain(self, inputs: dict[str, np.ndarray], decoded: Sequence[Decoded],
                 batch_size: int = 64) -> list[np.ndarray]:
@@ -180,8 +203,8 @@ class Decoder:
             for i, d in enumerate(chunk):
                 ids = d.ids[: self.length - 1]
                 tokens[i, 1:1 + len(ids)] = ids
-            taken = {k: v for k, v in memory.items() if k in self.model.decoder.input}
-            attention = self._decode({**taken, "tokens": tf.constant(tokens)})["attention"]
+            attention = self._decode(_taken({**memory, "tokens": tokens},
+                                            self.model.decoder))["attention"]
             attention = attention.numpy()
             for i, d in enumerate(chunk):
                 maps.append(attention[i, : min(len(d.ids) + 1, self.length)])
@@ -202,6 +225,41 @@ class Decoder:
 
     def texts(self, decoded: Sequence[Decoded]) -> list[str]:
         return [self.vocab.decode(d.ids) for d in decoded]
+
+    def select(self, inputs: dict[str, np.ndarray], references: Sequence[str],
+               params: DecodeParams) -> tuple[DecodeParams, list[dict]]:
+        """The decoding settings, among `params.beam_sizes` x `params.length_penalties`, whose
+        captions of the given studies (the validation split: never the test split) score best
+        on `params.select_metric`; ties go to the earlier candidate (the smaller beam). Also a
+        row per candidate with its scores. Each beam size is searched once; its length
+        penalties only re-rank the finished hypotheses. Beam 1 is greedy decoding, for which
+        the length penalty changes nothing."""
+        from ..evaluation.scoring import text_metrics
+
+        rows: list[dict] = []
+        for beam_size in params.beam_sizes:
+            if beam_size == 1:
+                candidates = [(replace(params, method="greedy", beam_size=1),
+                               self.decode(inputs, replace(params, method="greedy")))]
+            else:
+                searched = self.decode(inputs, replace(params, method="beam",
+                                                       beam_size=beam_size))
+                candidates = [(replace(params, method="beam", beam_size=beam_size,
+                                       length_penalty=alpha), rerank(searched, alpha))
+                              for alpha in params.length_penalties]
+            for chosen, decoded in candidates:
+                scores = text_metrics(references, self.texts(decoded))
+                rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
+                             "length_penalty": chosen.length_penalty, **scores})
+        best = max(range(len(rows)), key=lambda i: (rows[i][params.select_metric], -i))
+        row = rows[best]
+        return replace(params, method=row["method"], beam_size=row["beam_size"],
+                       length_penalty=row["length_penalty"]), rows
+
+
+def _taken(values: dict[str, np.ndarray], network) -> dict[str, np.ndarray]:
+    """The arrays `network` takes, in the dtypes of its inputs (its signature's)."""
+    return {name: np.asarray(values[name], dtype=t.dtype) for name, t in network.input.items()}
 
 
 def _block_repeats(logp: np.ndarray, prefixes: np.ndarray, n: int) -> None:

@@ -14,37 +14,127 @@
   the regions (empty view slots masked). Its last layer's attention weights are a model output,
   for heat-maps.
 
-With `condition: abnormal` (the default), every encoder also predicts whether the study is
-abnormal (a logit, trained against the labeller's reading of the reference text), and every
-decoder takes a `condition` input (1: write an abnormal report, 0: a normal one), embedded and
-added to the image vector (LSTM models) or to every word (transformer). Training feeds the
-reference's label (teacher forcing); decoding feeds the encoder's prediction, thresholded at a
-value chosen on the validation split. Without it, the decoder falls back on the most likely
-report, which is a normal one, for every study.
+Label conditioning (`model.condition`) against mode collapse: every encoder also predicts labels
+of the study from the views' mean pooled vector (a multi-label head, logits trained with binary
+cross-entropy against the labeller's reading of the reference text): `abnormal` predicts the one
+normal/abnormal label, `findings` the labeller's 13 findings plus abnormal. Every decoder takes
+those labels as its `condition` input, through learned prompt embeddings, one per (label, state):
+the LSTM models add the prompts to the image vector, the transformer adds them to every word and
+also attends to them as extra memory tokens beside the regions. Training feeds the reference's
+labels (teacher forcing); decoding feeds the encoder's predictions, each thresholded at a value
+chosen on the validation split. Without it (`none`), the decoder falls back on the most likely
+report, a normal one, for every study.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 from keras import layers, ops
 
 from ..config import ModelParams
+from .studies import LABELS
+
+
+def label_names(condition: str) -> tuple[str, ...]:
+    """The labels a model with `model.condition: condition` predicts and is conditioned on."""
+    return {"none": (), "abnormal": ("abnormal",), "findings": LABELS}[condition]
 
 
 @dataclass
 class CaptionModel:
     kind: str
-    encoder: keras.Model  # study inputs -> memory (dict of tensors), plus `abnormal` logits
+    encoder: keras.Model  # study inputs -> memory (dict of tensors), plus `labels` logits
     decoder: keras.Model  # memory (+ condition) + tokens -> logits; plus attention
-    train_model: keras.Model  # study inputs (+ condition) + tokens -> logits (+ abnormal)
+    train_model: keras.Model  # study inputs (+ condition) + tokens -> logits (+ labels)
     prefix_training: bool  # True: trained on (prefix -> next word) samples
+    labels: tuple[str, ...] = ()  # the condition's labels, in the order of its columns
+    _functions: dict = field(default_factory=dict, repr=False)
 
     @property
     def conditioned(self) -> bool:
-        return "condition" in self.decoder.input
+        return bool(self.labels)
+
+    def inference_function(self, part: str):
+        """`encoder` or `decoder` as a tf.function for inference, built once per model with a
+        signature whose batch dimension is free. So it is traced once, whatever the batch
+        size (the last chunk of a split, a beam's k rows per study) and however many decoders
+        share the model; a tf.function made per decoder, or traced per input shape, retraces
+        every epoch of training (TensorFlow's "tf.function retracing" warning)."""
+        if part not in self._functions:
+            import tensorflow as tf
+
+            network = {"encoder": self.encoder, "decoder": self.decoder}[part]
+            signature = {name: tf.TensorSpec((None, *t.shape[1:]), t.dtype, name=name)
+                         for name, t in network.input.items()}
+            self._functions[part] = tf.function(_Inference(network),
+                                                input_signature=[signature])
+        return self._functions[part]
+
+
+class _Inference:
+    """`network(inputs, training=False)` as a callable object. TensorFlow counts the traces of
+    a tf.function under its Python function's code object, shared by every lambda made from
+    one line; an object keeps each model's and part's count apart, so several models in one
+    process (the benchmarks, the tests) do not add up to a false "retracing" warning."""
+
+    def __init__(self, network: keras.Model) -> None:
+        self.network = network
+
+    def __call__(self, inputs: dict) -> dict:
+        return self.network(inputs, training=False)
+
+
+class PositionEmbedding(layers.Layer):
+    """Adds a learned vector per position to a (batch, steps, width) sequence.
+
+    A layer with its own weight, so the positions are trained and saved with the model. (An
+    `Embedding` called on a constant `ops.arange` inside a functional model is evaluated once,
+    at build time: its output becomes a random constant, never trained, never saved, and
+    different in every process that rebuilds the model.)
+    """
+
+    def __init__(self, length: int, width: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.length = length
+        self.width = width
+
+    def build(self, input_shape: tuple) -> None:
+        self.positions = self.add_weight(
+            shape=(self.length, self.width), name="positions",
+            initializer=keras.initializers.RandomUniform(-0.05, 0.05))
+
+    def call(self, sequence: keras.KerasTensor) -> keras.KerasTensor:
+        steps = ops.shape(sequence)[1]
+        return sequence + ops.expand_dims(self.positions[:steps], 0)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "length": self.length, "width": self.width}
+
+
+class RetrievedSegments(layers.Layer):
+    """Retrieved impressions as memory tokens: (batch, k, T, width) embedded words plus a
+    learned vector per rank (which neighbour: the segment) and per word position, flattened to
+    (batch, k * T, width)."""
+
+    def __init__(self, k: int, length: int, width: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.k, self.length, self.width = k, length, width
+
+    def build(self, input_shape: tuple) -> None:
+        init = keras.initializers.RandomUniform(-0.05, 0.05)
+        self.ranks = self.add_weight(shape=(self.k, self.width), name="ranks", initializer=init)
+        self.positions = self.add_weight(shape=(self.length, self.width), name="positions",
+                                         initializer=init)
+
+    def call(self, words: keras.KerasTensor) -> keras.KerasTensor:
+        words = words + self.ranks[None, :, None, :] + self.positions[None, None, :, :]
+        return ops.reshape(words, (-1, self.k * self.length, self.width))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "k": self.k, "length": self.length, "width": self.width}
 
 
 def _study_inputs(feature_dim: int, regions: int | None) -> dict[str, keras.KerasTensor]:
@@ -70,22 +160,48 @@ def _mean_of_views(inputs: dict[str, keras.KerasTensor]) -> keras.KerasTensor:
     return ops.sum(inputs["pooled"] * views, axis=1) / ops.maximum(ops.sum(views, axis=1), 1.0)
 
 
-def _abnormal_head(inputs: dict[str, keras.KerasTensor], params: ModelParams
-                   ) -> dict[str, keras.KerasTensor]:
-    """{"abnormal": logits (batch, 1)} from the views' mean pooled vector, if conditioned."""
-    if params.condition == "none":
+class LabelPrompts(layers.Layer):
+    """One learned prompt vector per (label, state): a (batch, labels) vector of 0/1 states
+    becomes (batch, labels, width), each label's prompt for its state."""
+
+    def __init__(self, labels: int, width: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.labels = labels
+        self.width = width
+
+    def build(self, input_shape: tuple) -> None:
+        self.prompts = self.add_weight(
+            shape=(self.labels, 2, self.width), name="prompts",
+            initializer=keras.initializers.RandomNormal(stddev=0.05))
+
+    def call(self, condition: keras.KerasTensor) -> keras.KerasTensor:
+        state = ops.expand_dims(ops.cast(condition, self.prompts.dtype), -1)
+        return state * self.prompts[:, 1] + (1.0 - state) * self.prompts[:, 0]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "labels": self.labels, "width": self.width}
+
+
+def _label_head(inputs: dict[str, keras.KerasTensor], params: ModelParams
+                ) -> dict[str, keras.KerasTensor]:
+    """{"labels": logits (batch, labels)} from the views' mean pooled vector, if conditioned."""
+    names = label_names(params.condition)
+    if not names:
         return {}
-    mean = layers.Dropout(params.dropout, name="abnormal_dropout")(_mean_of_views(inputs))
-    return {"abnormal": layers.Dense(1, name="abnormal_head")(mean)}
+    mean = layers.Dropout(params.dropout, name="label_dropout")(_mean_of_views(inputs))
+    return {"labels": layers.Dense(len(names), name="label_head")(mean)}
 
 
 def _condition_input(params: ModelParams, width: int
                      ) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor | None]:
-    """The decoder's `condition` input and its embedding (None when unconditioned)."""
-    if params.condition == "none":
+    """The decoder's `condition` input and its prompts, (batch, labels, width) (None when
+    unconditioned)."""
+    names = label_names(params.condition)
+    if not names:
         return {}, None
-    condition = keras.Input((1,), name="condition")
-    return {"condition": condition}, layers.Dense(width, name="condition_embedding")(condition)
+    condition = keras.Input((len(names),), name="condition")
+    return {"condition": condition}, LabelPrompts(len(names), width, name="label_prompts")(
+        condition)
 
 
 def _lstm_decoder_inputs(params: ModelParams, matrix: np.ndarray, max_len: int
@@ -94,12 +210,12 @@ def _lstm_decoder_inputs(params: ModelParams, matrix: np.ndarray, max_len: int
     """The LSTM decoders' inputs: the memory inputs, the tokens, their masked embedding, and
     the image vector (plus the condition's embedding when conditioned)."""
     image = keras.Input((params.units,), name="image")
-    conditions, embedded = _condition_input(params, params.units)
+    conditions, prompts = _condition_input(params, params.units)
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     words = _embedding(matrix, params, mask_zero=True)(tokens)
     words = layers.Dropout(params.dropout, name="word_dropout")(words)
-    if embedded is not None:
-        image_vector = layers.Add(name="conditioned_image")([image, embedded])
+    if prompts is not None:
+        image_vector = layers.Add(name="conditioned_image")([image, ops.sum(prompts, axis=1)])
     else:
         image_vector = image
     return {"image": image, **conditions}, tokens, words, image_vector
@@ -109,7 +225,7 @@ def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: i
     inputs = _study_inputs(feature_dim, None)
     image = layers.Dropout(params.dropout, name="image_dropout")(_mean_of_views(inputs))
     image = layers.Dense(params.units, activation="relu", name="image_dense")(image)
-    encoder = keras.Model(inputs, {"image": image, **_abnormal_head(inputs, params)},
+    encoder = keras.Model(inputs, {"image": image, **_label_head(inputs, params)},
                           name="merge_encoder")
 
     memory, tokens, words, image_vector = _lstm_decoder_inputs(params, matrix, max_len)
@@ -118,7 +234,7 @@ def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: i
     hidden = layers.Dense(params.units, activation="relu", name="decoder_dense")(merged)
     logits = layers.Dense(matrix.shape[0], name="next_word")(hidden)
     decoder = keras.Model({**memory, "tokens": tokens}, {"logits": logits}, name="merge_decoder")
-    return _assemble("merge", encoder, decoder, max_len, prefix_training=False)
+    return _assemble("merge", encoder, decoder, max_len, False, label_names(params.condition))
 
 
 def _bilstm_attention(params: ModelParams, matrix: np.ndarray, feature_dim: int,
@@ -131,7 +247,7 @@ def _bilstm_attention(params: ModelParams, matrix: np.ndarray, feature_dim: int,
         fused = layers.Add(name="fuse_views")([frontal, lateral])
     fused = layers.Dropout(params.dropout, name="image_dropout")(fused)
     image = layers.Dense(params.units, activation="relu", name="image_encoder")(fused)
-    encoder = keras.Model(inputs, {"image": image, **_abnormal_head(inputs, params)},
+    encoder = keras.Model(inputs, {"image": image, **_label_head(inputs, params)},
                           name="bilstm_encoder")
 
     memory, tokens, words, image_vector = _lstm_decoder_inputs(params, matrix, max_len)
@@ -147,7 +263,8 @@ def _bilstm_attention(params: ModelParams, matrix: np.ndarray, feature_dim: int,
     logits = layers.Dense(matrix.shape[0], name="next_word")(hidden)
     decoder = keras.Model({**memory, "tokens": tokens}, {"logits": logits},
                           name="bilstm_decoder")
-    return _assemble("bilstm_attention", encoder, decoder, max_len, prefix_training=True)
+    return _assemble("bilstm_attention", encoder, decoder, max_len, True,
+                     label_names(params.condition))
 
 
 def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int,
@@ -157,27 +274,39 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
     grid = ops.reshape(ops.cast(inputs["grid"], "float32"), (-1, 2 * regions, feature_dim))
     grid = layers.Dropout(params.dropout, name="region_dropout")(grid)
     regions_d = layers.Dense(d, name="region_projection")(grid)
-    position = layers.Embedding(2 * regions, d, name="region_position")(
-        ops.arange(2 * regions)[None, :])
-    regions_d = layers.LayerNormalization(name="region_norm")(regions_d + position)
+    regions_d = PositionEmbedding(2 * regions, d, name="region_position")(regions_d)
+    regions_d = layers.LayerNormalization(name="region_norm")(regions_d)
     region_mask = ops.repeat(inputs["views"], regions, axis=1)
     encoder = keras.Model(inputs, {"regions": regions_d, "region_mask": region_mask,
-                                   **_abnormal_head(inputs, params)},
+                                   **_label_head(inputs, params)},
                           name="transformer_encoder")
 
-    conditions, embedded = _condition_input(params, d)
+    conditions, prompts = _condition_input(params, d)
     memory = {"regions": keras.Input((2 * regions, d), name="regions"),
               "region_mask": keras.Input((2 * regions,), name="region_mask"), **conditions}
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
-    words = _embedding(matrix, params, mask_zero=False)(tokens)
-    words = layers.Dense(d, name="word_projection")(words)
-    word_position = layers.Embedding(max_len - 1, d, name="word_position")(
-        ops.arange(max_len - 1)[None, :])
-    x = words + word_position
-    if embedded is not None:
-        x = x + ops.expand_dims(embedded, 1)
+    embed = _embedding(matrix, params, mask_zero=False)
+    project = layers.Dense(d, name="word_projection")
+    x = PositionEmbedding(max_len - 1, d, name="word_position")(project(embed(tokens)))
+    # What cross-attention looks at: the regions, then (conditioned) one prompt per label, then
+    # (retrieval) the words of the k nearest training impressions, padding masked.
+    keys, key_mask = [memory["regions"]], [memory["region_mask"]]
+    if prompts is not None:
+        x = x + ops.expand_dims(ops.sum(prompts, axis=1), 1)
+        keys.append(prompts)
+        key_mask.append(ops.ones_like(memory["condition"]))
+    if params.retrieval_k:
+        k = params.retrieval_k
+        memory["retrieved"] = keras.Input((k, max_len - 1), dtype="int32", name="retrieved")
+        retrieved = RetrievedSegments(k, max_len - 1, d, name="retrieved_segments")(
+            project(embed(memory["retrieved"])))
+        keys.append(layers.LayerNormalization(name="retrieved_norm")(retrieved))
+        key_mask.append(ops.reshape(ops.cast(ops.not_equal(memory["retrieved"], 0), "float32"),
+                                    (-1, k * (max_len - 1))))
+    keys = ops.concatenate(keys, axis=1) if len(keys) > 1 else keys[0]
+    key_mask = ops.concatenate(key_mask, axis=1) if len(key_mask) > 1 else key_mask[0]
     x = layers.Dropout(params.dropout, name="word_dropout")(x)
-    cross_mask = ops.repeat(ops.expand_dims(memory["region_mask"], 1), max_len - 1, axis=1)
+    cross_mask = ops.repeat(ops.expand_dims(key_mask, 1), max_len - 1, axis=1)
     attention = None
     for i in range(params.layers):
         attended = layers.MultiHeadAttention(params.heads, d // params.heads,
@@ -186,38 +315,42 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
         x = layers.LayerNormalization(name=f"self_norm_{i}")(x + attended)
         attended, attention = layers.MultiHeadAttention(
             params.heads, d // params.heads, dropout=params.dropout, name=f"cross_attention_{i}")(
-            x, memory["regions"], attention_mask=cross_mask, return_attention_scores=True)
+            x, keys, attention_mask=cross_mask, return_attention_scores=True)
         x = layers.LayerNormalization(name=f"cross_norm_{i}")(x + attended)
         hidden = layers.Dense(4 * d, activation="gelu", name=f"ffn_in_{i}")(x)
         hidden = layers.Dropout(params.dropout, name=f"ffn_dropout_{i}")(hidden)
         x = layers.LayerNormalization(name=f"ffn_norm_{i}")(
             x + layers.Dense(d, name=f"ffn_out_{i}")(hidden))
     logits = layers.Dense(matrix.shape[0], name="next_word")(x)
-    # Heads averaged: (batch, steps, 2 * regions), where each step looked, for heat-maps.
-    decoder = keras.Model({**memory, "tokens": tokens},
-                          {"logits": logits, "attention": ops.mean(attention, axis=1)},
+    # Where each step looked among the image regions, for heat-maps: heads averaged, the other
+    # memory tokens left out and the rest renormalised, (batch, steps, 2 * regions).
+    looked = ops.mean(attention, axis=1)[:, :, : 2 * regions]
+    looked = looked / ops.maximum(ops.sum(looked, axis=-1, keepdims=True), 1e-9)
+    decoder = keras.Model({**memory, "tokens": tokens}, {"logits": logits, "attention": looked},
                           name="transformer_decoder")
-    return _assemble("transformer", encoder, decoder, max_len, prefix_training=False)
+    return _assemble("transformer", encoder, decoder, max_len, False,
+                     label_names(params.condition))
 
 
 def _assemble(kind: str, encoder: keras.Model, decoder: keras.Model, max_len: int,
-              prefix_training: bool) -> CaptionModel:
-    """The training model: the encoder and decoder joined, with the reference's `condition`
-    fed in (teacher forcing) and the encoder's `abnormal` logits as a second output."""
+              prefix_training: bool, labels: tuple[str, ...]) -> CaptionModel:
+    """The training model: the encoder and decoder joined, with the reference's labels fed in
+    as the `condition` (teacher forcing) and the encoder's `labels` logits as a second output."""
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     inputs = {name: keras.Input(t.shape[1:], dtype=t.dtype, name=name)
               for name, t in encoder.input.items()}
-    if "condition" in decoder.input:
-        inputs["condition"] = keras.Input((1,), name="condition")
+    for name, t in decoder.input.items():  # the condition, the retrieval memory
+        if name not in encoder.output and name != "tokens":
+            inputs[name] = keras.Input(t.shape[1:], dtype=t.dtype, name=name)
     memory = encoder({k: v for k, v in inputs.items() if k in encoder.input})
     decoded = decoder({**{k: v for k, v in memory.items() if k in decoder.input},
                        **{k: v for k, v in inputs.items() if k in decoder.input},
                        "tokens": tokens})
     outputs = {"logits": decoded["logits"]}
-    if "abnormal" in memory:
-        outputs["abnormal"] = memory["abnormal"]
+    if "labels" in memory:
+        outputs["labels"] = memory["labels"]
     train_model = keras.Model({**inputs, "tokens": tokens}, outputs, name=f"{kind}_captioner")
-    return CaptionModel(kind, encoder, decoder, train_model, prefix_training)
+    return CaptionModel(kind, encoder, decoder, train_model, prefix_training, labels)
 
 
 def build_model(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int,

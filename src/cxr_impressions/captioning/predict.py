@@ -52,7 +52,7 @@ class Predictor:
                                   grid=self.bundle.params.needs_grid)
         self._backbone = tf.function(lambda x: backbone(x, training=False),
                                      reduce_retracing=True)
-        self.decoder = Decoder(self.bundle.model, self.bundle.vocab, self.bundle.threshold)
+        self.decoder = Decoder(self.bundle.model, self.bundle.vocab, self.bundle.thresholds)
         self.decode_params = self.bundle.decode
         if beam_size is not None:
             self.decode_params = replace(self.decode_params, beam_size=beam_size,
@@ -86,7 +86,7 @@ class Predictor:
             if regions is not None:
                 inputs["grid"][i, :count] = regions[row:row + count]
             row += count
-        return inputs
+        return self.bundle.with_retrieval(inputs)
 
     def explain(self, study: Study) -> tuple[str, list, np.ndarray]:
         """The study's impression, its images (PIL) and where each word looked: one row of

@@ -14,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.labeller import label_text
+from ..data.labeller import FINDINGS, label_text
 from ..data.layout import view_slots
 from ..data.tokenizer import Vocabulary
 from ..features.store import FeatureStore
+
+# The columns of `Studies.labels`: the labeller's findings, then normal/abnormal.
+LABELS: tuple[str, ...] = (*FINDINGS, "abnormal")
 
 
 @dataclass
@@ -28,17 +31,29 @@ class Studies:
     views: np.ndarray  # (N, 2) float32, 1 where the slot has an image
     tokens: np.ndarray  # (N, max_len) int32, startseq ... endseq, 0-padded
     texts: list[str]  # the normalised reference text
-    abnormal: np.ndarray  # (N,) float32, 1 where the labeller reads the reference as abnormal
+    labels: np.ndarray  # (N, len(LABELS)) float32: the labeller's reading of the reference
     grid: np.ndarray | None = None  # (N, 2, R, D) float16
+    retrieved: np.ndarray | None = None  # (N, k, T) int32: retrieval memory (retrieval.py)
 
     def __len__(self) -> int:
         return len(self.uids)
+
+    @property
+    def abnormal(self) -> np.ndarray:
+        """(N,) float32, 1 where the labeller reads the reference as abnormal."""
+        return self.labels[:, LABELS.index("abnormal")]
+
+    def label_matrix(self, names: tuple[str, ...]) -> np.ndarray:
+        """(N, len(names)) float32: the columns of `labels` for `names`, in that order."""
+        return self.labels[:, [LABELS.index(n) for n in names]]
 
     def inputs(self, index: np.ndarray | slice | None = None) -> dict[str, np.ndarray]:
         index = slice(None) if index is None else index
         out = {"pooled": self.pooled[index], "views": self.views[index]}
         if self.grid is not None:
             out["grid"] = self.grid[index]
+        if self.retrieved is not None:
+            out["retrieved"] = self.retrieved[index]
         return out
 
 
@@ -83,9 +98,16 @@ def load_studies(examples: pd.DataFrame, images: pd.DataFrame, store: FeatureSto
         views=np.stack([np.ones(len(slots)), has_lateral], axis=1).astype(np.float32),
         tokens=tokens,
         texts=slots["text"].tolist(),
-        abnormal=np.array([label_text(t)["abnormal"] for t in slots["text"]], dtype=np.float32),
+        labels=reference_labels(slots["text"]),
         grid=grid,
     )
+
+
+def reference_labels(texts: pd.Series | list[str]) -> np.ndarray:
+    """(N, len(LABELS)) float32: the labeller's reading of each text."""
+    read = [label_text(t) for t in texts]
+    return np.array([[r[name] for name in LABELS] for r in read], dtype=np.float32).reshape(
+        len(read), len(LABELS))
 
 
 def load_split(clean_dir: str | os.PathLike[str], split: str, store: FeatureStore,

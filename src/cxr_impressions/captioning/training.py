@@ -70,9 +70,10 @@ def make_dataset(studies: Studies, model: CaptionModel, batch_size: int, shuffle
                 inputs["tokens"] = tokens[:, :-1]
                 targets = {"logits": tokens[:, 1:]}
             if model.conditioned:
-                # Teacher forcing of the label too: the decoder learns to write what it is told.
-                inputs["condition"] = studies.abnormal[rows, None]
-                targets["abnormal"] = studies.abnormal[rows, None]
+                # Teacher forcing of the labels too: the decoder learns to write what it is told.
+                labels = studies.label_matrix(model.labels)[rows]
+                inputs["condition"] = labels
+                targets["labels"] = labels
             yield inputs, targets
 
     first_inputs, first_targets = next(batches())
@@ -90,7 +91,7 @@ class ValidationBleu(keras.callbacks.Callback):
 
     def __init__(self, caption_model: CaptionModel, vocab: Vocabulary, val: Studies) -> None:
         super().__init__()
-        self.decoder = Decoder(caption_model, vocab)  # the label threshold at 0.5 until chosen
+        self.decoder = Decoder(caption_model, vocab)  # label thresholds at 0.5 until chosen
         self.val = val
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -155,7 +156,7 @@ def prepare_state_dir(state_dir: Path, model_params: ModelParams, params: TrainP
 
 
 def choose_threshold(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """The probability threshold with the best F1 for `abnormal` (on validation), and that F1.
+    """The probability threshold with the best F1 for one label (on validation), and that F1.
     Ties go to the highest threshold, the most conservative one."""
     labels = labels.astype(bool)
     best_f1, best_t = -1.0, 0.5
@@ -168,14 +169,37 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray) -> tuple[flo
     return best_t, best_f1
 
 
+# A label with no positive on validation has no F1 to maximise: it keeps this threshold, the
+# one its binary cross-entropy is calibrated for, rather than one fitted to no evidence.
+FALLBACK_THRESHOLD = 0.5
+
+
+def choose_thresholds(probabilities: np.ndarray, labels: np.ndarray, names: tuple[str, ...]
+                      ) -> tuple[np.ndarray, dict[str, dict]]:
+    """Per label (columns of the (N, L) arrays): the threshold with the best validation F1,
+    or FALLBACK_THRESHOLD where validation has no positive. Also a summary per label."""
+    thresholds = np.full(len(names), FALLBACK_THRESHOLD)
+    summary: dict[str, dict] = {}
+    for j, name in enumerate(names):
+        positives = int(labels[:, j].sum())
+        if positives:
+            thresholds[j], f1 = choose_threshold(probabilities[:, j], labels[:, j])
+        else:
+            f1 = None
+        summary[name] = {"threshold": round(float(thresholds[j]), 4),
+                         "val_f1": None if f1 is None else round(f1, 4),
+                         "val_positives": positives, "fallback": not positives}
+    return thresholds, summary
+
+
 def compile_for_training(caption_model: CaptionModel, learning_rate: float) -> None:
     """Compile the training model: masked caption loss and accuracy, plus, when conditioned,
-    the abnormal head's cross-entropy and AUC."""
+    the label head's binary cross-entropy (averaged over its labels) and AUC (over all)."""
     losses: dict[str, object] = {"logits": masked_loss}
     metrics: dict[str, list] = {"logits": [MaskedAccuracy()]}
     if caption_model.conditioned:
-        losses["abnormal"] = keras.losses.BinaryCrossentropy(from_logits=True)
-        metrics["abnormal"] = [keras.metrics.AUC(from_logits=True, name="auc")]
+        losses["labels"] = keras.losses.BinaryCrossentropy(from_logits=True)
+        metrics["labels"] = [keras.metrics.AUC(from_logits=True, name="auc")]
     # Keras' default jit_compile="auto" turns XLA on, which is several times slower on CPU here.
     caption_model.train_model.compile(
         optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0), loss=losses,

@@ -383,7 +383,7 @@ def build_report(out_dir: str | os.PathLike[str], scores: dict, train_summary: d
         charts.append(line_chart(loss, "Training curves: loss", "epoch", "loss"))
     for metric, title in (("bleu4", "Validation BLEU-4 (greedy)"),
                           ("distinct", "Validation distinct impressions"),
-                          ("abnormal_auc", "Abnormal head: AUC")):
+                          ("labels_auc", "Label head: AUC (validation, all labels)")):
         if metric in curves:
             charts.append(line_chart(curves[metric], title, "epoch", metric))
     systems = [s for s in SYSTEMS if s in by_length.columns]
