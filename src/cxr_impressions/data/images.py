@@ -221,7 +221,7 @@ def thumbnail(path: str | os.PathLike[str], size: int) -> np.ndarray:
     if is_dcm:
         pixels = decode_dicom(path.read_bytes(), str(path))
         grey = pixels.mean(axis=-1) if pixels.shape[-1] == 3 else pixels[..., 0]
-        image = Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(grey + 0.5, 0, 255).astype(np.uint8))
     else:
         try:
             with Image.open(path) as opened:
