@@ -117,28 +117,31 @@ def build(out: Path, copies: int = 1, jpeg_only: bool = False) -> dict[str, int]
     projections["image_id"] = projections["filename"].map(canonical_image_id)
     files = {canonical_image_id(p.name): p for p in (SAMPLE / "images").iterdir()}
     (out / "files").mkdir(parents=True, exist_ok=True)
-    made: dict[tuple[str, str], Path] = {}  # (image id, format) -> first file written
+    # Per sample report, once: its text, its images and their views (the copies reuse them).
+    samples = []
+    ordered = reports.assign(n=pd.to_numeric(reports["uid"])).sort_values("n")
+    for position, report in enumerate(ordered.to_dict("records")):
+        uid = int(report["uid"])
+        images = projections[projections["uid"] == report["uid"]].sort_values("filename")
+        entries = [(i, p.strip().lower()) for i, p in zip(images["image_id"],
+                                                           images["projection"], strict=True)]
+        if position % 10 == 0 and entries:
+            entries.append((entries[0][0], "other"))
+        samples.append((uid, report_text(pd.Series(report), style=position % 4), entries))
+    made: dict[tuple[str, str], Path] = {}  # (image id, kind) -> first file written
     rows = []
     for copy in range(copies):
-        for position, report in enumerate(reports.sort_values("uid", key=pd.to_numeric)
-                                           .itertuples(index=False)):
-            uid = int(report.uid)
+        for uid, text, entries in samples:
             study = 50000000 + copy * 100000 + uid
             subject = 10000000 + copy * 100000 + uid // 2
-            text = report_text(pd.Series(report._asdict()), style=position % 4)
             path = mimic_report_path(out / "files", subject, study)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
             study_dir = out / "files" / mimic_study_dir(subject, study)
             study_dir.mkdir(parents=True, exist_ok=True)
-            images = projections[projections["uid"] == report.uid].sort_values("filename")
+            path.write_text(text, encoding="utf-8")
             use_dicom = not jpeg_only and uid % 2 == 0
-            entries = [(i.image_id, i.projection.strip().lower()) for i in images.itertuples()]
-            if position % 10 == 0 and entries:
-                entries.append((entries[0][0], "other"))
+            kind = DICOM_KINDS[(uid // 2) % len(DICOM_KINDS)] if use_dicom else "jpeg"
             for number, (image_id, projection) in enumerate(entries):
                 dcm_id = dicom_id(f"{image_id}#{number}", copy)
-                kind = DICOM_KINDS[(uid // 2) % len(DICOM_KINDS)] if use_dicom else "jpeg"
                 target = study_dir / (dcm_id + (".dcm" if use_dicom else ".jpg"))
                 source = made.get((image_id, kind))
                 if source is not None:

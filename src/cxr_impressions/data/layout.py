@@ -160,30 +160,27 @@ def resolve_layout(root: str | os.PathLike[str], fmt: str = "auto",
     )
 
 
-def mimic_study_dir(subject_id: int, study_id: int) -> Path:
+def mimic_study_dir(subject_id: int, study_id: int) -> str:
     """`p10/p10000032/s50414267`, relative to files/ (or the image folder)."""
     subject = str(subject_id)
-    return Path(f"p{subject[:2]}") / f"p{subject}" / f"s{study_id}"
+    return f"p{subject[:2]}/p{subject}/s{study_id}"
 
 
 def mimic_report_path(reports_dir: Path, subject_id: int, study_id: int) -> Path:
-    study = mimic_study_dir(subject_id, study_id)
-    return reports_dir / study.parent / f"{study.name}.txt"
+    return reports_dir / f"{mimic_study_dir(subject_id, study_id)}.txt"
 
 
-def find_mimic_images(image_dir: Path, subject_id: int, study_id: int,
-                      dicom_ids: list[str]) -> list[str]:
+def find_mimic_images(study_dir: str, dicom_ids: list[str]) -> list[str]:
     """The file of each image of one study ("" where none), DICOM before JPEG; one directory
     listing per study, not one lookup per image and extension."""
-    folder = image_dir / mimic_study_dir(subject_id, study_id)
     try:
-        names = set(os.listdir(folder))
+        names = set(os.listdir(study_dir))
     except (FileNotFoundError, NotADirectoryError):
         return [""] * len(dicom_ids)
     paths = []
     for dicom_id in dicom_ids:
         name = next((dicom_id + e for e in MIMIC_IMAGE_EXTENSIONS if dicom_id + e in names), "")
-        paths.append(str(folder / name) if name else "")
+        paths.append(f"{study_dir}/{name}" if name else "")
     return paths
 
 

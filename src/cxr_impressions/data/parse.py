@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from .layout import (
     canonical_image_id,
     find_mimic_images,
     index_images,
-    mimic_report_path,
+    mimic_study_dir,
 )
 from .sections import report_sections
 
@@ -247,34 +248,48 @@ def read_mimic(layout: InputLayout, skip_bad: bool = False) -> ParseResult:
     if twice.any():
         study = int(studies.loc[twice, "study_id"].iloc[0])
         raise InputError(f"{layout.metadata_csv}: study {study} is listed under two subjects")
-    split = official_split(layout.split_csv) if layout.split_csv else pd.Series(dtype=object)
-    root = layout.root
+    split = official_split(layout.split_csv).to_dict() if layout.split_csv else {}
+    # Plain strings and dicts below: at 60,000 studies, pathlib and per-row pandas calls cost
+    # more than reading the reports (benchmarks/scale.py).
+    reports_dir, image_dir = os.fspath(layout.reports_dir), os.fspath(layout.images)
+    reports_name = layout.reports_dir.name
     reports, skipped = [], []
-    for study_id, subject_id in zip(studies["study_id"], studies["subject_id"], strict=True):
-        path = mimic_report_path(layout.reports_dir, subject_id, study_id)
-        if not path.is_file():
+    for study_id, subject_id in zip(studies["study_id"].tolist(), studies["subject_id"].tolist(),
+                                    strict=True):
+        relative = mimic_study_dir(subject_id, study_id)
+        path = f"{reports_dir}/{relative}.txt"
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
             message = (f"{path}: report file not found (study {study_id} is in "
                        f"{layout.metadata_csv.name}; parse.skip_bad_reports: true skips it)")
             if not skip_bad:
-                raise InputError(message)
+                raise InputError(message) from None
             log.warning("skipped %s", message)
             skipped.append(message)
             continue
-        fields = report_sections(read_text_file(path))
-        reports.append({"uid": int(study_id), "mesh": "", "mesh_automatic": "", "problems": "",
-                        "caption": "", **{f: fields[f] for f in TEXT_FIELDS},
-                        "source": path.relative_to(root).as_posix(),
-                        "subject_id": int(subject_id),
-                        "official_split": split.get(study_id, "")})
-    frame = pd.DataFrame(reports, columns=[*REPORT_TABLE_COLUMNS, "subject_id", "official_split"])
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        fields = report_sections(check_utf8(Path(path), data))
+        reports.append((study_id, *(fields[f] for f in TEXT_FIELDS),
+                        f"{reports_name}/{relative}.txt", subject_id, split.get(study_id, "")))
+    frame = pd.DataFrame(reports, columns=["uid", *TEXT_FIELDS, "source", "subject_id",
+                                           "official_split"])
+    for column in ("mesh", "mesh_automatic", "problems", "caption"):
+        frame[column] = ""
+    frame = frame[[*REPORT_TABLE_COLUMNS, "subject_id", "official_split"]]
     kept = meta[meta["view"].notna() & meta["study_id"].isin(frame["uid"])]
-    kept = kept.sort_values(["study_id", "dicom_id"])
+    kept = kept.assign(dicom_id=kept["dicom_id"].str.strip()).sort_values(
+        ["study_id", "dicom_id"])
+    study_ids, subject_ids = kept["study_id"].to_numpy(), kept["subject_id"].to_numpy()
+    dicom_ids = kept["dicom_id"].tolist()
     paths: list[str] = []
-    for (study_id, subject_id), group in kept.groupby(["study_id", "subject_id"], sort=False):
-        paths.extend(find_mimic_images(layout.images, subject_id, study_id,
-                                       group["dicom_id"].tolist()))
-    images = pd.DataFrame({"uid": kept["study_id"].to_numpy(),
-                           "image_id": kept["dicom_id"].str.strip().to_numpy(),
+    starts = np.flatnonzero(np.r_[True, study_ids[1:] != study_ids[:-1]]).tolist()
+    for start, stop in zip(starts, [*starts[1:], len(dicom_ids)], strict=True):
+        relative = mimic_study_dir(int(subject_ids[start]), int(study_ids[start]))
+        paths.extend(find_mimic_images(f"{image_dir}/{relative}", dicom_ids[start:stop]))
+    images = pd.DataFrame({"uid": study_ids, "image_id": dicom_ids,
                            "view": kept["view"].to_numpy(), "view_source": "metadata",
                            "path": paths})
     images["exists"] = images["path"] != ""
