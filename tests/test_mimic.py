@@ -170,6 +170,7 @@ def mimic_pipeline(tmp_path_factory) -> Path:
 
 
 @needs_shared(SHARED)
+@pytest.mark.timeout(2400)  # one whole pipeline run, on a shared 2-core machine
 def test_dvc_repro_runs_end_to_end_on_the_mimic_layout(mimic_pipeline: Path) -> None:
     repo = mimic_pipeline
     parse = json.loads((repo / "metrics/parse.json").read_text())
