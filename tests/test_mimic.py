@@ -186,3 +186,21 @@ def test_dvc_repro_runs_end_to_end_on_the_mimic_layout(mimic_pipeline: Path) -> 
     assert report["thumbnails"] > 0
     assert (repo / "reports/test/index.html").is_file()
     assert "up to date" in sh(DVC, "status", cwd=repo)
+
+
+@needs_shared(SHARED)
+@pytest.mark.timeout(2400)
+def test_predict_reads_dicom_and_names_a_dicom_without_pixels(mimic_pipeline: Path) -> None:
+    files = mimic_pipeline / "data" / "mimic" / "files"
+    empty = sorted(files.glob("p*/p*/s*/*.dcm"))[0]
+    study = next(d for d in sorted(files.glob("p*/p*/s*")) if d.is_dir()
+                 and len(list(d.glob("*.dcm"))) == 2 and empty.parent != d)
+    out = sh(sys.executable, "-m", "cxr_impressions.cli", "predict",
+             *map(str, sorted(study.glob("*.dcm"))), "--model", "models", cwd=mimic_pipeline)
+    assert out.strip().splitlines()[-1].strip()
+    result = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "predict", str(empty),
+                             "--model", "models"], cwd=mimic_pipeline, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {empty}: DICOM file has no pixel data")
