@@ -214,7 +214,7 @@ def read_table(path: Path, required: Sequence[str], numeric: Sequence[str] = ())
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise InputError(f"{path}: line {row + 2}: {column} {frame[column].iloc[row]!r} is "
                              "not a number")
-        frame[column] = frame[column].astype("int64")
+        frame[column] = frame[column].str.strip().astype("int64")
     return frame
 
 
