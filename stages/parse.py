@@ -1,4 +1,4 @@
-"""parse: Open-i XML or Kaggle CSV reports -> report and image tables, and the parse counts."""
+"""parse: Open-i XML, Kaggle CSV or MIMIC-CXR reports -> report and image tables, and counts."""
 
 import argparse
 
@@ -18,11 +18,11 @@ def main() -> None:
 
     data = load_section("data")
     params = load_section("parse")
-    layout = resolve_layout(data.root, data.format)
+    layout = resolve_layout(data.root, data.format, data.images)
     result, view_rule = parse_inputs(layout, params.skip_bad_reports, params.measure_view_rule)
     counts = {"format": layout.format, **parse_counts(result.reports, result.images),
               "skipped_files": len(result.skipped_files),
-              "duplicate_image_rows": len(result.duplicates)}
+              "duplicate_image_rows": len(result.duplicates), **result.counts}
     if view_rule:
         counts["view_rule"] = view_rule
     write_parquet(args.reports, result.reports)

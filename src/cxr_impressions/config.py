@@ -52,7 +52,8 @@ class DataParams:
     """Where the input lives. `root` is the one switch between the sample and the full data."""
 
     root: str = "data/sample"
-    format: Literal["auto", "csv", "xml"] = "auto"
+    format: Literal["auto", "csv", "xml", "mimic"] = "auto"
+    images: str = "images"  # the image folder under root; MIMIC-CXR: files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,7 @@ class ParseParams:
 @dataclasses.dataclass(frozen=True)
 class CleanParams:
     target: Literal["impression", "findings"] = "impression"
-    split: Literal["random", "r2gen"] = "random"
+    split: Literal["random", "r2gen", "official"] = "random"
     r2gen_annotation: str = "../shared/iuxray/r2gen_annotation.json"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = at_least(0, 42)

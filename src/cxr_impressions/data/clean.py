@@ -30,7 +30,8 @@ class CleanResult:
 
 
 def random_split(uids: np.ndarray, fractions: tuple[float, float, float], seed: int) -> pd.Series:
-    """Assign each report uid to train/val/test, seeded and independent of input order."""
+    """Assign each report uid (or patient id) to train/val/test, seeded and independent of input
+    order."""
     uids = np.sort(np.asarray(uids))
     order = np.random.default_rng(seed).permutation(len(uids))
     n_train = int(round(fractions[0] * len(uids)))
@@ -83,6 +84,19 @@ def clean_reports(reports: pd.DataFrame, images: pd.DataFrame, params: CleanPara
         dropped["not_in_r2gen_split"] = int(outside.sum())
         frame = frame[~outside]
         frame["split"] = frame["uid"].map(split)
+    elif params.split == "official":
+        if "official_split" not in frame.columns:
+            raise InputError("clean.split: official needs MIMIC-CXR input with its split file "
+                             "(mimic-cxr-2.0.0-split.csv(.gz) beside the metadata CSV)")
+        outside = frame["official_split"] == ""
+        dropped["not_in_official_split"] = int(outside.sum())
+        frame = frame[~outside]
+        frame["split"] = frame["official_split"]
+    elif "subject_id" in frame.columns:
+        # MIMIC-CXR has several studies per patient: split by patient, so that no patient's
+        # studies are in two splits.
+        by_subject = random_split(frame["subject_id"].unique(), params.fractions, params.seed)
+        frame["split"] = frame["subject_id"].map(by_subject)
     else:
         frame["split"] = frame["uid"].map(random_split(frame["uid"].to_numpy(),
                                                        params.fractions, params.seed))

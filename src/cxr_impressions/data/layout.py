@@ -6,6 +6,15 @@ whichever naming the file on disk uses:
 - Open-i PNGs: `CXR1_1_IM-0001-3001.png`, and the shorter `CXR1000_IM-0003-2001.png`;
 - Open-i XML `parentImage` ids: `CXR1_1_IM-0001-3001`;
 - Kaggle: `1_IM-0001-3001.dcm.png`, and the resized `1_IM-0001-3001.dcm.jpg`.
+
+MIMIC-CXR is laid out by patient and study, and its ids are its own: a report is its study
+(`uid` = `study_id`), an image its `dicom_id`:
+
+- `mimic-cxr-2.0.0-metadata.csv(.gz)`: `dicom_id, subject_id, study_id, ViewPosition, ...`;
+- `mimic-cxr-2.0.0-split.csv(.gz)`: `dicom_id, study_id, subject_id, split` (the official split);
+- reports: `files/p<first 2 digits of subject>/p<subject_id>/s<study_id>.txt`;
+- images: `<images folder>/p../p<subject_id>/s<study_id>/<dicom_id>.dcm` (MIMIC-CXR) or `.jpg`
+  (MIMIC-CXR-JPG); the images folder is `files/` when both releases are unpacked in one root.
 """
 
 from __future__ import annotations
@@ -19,13 +28,23 @@ import pandas as pd
 
 from ..errors import InputError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS = (".png", ".dcm", ".jpg", ".jpeg")  # for an id with several files, earliest wins
 REPORTS_CSV = "indiana_reports.csv"
 PROJECTIONS_CSV = "indiana_projections.csv"
 XML_DIRS = ("ecgen-radiology", ".")
 REPORT_COLUMNS = ("uid", "MeSH", "Problems", "image", "indication", "comparison", "findings",
                   "impression")
 PROJECTION_COLUMNS = ("uid", "filename", "projection")
+
+MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv"
+MIMIC_SPLIT = "mimic-cxr-2.0.0-split.csv"
+MIMIC_REPORTS = "files"
+MIMIC_METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
+MIMIC_SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
+MIMIC_IMAGE_EXTENSIONS = (".dcm", ".jpg")  # where both exist, the DICOM (lossless) wins
+# ViewPosition -> view; every other position (AP AXIAL, LAO, blank, ...) is counted and dropped.
+MIMIC_VIEWS = {"PA": "frontal", "AP": "frontal", "LATERAL": "lateral", "LL": "lateral"}
+MIMIC_SPLITS = {"train": "train", "validate": "val", "test": "test"}
 
 _IMAGE_ID = re.compile(
     r"^(?:CXR)?(?P<uid>\d+)(?:_(?P=uid))?_(?P<im>IM(?:-\d+)+)(?:\.dcm)?(?:\.(?:png|jpe?g))?$",
@@ -48,7 +67,8 @@ def uid_of_image(image_id: str) -> int:
 def index_images(directory: str | os.PathLike[str]) -> dict[str, Path]:
     """Map canonical image id to its file, for every image below `directory`.
 
-    Where one id has several files (a .png and a .jpg), the PNG wins: it is the lossless one.
+    Where one id has several files (a .png and a .jpg), the PNG wins, then DICOM: the lossless
+    ones.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -63,34 +83,66 @@ def index_images(directory: str | os.PathLike[str]) -> dict[str, Path]:
                 continue
             path = Path(root) / name
             previous = found.get(image_id)
-            is_png = path.suffix.lower() == ".png"
-            if previous is None or (is_png and previous.suffix.lower() != ".png"):
+            if previous is None or _rank(path) < _rank(previous):
                 found[image_id] = path
     return found
+
+
+def _rank(path: Path) -> int:
+    suffix = path.suffix.lower()
+    return IMAGE_EXTENSIONS.index(suffix) if suffix in IMAGE_EXTENSIONS else len(IMAGE_EXTENSIONS)
 
 
 @dataclass(frozen=True)
 class InputLayout:
     """Resolved input files for one data root."""
 
-    format: str  # "csv" or "xml"
+    format: str  # "csv", "xml" or "mimic"
     root: Path
     images: Path
     reports_csv: Path | None = None
     projections_csv: Path | None = None
     xml_files: tuple[Path, ...] = ()
+    metadata_csv: Path | None = None  # mimic
+    split_csv: Path | None = None  # mimic, optional: only `clean.split: official` needs it
+    reports_dir: Path | None = None  # mimic: files/
 
 
-def resolve_layout(root: str | os.PathLike[str], fmt: str = "auto") -> InputLayout:
-    """Find the reports in `root` (the Kaggle CSV pair, or Open-i XML files) and its `images/`."""
+def _find_mimic(root: Path, name: str) -> Path | None:
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_layout(root: str | os.PathLike[str], fmt: str = "auto",
+                   images: str = "images") -> InputLayout:
+    """Find the reports in `root` (the Kaggle CSV pair, Open-i XML files, or the MIMIC-CXR
+    metadata and report tree) and its image folder, `root/images` (`data.images`)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: data directory not found")
-    image_dir = root / "images"
+    image_dir = root / images
     has_csv = (root / REPORTS_CSV).exists() or (root / PROJECTIONS_CSV).exists()
-    xml_files = _find_xml(root)
+    metadata = _find_mimic(root, MIMIC_METADATA)
+    auto_xml = fmt == "auto" and not has_csv and metadata is None
+    xml_files = _find_xml(root) if fmt == "xml" or auto_xml else ()
     if fmt == "auto":
-        fmt = "csv" if has_csv else "xml" if xml_files else ""
+        fmt = "mimic" if metadata else "csv" if has_csv else "xml" if xml_files else ""
+    if fmt == "mimic":
+        if metadata is None:
+            raise InputError(f"{root / MIMIC_METADATA}: file not found (nor .gz): the MIMIC-CXR "
+                             "layout needs its metadata CSV")
+        if not image_dir.is_dir():
+            hint = f" (MIMIC-CXR keeps them in {MIMIC_REPORTS}/: set data.images: " \
+                   f"{MIMIC_REPORTS})" if images != MIMIC_REPORTS else ""
+            raise InputError(f"{image_dir}: image folder not found{hint}")
+        if not (root / MIMIC_REPORTS).is_dir():
+            raise InputError(f"{root / MIMIC_REPORTS}: report folder not found (MIMIC-CXR "
+                             "reports are files/pXX/p<subject>/s<study>.txt)")
+        return InputLayout("mimic", root, image_dir, metadata_csv=metadata,
+                           split_csv=_find_mimic(root, MIMIC_SPLIT),
+                           reports_dir=root / MIMIC_REPORTS)
     if fmt == "csv":
         for name in (REPORTS_CSV, PROJECTIONS_CSV):
             if not (root / name).exists():
@@ -104,8 +156,32 @@ def resolve_layout(root: str | os.PathLike[str], fmt: str = "auto") -> InputLayo
         return InputLayout("xml", root, image_dir, xml_files=xml_files)
     raise InputError(
         f"{root}: no reports found: expected {REPORTS_CSV} + {PROJECTIONS_CSV}, "
-        "or Open-i XML reports in ecgen-radiology/"
+        f"Open-i XML reports in ecgen-radiology/, or MIMIC-CXR's {MIMIC_METADATA}(.gz)"
     )
+
+
+def mimic_study_dir(subject_id: int, study_id: int) -> str:
+    """`p10/p10000032/s50414267`, relative to files/ (or the image folder)."""
+    subject = str(subject_id)
+    return f"p{subject[:2]}/p{subject}/s{study_id}"
+
+
+def mimic_report_path(reports_dir: Path, subject_id: int, study_id: int) -> Path:
+    return reports_dir / f"{mimic_study_dir(subject_id, study_id)}.txt"
+
+
+def find_mimic_images(study_dir: str, dicom_ids: list[str]) -> list[str]:
+    """The file of each image of one study ("" where none), DICOM before JPEG; one directory
+    listing per study, not one lookup per image and extension."""
+    try:
+        names = set(os.listdir(study_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return [""] * len(dicom_ids)
+    paths = []
+    for dicom_id in dicom_ids:
+        name = next((dicom_id + e for e in MIMIC_IMAGE_EXTENSIONS if dicom_id + e in names), "")
+        paths.append(f"{study_dir}/{name}" if name else "")
+    return paths
 
 
 def _find_xml(root: Path) -> tuple[Path, ...]:

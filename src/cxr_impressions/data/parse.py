@@ -1,7 +1,10 @@
-"""Parse the IU X-Ray reports (Open-i XML or the Kaggle CSV pair) into a report and an image table.
+"""Parse the reports (IU X-Ray's Open-i XML or Kaggle CSV pair, or MIMIC-CXR) into a report and
+an image table.
 
 Report table: one row per report, `uid, mesh, mesh_automatic, problems, caption, indication,
-comparison, findings, impression, source`. MeSH terms are `;`-joined.
+comparison, findings, impression, source`. MeSH terms are `;`-joined. MIMIC-CXR adds
+`subject_id` and `official_split` (train/val/test, "" where the split file has no such study);
+it has no MeSH terms.
 
 Image table: one row per image the reports list, `uid, image_id, view, view_source, path, exists`.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,12 +25,19 @@ from lxml import etree
 
 from ..errors import InputError
 from .layout import (
+    MIMIC_METADATA_COLUMNS,
+    MIMIC_SPLIT_COLUMNS,
+    MIMIC_SPLITS,
+    MIMIC_VIEWS,
     PROJECTION_COLUMNS,
     REPORT_COLUMNS,
     InputLayout,
     canonical_image_id,
+    find_mimic_images,
     index_images,
+    mimic_study_dir,
 )
+from .sections import report_sections
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,7 @@ class ParseResult:
     images: pd.DataFrame
     skipped_files: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # image rows listed again, kept once
+    counts: dict[str, object] = field(default_factory=dict)  # format-specific, for parse.json
 
 
 _XML_ENCODING = re.compile(rb"^\s*<\?xml[^>]*encoding=[\"']([\w.-]+)[\"']")
@@ -193,6 +205,120 @@ def read_openi_xml(files: Iterable[Path], skip_bad: bool = False) -> ParseResult
     return ParseResult(frame, images, skipped, duplicates)
 
 
+def read_table(path: Path, required: Sequence[str], numeric: Sequence[str] = ()) -> pd.DataFrame:
+    """A CSV (or .csv.gz) with its required columns, and digits in the `numeric` ones, or a
+    one-line error naming the file, the column or the line."""
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
+                            usecols=lambda column: column in required)
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not valid UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, EOFError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: not a readable CSV ({message})") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    for column in numeric:
+        bad = ~frame[column].str.strip().str.fullmatch(r"\d+")
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise InputError(f"{path}: line {row + 2}: {column} {frame[column].iloc[row]!r} is "
+                             "not a number")
+        frame[column] = frame[column].str.strip().astype("int64")
+    return frame
+
+
+def official_split(path: Path) -> pd.Series:
+    """MIMIC-CXR's split file: study_id -> train/val/test (its `validate` is our `val`)."""
+    frame = read_table(path, MIMIC_SPLIT_COLUMNS, numeric=("study_id",))
+    labels = frame["split"].str.strip().str.lower()
+    unknown = ~labels.isin(list(MIMIC_SPLITS))
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise InputError(f"{path}: line {row + 2}: split {frame['split'].iloc[row]!r} is not "
+                         f"one of {', '.join(MIMIC_SPLITS)}")
+    per_study = pd.Series(labels.map(MIMIC_SPLITS).to_numpy(), index=frame["study_id"])
+    conflicting = per_study.groupby(level=0).nunique() > 1
+    if conflicting.any():
+        raise InputError(f"{path}: study {int(conflicting.idxmax())} is in more than one split")
+    return per_study[~per_study.index.duplicated()]
+
+
+def read_mimic(layout: InputLayout, skip_bad: bool = False) -> ParseResult:
+    """MIMIC-CXR: the metadata CSV lists the studies and their images; each study's report is a
+    sectioned text file. Images whose ViewPosition is not PA/AP/LATERAL/LL are counted and
+    dropped; a missing report file is an error, or with `skip_bad` a counted skip."""
+    meta = read_table(layout.metadata_csv, MIMIC_METADATA_COLUMNS,
+                      numeric=("subject_id", "study_id"))
+    position = meta["ViewPosition"].str.strip().str.upper()
+    meta["view"] = position.map(MIMIC_VIEWS)
+    dropped_views = position[meta["view"].isna()].replace("", "(blank)").value_counts()
+    studies = meta[["study_id", "subject_id"]].drop_duplicates().sort_values("study_id")
+    twice = studies["study_id"].duplicated()
+    if twice.any():
+        study = int(studies.loc[twice, "study_id"].iloc[0])
+        raise InputError(f"{layout.metadata_csv}: study {study} is listed under two subjects")
+    split = official_split(layout.split_csv).to_dict() if layout.split_csv else {}
+    # Plain strings and dicts below: at 60,000 studies, pathlib and per-row pandas calls cost
+    # more than reading the reports (benchmarks/scale.py).
+    reports_dir, image_dir = os.fspath(layout.reports_dir), os.fspath(layout.images)
+    reports_name = layout.reports_dir.name
+    reports, skipped = [], []
+    for study_id, subject_id in zip(studies["study_id"].tolist(), studies["subject_id"].tolist(),
+                                    strict=True):
+        relative = mimic_study_dir(subject_id, study_id)
+        path = f"{reports_dir}/{relative}.txt"
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            message = (f"{path}: report file not found (study {study_id} is in "
+                       f"{layout.metadata_csv.name}; parse.skip_bad_reports: true skips it)")
+            if not skip_bad:
+                raise InputError(message) from None
+            log.warning("skipped %s", message)
+            skipped.append(message)
+            continue
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+        fields = report_sections(check_utf8(Path(path), data))
+        reports.append((study_id, *(fields[f] for f in TEXT_FIELDS),
+                        f"{reports_name}/{relative}.txt", subject_id, split.get(study_id, "")))
+    frame = pd.DataFrame(reports, columns=["uid", *TEXT_FIELDS, "source", "subject_id",
+                                           "official_split"])
+    for column in ("mesh", "mesh_automatic", "problems", "caption"):
+        frame[column] = ""
+    frame = frame[[*REPORT_TABLE_COLUMNS, "subject_id", "official_split"]]
+    kept = meta[meta["view"].notna() & meta["study_id"].isin(frame["uid"])]
+    kept = kept.assign(dicom_id=kept["dicom_id"].str.strip()).sort_values(
+        ["study_id", "dicom_id"])
+    study_ids, subject_ids = kept["study_id"].to_numpy(), kept["subject_id"].to_numpy()
+    dicom_ids = kept["dicom_id"].tolist()
+    paths: list[str] = []
+    starts = np.flatnonzero(np.r_[True, study_ids[1:] != study_ids[:-1]]).tolist()
+    for start, stop in zip(starts, [*starts[1:], len(dicom_ids)], strict=True):
+        relative = mimic_study_dir(int(subject_ids[start]), int(study_ids[start]))
+        paths.extend(find_mimic_images(f"{image_dir}/{relative}", dicom_ids[start:stop]))
+    images = pd.DataFrame({"uid": study_ids, "image_id": dicom_ids,
+                           "view": kept["view"].to_numpy(), "view_source": "metadata",
+                           "path": paths})
+    images["exists"] = images["path"] != ""
+    found = images[images["exists"]]
+    frontal = found.loc[found["view"] == "frontal", "uid"].unique()
+    counts = {
+        "views_dropped": {str(k): int(v) for k, v in dropped_views.items()},
+        "images_dropped_view": int(dropped_views.sum()),
+        "studies_without_frontal": int((~frame["uid"].isin(frontal)
+                                        & frame["uid"].isin(found["uid"])).sum()),
+        "official_split": {**{s: int((frame["official_split"] == s).sum())
+                              for s in MIMIC_SPLITS.values()},
+                           "not_in_split": int((frame["official_split"] == "").sum())}
+        if layout.split_csv else {},
+    }
+    return ParseResult(frame, images, skipped, counts)
+
+
 def attach_image_files(images: pd.DataFrame, image_dir: Path) -> pd.DataFrame:
     """Add each image's `path` (found by id, whatever its extension) and whether it `exists`."""
     index = index_images(image_dir)
@@ -250,6 +376,8 @@ def parse_inputs(layout: InputLayout, skip_bad: bool = False,
     """Parse whichever format `layout` holds; return the tables and the view-rule measurement."""
     if layout.format == "csv":
         result = read_kaggle_csv(layout.reports_csv, layout.projections_csv)
+    elif layout.format == "mimic":
+        result = read_mimic(layout, skip_bad=skip_bad)
     else:
         result = read_openi_xml(layout.xml_files, skip_bad=skip_bad)
     for line in result.duplicates:
@@ -260,7 +388,9 @@ def parse_inputs(layout: InputLayout, skip_bad: bool = False,
     if duplicated.any():
         uid = int(result.reports.loc[duplicated, "uid"].iloc[0])
         raise InputError(f"{layout.root}: report uid {uid} appears more than once")
-    images = attach_image_files(result.images, layout.images).reset_index(drop=True)
+    images = result.images if layout.format == "mimic" else attach_image_files(
+        result.images, layout.images)
+    images = images.reset_index(drop=True)
     view_rule: dict[str, object] = {}
     needs_rule = (images["view"] == "unknown") & images["exists"]
     if needs_rule.any() or (measure_view_rule and layout.format == "csv"):

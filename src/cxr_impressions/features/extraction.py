@@ -234,7 +234,8 @@ def _assemble(folder: Path, out_path: Path, ids: Sequence[str],
                 row += n
         skipped = [ids[i] for i in np.flatnonzero(~written)]
         for image_id in skipped:
-            log.warning("skipped image %s: missing, unreadable or not a PNG/JPEG", image_id)
+            log.warning("skipped image %s: missing, unreadable or not a PNG, JPEG or DICOM image",
+                        image_id)
         h5.attrs.update({**asdict(settings), "n_images": rows, "n_skipped": len(skipped),
                          "skipped_ids": json.dumps(skipped),
                          "versions": json.dumps(package_versions(), sort_keys=True)})

@@ -269,20 +269,20 @@ def impression_counts(texts: Sequence[str], top: int) -> list[tuple[str, float]]
 
 
 def make_thumbnail(source: Path, target: Path, size: int = THUMBNAIL) -> bool:
-    """A greyscale JPEG thumbnail; False (and no file) when the source can't be read."""
+    """A greyscale JPEG thumbnail (from PNG, JPEG or DICOM); False (and no file) when the source
+    can't be read."""
     from PIL import Image
 
+    from ..data.images import thumbnail
+
     try:
-        with Image.open(source) as image:
-            image.draft("L", (size, size))  # JPEG: decode at a reduced scale, much faster
-            image = image.convert("L")
-            image.thumbnail((size, size))
-            tmp = target.with_name(target.name + ".tmp")
-            image.save(tmp, format="JPEG", quality=82)
-            tmp.replace(target)
-        return True
-    except (OSError, ValueError):
+        pixels = thumbnail(source, size)
+    except (InputError, OSError):
         return False
+    tmp = target.with_name(target.name + ".tmp")
+    Image.fromarray(pixels).save(tmp, format="JPEG", quality=82)
+    tmp.replace(target)
+    return True
 
 
 def _view_html(thumb: str | None, label: str, uid: str) -> str:
