@@ -44,6 +44,8 @@ def main() -> None:
     with FeatureStore(args.features) as store:
         splits = {s: load_split(args.clean, s, store, vocab, grid_pool) for s in ("train", "val")}
         feature_dim = store.dim
+        # `cxr predict` checks it runs the backbone weights these features came from.
+        weights_sha256 = str(store.attrs.get("weights_sha256", ""))
     regions = splits["train"].grid.shape[2] if model_params.needs_grid else None
 
     out = Path(args.out)
@@ -53,9 +55,9 @@ def main() -> None:
     model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions)
     summary = train(model, vocab, splits["train"], splits["val"], params, state_dir,
                     Path(args.live))
-    config = bundle_config(model_params, {k: getattr(features, k) for k in (
-        "backbone", "weights", "image_size", "resize")}, feature_dim, regions, matrix.shape[1],
-        vocab)
+    config = bundle_config(model_params, {**{k: getattr(features, k) for k in (
+        "backbone", "weights", "image_size", "resize")}, "weights_sha256": weights_sha256},
+        feature_dim, regions, matrix.shape[1], vocab)
     if model.conditioned:
         # The label threshold, like everything selected, is chosen on the validation split.
         val = splits["val"]
