@@ -431,6 +431,21 @@ class TrainState:
         return self.folder / f"best{progress['best_epoch']}.weights.h5"
 
 
+def make_train_step(model: object, optimizer: object) -> Callable:
+    """One optimizer step on a batch: binary cross-entropy over every target."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)["logits"]
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+    return step
+
+
 def val_score(probs: np.ndarray, images: LabelledImages) -> tuple[float | None, dict]:
     """Mean validation AUC over the targets, the head's probabilities averaged over views."""
     scores, labels = study_vectors(probs, images, "val")
@@ -454,17 +469,7 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
                  params.epochs)
     train_rows = feed.available(images.rows("train"))
     val_rows = feed.available(images.rows("val"))
-    labels = tf.constant(images.labels)
-
-    @tf.function(reduce_retracing=True)
-    def step(x: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
-        y = tf.gather(labels, rows)
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True)["logits"]
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, logits))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
+    step = make_train_step(model, optimizer)
 
     seconds = []
     with noting_interrupts() as interrupted:
@@ -476,7 +481,7 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
             with tqdm(total=len(order), unit="img", disable=not progress_bar,
                       desc=f"finetune epoch {epoch}/{params.epochs}") as bar:
                 for chunk, x in feed.batches(order, params.batch_size):
-                    losses.append(float(step(x, tf.constant(chunk))))
+                    losses.append(float(step(x, tf.constant(images.labels[chunk]))))
                     bar.update(len(chunk))
             if interrupted.is_set():
                 raise KeyboardInterrupt
