@@ -52,9 +52,9 @@ def main() -> None:
     cli.add_argument("--batch-size", type=int, default=8)
     cli.add_argument("--image-size", type=int, default=299)
     # The full data's counts (metrics/clean.json, metrics/parse.json) and the default epochs.
-    cli.add_argument("--clean-images", type=int, default=6458)
-    cli.add_argument("--train-images", type=int, default=5164)
-    cli.add_argument("--val-images", type=int, default=650)
+    cli.add_argument("--clean-images", type=int, default=6954)
+    cli.add_argument("--train-images", type=int, default=5556)
+    cli.add_argument("--val-images", type=int, default=711)
     cli.add_argument("--found-images", type=int, default=6966)
     cli.add_argument("--epochs", type=int, default=4)
     args = cli.parse_args()

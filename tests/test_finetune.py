@@ -225,6 +225,8 @@ def test_bad_params_are_one_line(tmp_path: Path, clean_dir: Path, extra: str,
 
 
 def test_split_base_gives_the_full_pass() -> None:
+    import keras
+
     base = build_base("xception", None, 71, seed=3)
     bottom, top = split_base(base, "block13_sepconv1_act")
     x = np.random.default_rng(0).uniform(-1, 1, (2, 71, 71, 3)).astype(np.float32)
@@ -233,8 +235,9 @@ def test_split_base_gives_the_full_pass() -> None:
     # Through the float16 cache, as the stage stores it.
     cached = bottom(x).numpy().astype(np.float16).astype(np.float32)
     np.testing.assert_allclose(top(cached).numpy(), full, rtol=2e-2, atol=2e-2)
+    add = next(layer.name for layer in base.layers if isinstance(layer, keras.layers.Add))
     with pytest.raises(InputError, match="one input"):
-        split_base(base, "add_11" if "add_11" in [lay.name for lay in base.layers] else "add")
+        split_base(base, add)  # a residual sum reads two tensors
 
 
 def test_auc() -> None:
@@ -258,3 +261,24 @@ def test_probes_find_a_linear_signal() -> None:
     assert out["test"]["abnormal"] > 0.85
     assert abs(np.mean([out["test"][t] for t in TARGETS[1:]]) - 0.5) < 0.1
     assert out == fit_probes(*parts)  # deterministic
+
+
+def test_train_from_all_adapts_the_whole_backbone(tmp_path: Path, clean_dir: Path) -> None:
+    """The GPU path, tiny: no cache, every layer but BatchNorm trains, from augmented images."""
+    import keras
+
+    work = _workdir(tmp_path / "w", clean_dir)
+    write_params(work, PARAMS.replace("  epochs: 2\n", "  epochs: 1\n  train_from: all\n"))
+    _finish(_stage(work))
+    metrics = json.loads((work / "metrics/finetune.json").read_text())
+    assert metrics["train_from"] == "all" and metrics["cut"] == ""
+    assert "cache_seconds" not in metrics
+    assert not (work / CACHE).exists()
+    start = build_base("xception", None, 71, seed=0)
+    adapted = build_base("xception", None, 71, seed=0)
+    adapted.load_weights(work / OUT)
+    changed = [a for a, b in zip(start.layers, adapted.layers, strict=True)
+               if any(not np.array_equal(x.numpy(), y.numpy())
+                      for x, y in zip(a.weights, b.weights, strict=True))]
+    assert "block1_conv1" in {layer.name for layer in changed}  # the very first layer trained
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in changed)
