@@ -56,7 +56,7 @@ def main() -> None:
     cli.add_argument("--train-images", type=int, default=5556)
     cli.add_argument("--val-images", type=int, default=711)
     cli.add_argument("--found-images", type=int, default=6966)
-    cli.add_argument("--epochs", type=int, default=4)
+    cli.add_argument("--epochs", type=int, default=3)
     args = cli.parse_args()
 
     import keras

@@ -74,7 +74,7 @@ class FinetuneParams:
     train_from: Literal["top", "all"] = "top"  # top: layers above `cut`, on cached activations
     cut: str = ""  # the first layer above the cut ("": the backbone's default; Xception: block 13)
     labels: Literal["mesh", "text"] = "mesh"  # MeSH codes, or the labeller on the target text
-    epochs: int = at_least(1, 4)
+    epochs: int = at_least(1, 3)
     batch_size: int = at_least(1, 32)
     learning_rate: float = at_least(1e-7, 2e-4, at_most=1.0)
     seed: int = at_least(0, 0)
