@@ -64,7 +64,7 @@ def main() -> None:
 
     from cxr_impressions.config import FeaturesParams, FinetuneParams
     from cxr_impressions.data.images import image_dataset
-    from cxr_impressions.features.backbones import build_backbone
+    from cxr_impressions.features.backbones import build_backbone, preprocess
     from cxr_impressions.features.finetune import TARGETS, build_adapter, make_train_step
 
     files = sorted((REPO / "data" / "sample" / "images").iterdir())[: args.n]
@@ -83,7 +83,8 @@ def main() -> None:
         step = make_train_step(adapter.model, keras.optimizers.Adam(params.learning_rate))
         inputs = images
         if bottom is not None:
-            scale = keras.layers.Rescaling(1 / 127.5, offset=-1.0)  # xception's preprocessing
+            raw = keras.Input((args.image_size, args.image_size, 3))
+            scale = keras.Model(raw, preprocess("xception", raw))  # the backbone's own scaling
             forward = tf.function(lambda x, bottom=bottom, scale=scale: bottom(scale(x)))
 
             def cache(forward=forward) -> np.ndarray:
