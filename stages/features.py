@@ -18,6 +18,8 @@ def main() -> None:
     cli.add_argument("--images", required=True, help="input: image table from parse (Parquet)")
     cli.add_argument("--out", required=True, help="output: features HDF5 file")
     cli.add_argument("--metrics", required=True, help="output: extraction counts (JSON)")
+    cli.add_argument("--finetuned", help="input: the finetune stage's weights, read with "
+                     "features.weights: finetuned")
     args = cli.parse_args()
 
     params = load_section("features")
@@ -29,7 +31,7 @@ def main() -> None:
     from cxr_impressions.features.extraction import extract_features
 
     weights = resolve_weights(get_spec(params.backbone), params.weights, machine.weights_dir,
-                              machine.allow_download)
+                              machine.allow_download, finetuned=args.finetuned)
     images = pd.read_parquet(args.images)
     images = images[images["exists"]].sort_values(["uid", "image_id"])
     stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,

@@ -49,7 +49,9 @@ def main() -> None:
         # which this stage does not track): predict rebuilds the same backbone from them.
         features = {"backbone": store.attrs["backbone"], "weights": store.attrs["weights"],
                     "image_size": int(store.attrs["input_size"]),
-                    "resize": store.attrs["resize"]}
+                    "resize": store.attrs["resize"],
+                    # `cxr predict` checks it runs the backbone weights these features came from.
+                    "weights_sha256": str(store.attrs.get("weights_sha256", ""))}
     regions = splits["train"].grid.shape[2] if model_params.needs_grid else None
     bank = empty_bank(feature_dim, vocab.max_len - 1)
     if model_params.retrieval_k:

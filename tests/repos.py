@@ -15,8 +15,10 @@ from .helpers import GLOVE, REPO
 DVC = str(Path(sys.executable).parent / "dvc")
 GIT_USER = ("-c", "user.name=test", "-c", "user.email=test@example.org")
 # Small random-weight features and a tiny model keep the pipeline tests fast; the real weights
-# are tested elsewhere.
-SMALL = {"features": {"weights": "none", "image_size": 71, "batch_size": 16},
+# are tested elsewhere. The features come from finetune's adapted (random) backbone, so the
+# pipeline tests run `features.weights: finetuned` end to end, `cxr predict` included.
+SMALL = {"finetune": {"weights": "none", "epochs": 1, "batch_size": 16},
+         "features": {"weights": "finetuned", "image_size": 71, "batch_size": 16},
          "embeddings": {"glove": str(GLOVE)},
          # Every model input the default may come to use: findings prompts, retrieval memory.
          "model": {"units": 32, "layers": 1, "grid_pool": 1, "condition": "findings",

@@ -29,6 +29,7 @@ def pipeline_repo(tmp_path_factory) -> Path:
 def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     repo = pipeline_repo
     for output in ("data/parsed/reports.parquet", "data/clean/vocab.json",
+                   "models/finetuned/xception.weights.h5", "metrics/finetune.json",
                    "features/xception.h5", "data/embeddings/matrix.npy",
                    "models/model.weights.h5", "models/decoding.json", "models/retrieval.npz",
                    "metrics/eval/per_study.csv"):
@@ -46,7 +47,8 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
 @needs_shared(SHARED)
 def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     dag = sh(DVC, "dag", "--dot", cwd=pipeline_repo)
-    for edge in ('"parse" -> "clean"', '"parse" -> "features"', '"clean" -> "embeddings"'):
+    for edge in ('"parse" -> "clean"', '"parse" -> "features"', '"clean" -> "embeddings"',
+                 '"clean" -> "finetune"', '"finetune" -> "features"'):
         assert edge in dag
     shown = sh(DVC, "metrics", "show", "--json", cwd=pipeline_repo)
     metrics = json.loads(shown)

@@ -87,9 +87,25 @@ class CleanParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class FinetuneParams:
+    """The backbone adapted to chest X-rays (multi-label MeSH findings), before `features`.
+
+    The backbone, image size and resize policy are the features section's."""
+
+    weights: str = "imagenet"  # the starting point: imagenet | none | path to a Keras weights file
+    train_from: Literal["top", "all"] = "top"  # top: layers above `cut`, on cached activations
+    cut: str = ""  # the first layer above the cut ("": the backbone's default; Xception: block 13)
+    labels: Literal["mesh", "text"] = "mesh"  # MeSH codes, or the labeller on the target text
+    epochs: int = at_least(1, 3)
+    batch_size: int = at_least(1, 32)
+    learning_rate: float = at_least(1e-7, 2e-4, at_most=1.0)
+    seed: int = at_least(0, 0)
+
+
+@dataclasses.dataclass(frozen=True)
 class FeaturesParams:
     backbone: Literal["xception", "inceptionv3", "densenet121"] = "xception"
-    weights: str = "imagenet"  # imagenet | none | path to a Keras weights file
+    weights: str = "imagenet"  # imagenet | none | finetuned | path to a Keras weights file
     image_size: int = at_least(32, 299)
     resize: Literal["squash", "pad"] = "squash"
     grid: bool = True  # also store the spatial grid (the transformer reads it)
@@ -197,6 +213,7 @@ SECTIONS: dict[str, type] = {
     "data": DataParams,
     "parse": ParseParams,
     "clean": CleanParams,
+    "finetune": FinetuneParams,
     "features": FeaturesParams,
     "embeddings": EmbeddingsParams,
     "model": ModelParams,

@@ -1,7 +1,9 @@
 """Impressions for new studies straight from image files: the backbone, then the caption model.
 
 Needs no DVC and no network: the model directory holds everything, and the backbone's weights
-come from the same setting as the features stage (looked up in `weights_dir`).
+come from the same setting as the features stage: ImageNet's looked up in `weights_dir`, the
+finetune stage's in `<model dir>/finetuned/`. The bundle records the weights' sha256, and a
+different file is refused.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from ..data.images import load_image
 from ..data.layout import PROJECTION_COLUMNS, canonical_image_id, index_images
 from ..data.parse import read_csv_checked
 from ..errors import InputError
-from ..features.backbones import build_backbone, get_spec, resolve_weights
+from ..features.backbones import (
+    build_backbone,
+    finetuned_path,
+    get_spec,
+    resolve_weights,
+    sha256_of,
+)
 from .bundle import Bundle, load_bundle
 from .decoding import Decoder
 from .studies import pool_grid
@@ -47,7 +55,12 @@ class Predictor:
         self.resize = settings["resize"]
         weights = resolve_weights(get_spec(settings["backbone"]), settings["weights"],
                                   weights_dir, allow_download=False,
-                                  weights_dir_setting="--weights-dir", download_setting=None)
+                                  weights_dir_setting="--weights-dir", download_setting=None,
+                                  finetuned=finetuned_path(model_dir, settings["backbone"]))
+        expected = settings.get("weights_sha256", "")
+        if weights and expected and sha256_of(weights) != expected:
+            raise InputError(f"{weights}: not the backbone weights the model was trained on "
+                             f"(sha256 {expected[:12]}... in {Path(model_dir) / 'config.json'})")
         backbone = build_backbone(settings["backbone"], weights, self.image_size,
                                   grid=self.bundle.params.needs_grid)
         self._backbone = tf.function(lambda x: backbone(x, training=False),

@@ -2,7 +2,10 @@
 
 Each backbone model takes float images in [0, 255] (as `images.decode_and_resize` makes them),
 applies its own preprocessing inside the graph, and returns the global-average-pooled vector and
-the spatial grid.
+the spatial grid. `split_base` cuts a backbone in two at a layer, for the finetune stage.
+
+Weights: `imagenet` (the standard Keras file), `none` (random, seeded: for tests), `finetuned`
+(the finetune stage's output, `<model dir>/finetuned/<backbone>.weights.h5`) or a file path.
 """
 
 from __future__ import annotations
@@ -32,18 +35,23 @@ class BackboneSpec:
     url_path: str
     native_size: int
     mode: str  # "tf": scale to [-1, 1]; "torch": ImageNet mean/std
+    # finetune's default cut: the first layer above it (the cached activations are its input).
+    # Xception: block 13's first layer, whose input is block 12's 19x19x728 output (`add_10`).
+    default_cut: str = ""
 
 
 BACKBONES = {
     "xception": BackboneSpec(
         "xception", keras.applications.Xception,
-        "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception", 299, "tf"),
+        "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception", 299, "tf",
+        "block13_sepconv1_act"),
     "inceptionv3": BackboneSpec(
         "inceptionv3", keras.applications.InceptionV3,
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "inception_v3", 299, "tf"),
     "densenet121": BackboneSpec(
         "densenet121", keras.applications.DenseNet121,
-        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "densenet", 224, "torch"),
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "densenet", 224, "torch",
+        "pool4_bn"),
 }
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,17 +72,33 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+FINETUNED = "finetuned"
+
+
+def finetuned_path(model_dir: str | os.PathLike[str], backbone: str) -> Path:
+    """Where the finetune stage writes the adapted backbone, inside the caption model's folder
+    so that the folder alone runs `cxr predict`."""
+    return Path(model_dir) / "finetuned" / f"{backbone}.weights.h5"
+
+
 def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
                     allow_download: bool, weights_dir_setting: str = "machine.weights_dir",
-                    download_setting: str | None = "machine.allow_download") -> str | None:
+                    download_setting: str | None = "machine.allow_download",
+                    finetuned: str | os.PathLike[str] | None = None) -> str | None:
     """The weights file to load, or None for random weights (`weights: none`).
 
     `imagenet` looks for the standard Keras file in `weights_dir`, then in Keras' own cache, and
     only then (with `allow_download`) downloads it. The error message names where the user sets
-    `weights_dir` and `allow_download` (params, or the CLI's options).
+    `weights_dir` and `allow_download` (params, or the CLI's options). `finetuned` is the file
+    `weights: finetuned` loads.
     """
     if weights == "none":
         return None
+    if weights == FINETUNED:
+        if finetuned is None or not Path(finetuned).is_file():
+            raise InputError(f"{finetuned}: fine-tuned {spec.name} weights not found "
+                             "(features.weights: finetuned; run `dvc repro finetune`)")
+        return os.fspath(finetuned)
     if weights != "imagenet":
         if not Path(weights).is_file():
             raise InputError(f"{weights}: weights file not found (features.weights)")
@@ -102,19 +126,21 @@ def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
         socket.setdefaulttimeout(previous)
 
 
-def build_backbone(name: str, weights_path: str | None, input_size: int, seed: int = 0,
-                   grid: bool = True) -> keras.Model:
-    """A model from [0, 255] images to `pooled` (and `grid` when asked) features."""
+def preprocess(name: str, images: keras.KerasTensor) -> keras.KerasTensor:
+    """The backbone's own input scaling, as layers, from [0, 255] images."""
+    if get_spec(name).mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(images)
+    x = keras.layers.Rescaling(1 / 255.0, name="scale")(images)
+    return keras.layers.Normalization(mean=_IMAGENET_MEAN,
+                                      variance=[s * s for s in _IMAGENET_STD],
+                                      name="preprocess")(x)
+
+
+def build_base(name: str, weights_path: str | None, input_size: int,
+               seed: int = 0) -> keras.Model:
+    """The Keras application itself (preprocessed images in, feature map out), weights loaded."""
     spec = get_spec(name)
     keras.utils.set_random_seed(seed)  # `weights: none` gives the same random net every run
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    if spec.mode == "tf":
-        x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs)
-    else:
-        x = keras.layers.Rescaling(1 / 255.0, name="scale")(inputs)
-        x = keras.layers.Normalization(mean=_IMAGENET_MEAN,
-                                       variance=[s * s for s in _IMAGENET_STD],
-                                       name="preprocess")(x)
     try:
         base = spec.build(include_top=False, weights=None, input_tensor=None,
                           input_shape=(input_size, input_size, 3))
@@ -127,9 +153,38 @@ def build_backbone(name: str, weights_path: str | None, input_size: int, seed: i
         except (ValueError, OSError) as exc:
             raise InputError(f"{weights_path}: cannot load {name} weights "
                              f"({str(exc).splitlines()[0][:200]})") from None
-    feature_map = base(x)
+    return base
+
+
+def build_backbone(name: str, weights_path: str | None, input_size: int, seed: int = 0,
+                   grid: bool = True) -> keras.Model:
+    """A model from [0, 255] images to `pooled` (and `grid` when asked) features."""
+    base = build_base(name, weights_path, input_size, seed)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    feature_map = base(preprocess(name, inputs))
     pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(feature_map)
     outputs = {"pooled": pooled}
     if grid:
         outputs["grid"] = keras.layers.Identity(name="grid")(feature_map)
     return keras.Model(inputs, outputs, name=f"{name}_features")
+
+
+def split_base(base: keras.Model, cut: str) -> tuple[keras.Model, keras.Model]:
+    """(bottom, top) of `base` at the input of layer `cut`: `top(bottom(x)) == base(x)`.
+
+    Both share `base`'s layers, so training `top` adapts `base` in place.
+    """
+    try:
+        tensor = base.get_layer(cut).input
+    except ValueError:
+        raise InputError(f"finetune.cut: {base.name} has no layer {cut!r}") from None
+    if isinstance(tensor, list | tuple):
+        raise InputError(f"finetune.cut: layer {cut!r} reads {len(tensor)} tensors; name a "
+                         "layer with one input (the first layer of a block)")
+    try:
+        top = keras.Model(tensor, base.output, name=f"{base.name}_top")
+    except ValueError:
+        raise InputError(f"finetune.cut: the layers above {cut!r} also read tensors from below "
+                         "it; name the first layer of a block") from None
+    bottom = keras.Model(base.input, tensor, name=f"{base.name}_bottom")
+    return bottom, top

@@ -1,0 +1,629 @@
+"""The backbone adapted to chest X-rays: multi-label findings from MeSH, selected on validation.
+
+Targets: `abnormal` and the labeller's 13 findings, per study, from its MeSH codes
+(`labeller.mesh_labels`) or from the labeller's reading of the target text. Every image of a
+training-split study is one training example with its study's labels; the epoch with the best
+mean validation AUC (the head's probabilities averaged over the study's views) is kept.
+BatchNorm layers stay frozen (inference mode, moving statistics kept): batches of 32 X-rays
+would otherwise overwrite the ImageNet statistics with noisy ones.
+
+`train_from: top` (CPU): the backbone below `finetune.cut` is run once over every image of the
+clean split and its activations cached (see `ActivationCache`); the layers above the cut plus a
+sigmoid head train on the cache. `train_from: all` (GPU): the whole backbone trains from the
+images, with light augmentation (small shifts, zoom, rotation, contrast; no flips, which would
+move the heart to the right).
+
+Measured in the same run, as linear probes (logistic regression on the pooled vectors, the
+study's views averaged, fitted on the training split, L2 strength chosen per target on
+validation): the frozen starting backbone and the adapted one, AUC per target on val and test.
+
+Resume: the cache is built in shards (features/shards.py), and training saves its state after
+every epoch (weights, optimizer variables, history) in `state_dir`, so a run killed anywhere
+continues where it stopped and ends with the same outputs as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..atomic import atomic_path, write_json
+from ..config import FeaturesParams, FinetuneParams
+from ..data.labeller import FINDINGS, label_text, mesh_labels
+from ..data.layout import view_slots
+from ..errors import InputError
+from .shards import compute_shards, noting_interrupts, shard_files
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("abnormal", *FINDINGS)
+MIN_TEST_POSITIVES = 10  # findings with fewer test positives are left out of the summary mean
+PROBE_L2 = (1e-3, 1e-2, 1e-1)  # the probes' L2 strengths; one chosen per target on validation
+
+
+# ----------------------------------------------------------------------------- the data
+
+@dataclass
+class LabelledImages:
+    """The images of the clean split, each with its study's split and labels."""
+
+    image_ids: list[str]
+    paths: list[str]
+    uids: np.ndarray  # (N,)
+    split: np.ndarray  # (N,) "train" | "val" | "test"
+    labels: np.ndarray  # (N, len(TARGETS)) float32
+    slots: pd.DataFrame  # uid, split, frontal, lateral: the views a study's vector averages
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+
+def study_labels(examples: pd.DataFrame, source: str) -> pd.DataFrame:
+    """uid -> one 0/1 column per target, from MeSH codes or from the labeller on the text."""
+    if source == "mesh":
+        rows = [mesh_labels(m) for m in examples["mesh"].fillna("")]
+    else:
+        rows = [label_text(t) for t in examples["text"].fillna("")]
+    frame = pd.DataFrame(rows, columns=list(TARGETS)).astype(np.float32)
+    frame.insert(0, "uid", examples["uid"].to_numpy())
+    return frame
+
+
+def labelled_images(examples: pd.DataFrame, images: pd.DataFrame,
+                    source: str) -> LabelledImages:
+    labels = study_labels(examples, source)
+    table = images.merge(examples[["uid", "split"]], on="uid").merge(labels, on="uid")
+    table = table.sort_values(["uid", "image_id"]).reset_index(drop=True)
+    if table.empty:
+        raise InputError("finetune: no image of the clean split (run the clean stage first)")
+    slots = view_slots(table[["uid", "image_id", "view"]]).merge(
+        examples[["uid", "split"]], on="uid")
+    return LabelledImages(table["image_id"].tolist(), table["path"].tolist(),
+                          table["uid"].to_numpy(), table["split"].to_numpy(),
+                          table[list(TARGETS)].to_numpy(np.float32), slots)
+
+
+# ----------------------------------------------------------------------------- the cache
+
+@dataclass(frozen=True)
+class CacheSettings:
+    backbone: str
+    weights_sha256: str
+    seed: int  # the random weights of `weights: none`
+    cut: str
+    input_size: int
+    resize: str
+    batch_size: int
+
+    def fingerprint(self, ids: Sequence[str], paths: Sequence[str]) -> str:
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
+        for image_id, path in zip(ids, paths, strict=True):
+            digest.update(f"{image_id}\t{path}\n".encode())
+        return digest.hexdigest()
+
+
+class ActivationCache:
+    """The backbone's activations at the cut for a list of images, float16, in `folder`.
+
+    Built in resumable shards, then joined into `activations.npy` (read memory-mapped) and
+    `index.npy` (which input rows it holds; unreadable images are absent). The folder is kept
+    after the stage ends, keyed by its fingerprint, so changing only the training params
+    (epochs, learning rate, ...) reuses it; other settings or images discard it.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], fingerprint: str) -> None:
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+
+    @property
+    def complete(self) -> bool:
+        stamp = self.folder / "fingerprint"
+        return (stamp.is_file() and stamp.read_text() == self.fingerprint
+                and (self.folder / "activations.npy").is_file())
+
+    def build(self, paths: Sequence[str], settings: CacheSettings,
+              make_forward: Callable[[], Callable], progress: bool) -> dict[str, object]:
+        if self.complete:
+            for shard in shard_files(self.folder):  # a run killed while tidying up
+                shard.unlink()
+            log.info("activation cache complete: %s", self.folder)
+            return {"cache_seconds": 0.0, "cache_reused": True}
+        run = compute_shards(self.folder, self.fingerprint, paths, settings.input_size,
+                             settings.resize, settings.batch_size, make_forward, progress,
+                             desc=f"cache {settings.backbone} to {settings.cut}")
+        if paths and not run.shards:
+            shutil.rmtree(self.folder)
+            raise InputError(f"none of the {len(paths)} images could be read (first: "
+                             f"{paths[0]}); paths are relative to the repo root")
+        self._join(run.shards)
+        for shard in run.shards:
+            shard.unlink()
+        return {"cache_seconds": run.seconds, "cache_reused": False,
+                "cache_images_per_second": run.images_per_second}
+
+    def _join(self, shards: list[Path]) -> None:
+        indices, shape = [], None
+        for shard in shards:
+            with np.load(shard) as data:
+                indices.append(data["indices"])
+                shape = data["activations"].shape[1:]
+        index = np.concatenate(indices)
+        with atomic_path(self.folder / "index.npy", suffix=".npy") as tmp:
+            np.save(tmp, index)
+        # Written last, and renamed into place whole: its presence marks a complete cache.
+        with atomic_path(self.folder / "activations.npy", suffix=".npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                            shape=(len(index), *shape))
+            row = 0
+            for shard in shards:
+                with np.load(shard) as data:
+                    n = len(data["indices"])
+                    out[row:row + n] = data["activations"]
+                    row += n
+            out.flush()
+            del out
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """(index of the input rows held, activations memory-mapped, in that order)."""
+        return (np.load(self.folder / "index.npy"),
+                np.load(self.folder / "activations.npy", mmap_mode="r"))
+
+
+def cache_dir(cache_root: str | os.PathLike[str], backbone: str) -> Path:
+    return Path(cache_root) / backbone
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """ROC AUC (ties count half); None when a class is absent."""
+    labels = np.asarray(labels) > 0.5
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    average_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct score
+    ranks = average_rank[inverse]
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def aucs(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
+    return {t: auc(labels[:, j], scores[:, j]) for j, t in enumerate(TARGETS)}
+
+
+def mean_defined(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def study_vectors(per_image: np.ndarray, images: LabelledImages, split: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per study of `split`: the mean of its view slots' rows of `per_image`, and its labels."""
+    row_of = {image_id: i for i, image_id in enumerate(images.image_ids)}
+    slots = images.slots[images.slots["split"] == split]
+    frontal = np.array([row_of[i] for i in slots["frontal"]], dtype=np.int64)
+    lateral = np.array([row_of.get(i, row_of[f]) for i, f in
+                        zip(slots["lateral"], slots["frontal"], strict=True)], dtype=np.int64)
+    vectors = (per_image[frontal].astype(np.float64) + per_image[lateral]) / 2.0
+    return vectors.astype(np.float32), images.labels[frontal]
+
+
+def fit_probes(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+               test: tuple[np.ndarray, np.ndarray], steps: int = 300, lr: float = 0.05
+               ) -> dict[str, dict]:
+    """Logistic regression per target on standardised vectors (full-batch Adam from zero, so
+    deterministic); the L2 strength is chosen per target on validation AUC."""
+    x, y = train
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    xs = {name: (part[0] - mean) / std for name, part in
+          (("train", train), ("val", val), ("test", test))}
+    n_targets, n_l2 = y.shape[1], len(PROBE_L2)
+    l2 = np.repeat(np.array(PROBE_L2, np.float32), n_targets)  # columns: l2-major, then target
+    targets = np.tile(y, (1, n_l2))
+    weights = np.zeros((x.shape[1], n_targets * n_l2), np.float32)
+    bias = np.zeros(n_targets * n_l2, np.float32)
+    moments = [np.zeros_like(weights), np.zeros_like(weights), np.zeros_like(bias),
+               np.zeros_like(bias)]
+    for step in range(1, steps + 1):
+        logits = xs["train"] @ weights + bias
+        error = (1.0 / (1.0 + np.exp(-logits)) - targets) / len(y)
+        grads = (xs["train"].T @ error + l2 * weights, error.sum(axis=0))
+        for k, (param, grad) in enumerate(zip((weights, bias), grads, strict=True)):
+            m, v = moments[2 * k], moments[2 * k + 1]
+            m[...] = 0.9 * m + 0.1 * grad
+            v[...] = 0.999 * v + 0.001 * grad * grad
+            param -= lr * (m / (1 - 0.9 ** step)) / (np.sqrt(v / (1 - 0.999 ** step)) + 1e-8)
+    scores = {name: xs[name] @ weights + bias for name in ("val", "test")}
+    out: dict[str, dict] = {"val": {}, "test": {}, "l2": {}}
+    for j, target in enumerate(TARGETS):
+        columns = [g * n_targets + j for g in range(n_l2)]
+        val_aucs = [auc(val[1][:, j], scores["val"][:, c]) for c in columns]
+        best = int(np.argmax([-1.0 if a is None else a for a in val_aucs]))
+        out["l2"][target] = PROBE_L2[best]
+        out["val"][target] = _round(val_aucs[best])
+        out["test"][target] = _round(auc(test[1][:, j], scores["test"][:, columns[best]]))
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class Adapter:
+    """The trainable network plus its head: `model(x) -> {"pooled", "logits"}`."""
+
+    model: object  # keras.Model
+    base: object  # the backbone's Keras application, whose weights the stage saves
+    net: object  # the part that trains (the top, or the whole base behind augmentation)
+
+    def __post_init__(self) -> None:
+        import tensorflow as tf
+
+        # One traced function for every prediction pass (a new one per pass would retrace).
+        self.forward = tf.function(lambda x: self.model(x, training=False),
+                                   reduce_retracing=True)
+
+
+def build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_path: str | None,
+                  cut: str) -> tuple[Adapter, object | None]:
+    """The adapter and, for `train_from: top`, the frozen bottom below the cut."""
+    import keras
+
+    from .backbones import build_base, preprocess, split_base
+
+    size = features.image_size
+    base = build_base(features.backbone, weights_path, size, seed=features.seed)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    if finetune.train_from == "top":
+        bottom, top = split_base(base, cut)
+        inputs = keras.Input(top.input.shape[1:], name="activations")
+        feature_map = top(inputs)
+        net = top
+    else:
+        bottom = None
+        inputs = keras.Input((size, size, 3), name="image")
+        # Small, anatomy-preserving changes only; the seed makes them the same every run.
+        x = keras.layers.RandomTranslation(0.05, 0.05, fill_mode="constant",
+                                           seed=finetune.seed)(inputs)
+        x = keras.layers.RandomZoom(0.1, fill_mode="constant", seed=finetune.seed + 1)(x)
+        x = keras.layers.RandomRotation(0.02, fill_mode="constant", seed=finetune.seed + 2)(x)
+        x = keras.layers.RandomContrast(0.1, seed=finetune.seed + 3)(x)
+        feature_map = base(preprocess(features.backbone, x))
+        net = base
+    keras.utils.set_random_seed(finetune.seed)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(feature_map)
+    logits = keras.layers.Dense(len(TARGETS), name="findings")(pooled)
+    model = keras.Model(inputs, {"pooled": pooled, "logits": logits}, name="adapter")
+    return Adapter(model, base, net), bottom
+
+
+class Feed:
+    """Batches of the adapter's inputs for rows of `LabelledImages`: cached activations
+    (`top`) or decoded images (`all`)."""
+
+    def __init__(self, images: LabelledImages, features: FeaturesParams,
+                 cache: tuple[np.ndarray, np.ndarray] | None) -> None:
+        self.images = images
+        self.features = features
+        self.position = None
+        if cache is not None:
+            index, self.activations = cache
+            self.position = np.full(len(images.paths), -1, np.int64)
+            self.position[index] = np.arange(len(index))
+
+    def available(self, rows: np.ndarray) -> np.ndarray:
+        """The rows with an input (an unreadable image has no cached activation)."""
+        return rows if self.position is None else rows[self.position[rows] >= 0]
+
+    def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, object]]:
+        if self.position is not None:
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                yield chunk, self.activations[self.position[chunk]].astype(np.float32)
+            return
+        from ..data.images import image_dataset
+        from .shards import decode_ahead
+
+        paths = [self.images.paths[i] for i in rows]
+        dataset = decode_ahead(image_dataset(paths, self.features.image_size, 3,
+                                             self.features.resize, parallel=1), batch_size)
+        for index, images in dataset:
+            yield rows[index.numpy()], images
+
+
+def predict(adapter: Adapter, feed: Feed, rows: np.ndarray, batch_size: int,
+            n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pooled, probabilities) for every row of `LabelledImages` (zeros for rows not asked)."""
+    import tensorflow as tf
+
+    pooled, probs = None, np.zeros((n_rows, len(TARGETS)), np.float32)
+    for chunk, x in feed.batches(rows, batch_size):
+        out = adapter.forward(x)
+        if pooled is None:
+            pooled = np.zeros((n_rows, out["pooled"].shape[-1]), np.float32)
+        pooled[chunk] = out["pooled"].numpy()
+        probs[chunk] = tf.sigmoid(out["logits"]).numpy()
+    return pooled, probs
+
+
+@dataclass
+class TrainState:
+    """What an interrupted training run resumes from, saved after every epoch."""
+
+    folder: Path
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        stamp = self.folder / "fingerprint"
+        if self.folder.exists() and not (stamp.is_file() and stamp.read_text() ==
+                                         self.fingerprint):
+            log.info("discarding training state from other params or data: %s", self.folder)
+            shutil.rmtree(self.folder)
+        if not self.folder.exists():
+            self.folder.mkdir(parents=True)
+            stamp.write_text(self.fingerprint)
+
+    @property
+    def progress_file(self) -> Path:
+        return self.folder / "progress.json"
+
+    def progress(self) -> dict:
+        if self.progress_file.is_file():
+            return json.loads(self.progress_file.read_text())
+        return {"epochs_done": 0, "best_epoch": 0, "best_score": None, "history": []}
+
+    def save_array(self, name: str, array: np.ndarray) -> None:
+        with atomic_path(self.folder / f"{name}.npy", suffix=".npy") as tmp:
+            np.save(tmp, array)
+
+    def load_array(self, name: str) -> np.ndarray | None:
+        path = self.folder / f"{name}.npy"
+        return np.load(path) if path.is_file() else None
+
+    def save_epoch(self, model: object, optimizer: object, progress: dict,
+                   best: bool) -> None:
+        """Weights and optimizer first, progress last: a run killed in between redoes the
+        epoch from the previous state, whose files the atomic renames left whole."""
+        epoch = progress["epochs_done"]
+        with atomic_path(self.folder / f"epoch{epoch}.weights.h5", suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+        with atomic_path(self.folder / f"epoch{epoch}.optimizer.npz", suffix=".npz") as tmp:
+            np.savez(tmp, *[v.numpy() for v in optimizer.variables])
+        if best:
+            shutil.copyfile(self.folder / f"epoch{epoch}.weights.h5",
+                            self.folder / f"best{epoch}.weights.h5")
+        write_json(self.progress_file, progress)
+        for old in self.folder.glob("*.weights.h5"):  # keep only the latest and the best
+            if old.name not in (f"epoch{epoch}.weights.h5",
+                                f"best{progress['best_epoch']}.weights.h5"):
+                old.unlink()
+        for old in self.folder.glob("*.optimizer.npz"):
+            if old.name != f"epoch{epoch}.optimizer.npz":
+                old.unlink()
+
+    def restore(self, model: object, optimizer: object, progress: dict) -> None:
+        epoch = progress["epochs_done"]
+        model.load_weights(self.folder / f"epoch{epoch}.weights.h5")
+        optimizer.build(model.trainable_variables)
+        with np.load(self.folder / f"epoch{epoch}.optimizer.npz") as saved:
+            for variable, key in zip(optimizer.variables, saved.files, strict=True):
+                variable.assign(saved[key])
+
+    def best_weights(self, progress: dict) -> Path:
+        return self.folder / f"best{progress['best_epoch']}.weights.h5"
+
+
+def make_train_step(model: object, optimizer: object) -> Callable:
+    """One optimizer step on a batch: binary cross-entropy over every target."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)["logits"]
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+    return step
+
+
+def val_score(probs: np.ndarray, images: LabelledImages) -> tuple[float | None, dict]:
+    """Mean validation AUC over the targets, the head's probabilities averaged over views."""
+    scores, labels = study_vectors(probs, images, "val")
+    per_target = aucs(labels, scores)
+    return mean_defined(list(per_target.values())), per_target
+
+
+def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: FinetuneParams,
+                  state: TrainState, progress_bar: bool) -> dict:
+    """Train with the epoch selected on validation; leave the best epoch's weights loaded."""
+    import keras
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    model = adapter.model
+    optimizer = keras.optimizers.Adam(params.learning_rate)
+    progress = state.progress()
+    if progress["epochs_done"]:
+        state.restore(model, optimizer, progress)
+        log.info("resuming training after epoch %d of %d", progress["epochs_done"],
+                 params.epochs)
+    train_rows = feed.available(images.rows("train"))
+    val_rows = feed.available(images.rows("val"))
+    step = make_train_step(model, optimizer)
+
+    seconds = []
+    with noting_interrupts() as interrupted:
+        for epoch in range(progress["epochs_done"] + 1, params.epochs + 1):
+            began = time.perf_counter()
+            # The order depends only on the seed and the epoch: a resumed run sees the same.
+            order = np.random.default_rng([params.seed, epoch]).permutation(train_rows)
+            losses = []
+            with tqdm(total=len(order), unit="img", disable=not progress_bar,
+                      desc=f"finetune epoch {epoch}/{params.epochs}") as bar:
+                for chunk, x in feed.batches(order, params.batch_size):
+                    losses.append(float(step(x, tf.constant(images.labels[chunk]))))
+                    bar.update(len(chunk))
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            epoch_seconds = time.perf_counter() - began
+            _, probs = predict(adapter, feed, val_rows, params.batch_size, len(images.paths))
+            score, _ = val_score(probs, images)
+            best = progress["best_score"] is None or (score or 0) > progress["best_score"]
+            progress["epochs_done"] = epoch
+            if best:
+                progress["best_epoch"], progress["best_score"] = epoch, score
+            progress["history"].append({"epoch": epoch, "loss": round(float(np.mean(losses)), 5),
+                                        "val_mean_auc": _round(score),
+                                        "seconds": round(epoch_seconds, 1)})
+            log.info("epoch %d: loss %.4f, val mean AUC %s", epoch, np.mean(losses), score)
+            state.save_epoch(model, optimizer, progress, best)
+            seconds.append(epoch_seconds)
+    model.load_weights(state.best_weights(progress))
+    return {**progress, "train_images": int(len(train_rows)),
+            "seconds_this_run": [round(s, 1) for s in seconds]}
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.PathLike[str],
+             cache_root: str | os.PathLike[str], params: FinetuneParams,
+             features: FeaturesParams, weights_path: str | None,
+             progress: bool = True) -> dict:
+    """Adapt the backbone; write its weights to `out_path`; return the metrics."""
+    import tensorflow as tf
+
+    from .backbones import get_spec, sha256_of
+
+    began = time.perf_counter()
+    spec = get_spec(features.backbone)
+    cut = params.cut or spec.default_cut
+    if params.train_from == "top" and not cut:
+        raise InputError(f"finetune.cut: {spec.name} has no default cut; name the first layer "
+                         "above the cut")
+    data = labelled_images(examples, images, params.labels)
+    adapter, bottom = build_adapter(params, features, weights_path, cut)
+    weights_sha = sha256_of(weights_path) if weights_path else ""
+
+    cache_stats: dict = {}
+    cache = None
+    if bottom is not None:
+        settings = CacheSettings(features.backbone, weights_sha, features.seed, cut,
+                                 features.image_size, features.resize, params.batch_size)
+        store = ActivationCache(cache_dir(cache_root, features.backbone),
+                                settings.fingerprint(data.image_ids, data.paths))
+
+        def make_forward() -> Callable:
+            forward = tf.function(lambda x: bottom(x, training=False), autograph=False)
+            scale = _preprocess_model(features)
+
+            def run(images: tf.Tensor) -> dict[str, np.ndarray]:
+                return {"activations": forward(scale(images)).numpy().astype(np.float16)}
+            return run
+
+        cache_stats = store.build(data.paths, settings, make_forward, progress)
+        cache = store.load()
+    feed = Feed(data, features, cache)
+    every = feed.available(np.arange(len(data.paths)))
+
+    state = TrainState(Path(out_path).parent / f".{Path(out_path).name}.train-state",
+                       _train_fingerprint(params, features, weights_sha, cut, data))
+    frozen = state.load_array("frozen_pooled")
+    if frozen is None:  # the starting backbone, for the probes: before any training step
+        frozen, _ = predict(adapter, feed, every, params.batch_size, len(data.paths))
+        state.save_array("frozen_pooled", frozen)
+    training = train_adapter(adapter, feed, data, params, state, progress)
+    adapted, probs = predict(adapter, feed, every, params.batch_size, len(data.paths))
+
+    with atomic_path(out_path, suffix=".weights.h5") as tmp:
+        adapter.base.save_weights(tmp)
+    metrics = {
+        "backbone": features.backbone, "weights": params.weights, "train_from": params.train_from,
+        "cut": cut if params.train_from == "top" else "", "labels": params.labels,
+        "cut_shape": list(cache[1].shape[1:]) if cache is not None else None,
+        "images": {s: int(len(feed.available(data.rows(s)))) for s in ("train", "val", "test")},
+        "positives": _positives(data),
+        **cache_stats,
+        "epochs": training["history"], "best_epoch": training["best_epoch"],
+        "seconds_per_epoch": _round(float(np.mean([h["seconds"] for h in training["history"]]))),
+        "head": {split: {t: _round(a) for t, a in aucs(*_swap(study_vectors(probs, data, split))
+                                                        ).items()} for split in ("val", "test")},
+        "probes": {"frozen": _probe(frozen, data), "adapted": _probe(adapted, data)},
+    }
+    metrics["summary"] = summarise(metrics)
+    metrics["seconds"] = round(time.perf_counter() - began, 1)
+    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    shutil.rmtree(state.folder)
+    return metrics
+
+
+def _swap(pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    scores, labels = pair
+    return labels, scores
+
+
+def _preprocess_model(features: FeaturesParams) -> Callable:
+    import keras
+
+    from .backbones import preprocess
+
+    inputs = keras.Input((features.image_size, features.image_size, 3))
+    return keras.Model(inputs, preprocess(features.backbone, inputs))
+
+
+def _probe(pooled: np.ndarray, data: LabelledImages) -> dict:
+    return fit_probes(*(study_vectors(pooled, data, s) for s in ("train", "val", "test")))
+
+
+def _positives(data: LabelledImages) -> dict:
+    out = {}
+    for split in ("train", "val", "test"):
+        _, labels = study_vectors(np.zeros((len(data.paths), 1), np.float32), data, split)
+        out[split] = {t: int(labels[:, j].sum()) for j, t in enumerate(TARGETS)}
+    return out
+
+
+def summarise(metrics: dict) -> dict:
+    """Test AUC for abnormal, and the mean over findings with enough test positives."""
+    enough = [t for t in FINDINGS if metrics["positives"]["test"][t] >= MIN_TEST_POSITIVES]
+    out: dict = {"findings_with_enough_test_positives": enough}
+    for name in ("frozen", "adapted"):
+        test = metrics["probes"][name]["test"]
+        out[f"{name}_test_abnormal_auc"] = test["abnormal"]
+        out[f"{name}_test_findings_mean_auc"] = _round(mean_defined([test[t] for t in enough]))
+    for key in ("abnormal_auc", "findings_mean_auc"):
+        frozen, adapted = out[f"frozen_test_{key}"], out[f"adapted_test_{key}"]
+        out[f"gain_test_{key}"] = (None if frozen is None or adapted is None
+                                   else round(adapted - frozen, 4))
+    return out
+
+
+def _train_fingerprint(params: FinetuneParams, features: FeaturesParams, weights_sha: str,
+                       cut: str, data: LabelledImages) -> str:
+    content = {"finetune": asdict(params),
+               "backbone": features.backbone, "image_size": features.image_size,
+               "resize": features.resize, "seed": features.seed, "weights_sha256": weights_sha,
+               "cut": cut}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
+    for image_id, split, labels in zip(data.image_ids, data.split, data.labels, strict=True):
+        digest.update(f"{image_id}\t{split}\t{labels.tolist()}\n".encode())
+    return digest.hexdigest()

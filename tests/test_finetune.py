@@ -1,0 +1,288 @@
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cxr_impressions.errors import InputError
+from cxr_impressions.features.backbones import build_base, sha256_of, split_base
+from cxr_impressions.features.finetune import TARGETS, auc, fit_probes
+
+from .helpers import REPO, SAMPLE, run_stage, write_params
+
+# Small: random weights, 71-pixel images (block 12's output is 5x5x728), 2 epochs.
+PARAMS = f"""data:
+  root: {SAMPLE}
+features:
+  weights: none
+  image_size: 71
+finetune:
+  weights: none
+  epochs: 2
+  batch_size: 8
+"""
+OUT = "models/finetuned/xception.weights.h5"
+CACHE = Path("features/.finetune-cache")
+STATE = Path("models/finetuned/.xception.weights.h5.train-state")
+
+
+def _stage(workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "stages" / "finetune.py"), "--clean", "data/clean",
+         "--out", OUT, "--cache", str(CACHE), "--metrics", "metrics/finetune.json"],
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(process: subprocess.Popen) -> str:
+    _, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+def _workdir(base: Path, clean: Path) -> Path:
+    base.mkdir(parents=True, exist_ok=True)
+    write_params(base, PARAMS)
+    shutil.copytree(clean, base / "data" / "clean")
+    return base
+
+
+@pytest.fixture(scope="module")
+def clean_dir(tmp_path_factory) -> Path:
+    """The sample's clean outputs, made by the real parse and clean stages."""
+    work = tmp_path_factory.mktemp("clean")
+    write_params(work, PARAMS)
+    run_stage("parse.py", "--reports", "data/parsed/reports.parquet", "--images",
+              "data/parsed/images.parquet", "--metrics", "metrics/parse.json", cwd=work)
+    run_stage("clean.py", "--parsed", "data/parsed", "--out", "data/clean", "--metrics",
+              "metrics/clean.json", "--eda", "metrics/eda", cwd=work)
+    return work / "data" / "clean"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, clean_dir: Path) -> Path:
+    """The stage run once without interruption."""
+    work = _workdir(tmp_path_factory.mktemp("reference"), clean_dir)
+    stderr = _finish(_stage(work))
+    assert "resuming" not in stderr
+    return work
+
+
+def weights_of(path: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    with h5py.File(path, "r") as h5:
+        h5.visititems(lambda name, obj: arrays.__setitem__(name, obj[...])
+                      if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def results_of(work: Path) -> dict:
+    """The metrics that depend on the data and params (not the timings)."""
+    metrics = json.loads((work / "metrics/finetune.json").read_text())
+    return {"probes": metrics["probes"], "head": metrics["head"],
+            "best_epoch": metrics["best_epoch"], "summary": metrics["summary"],
+            "val": [e["val_mean_auc"] for e in metrics["epochs"]],
+            "loss": [e["loss"] for e in metrics["epochs"]]}
+
+
+def test_stage_on_the_sample(reference: Path) -> None:
+    metrics = json.loads((reference / "metrics/finetune.json").read_text())
+    assert metrics["images"] == {"train": 160, "val": 20, "test": 20}
+    assert metrics["cut_shape"] == [5, 5, 728] and metrics["cut"] == "block13_sepconv1_act"
+    assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] in (1, 2)
+    assert metrics["best_epoch"] == 1 + int(np.argmax([e["val_mean_auc"]
+                                                       for e in metrics["epochs"]]))
+    for model in ("frozen", "adapted"):
+        for split in ("val", "test"):
+            aucs = metrics["probes"][model][split]
+            assert set(aucs) == set(TARGETS)
+            assert all(a is None or 0 <= a <= 1 for a in aucs.values())
+    assert metrics["seconds_per_epoch"] > 0 and metrics["peak_rss_mb"] > 100
+    assert not (reference / STATE).exists()  # training state is removed once done
+    # The cache stays for the next run, joined into one float16 array.
+    cached = np.load(reference / CACHE / "xception" / "activations.npy", mmap_mode="r")
+    assert cached.dtype == np.float16 and cached.shape == (200, 5, 5, 728)
+    assert not list((reference / CACHE / "xception").glob("*.npz"))
+
+
+def test_only_the_layers_above_the_cut_change(reference: Path) -> None:
+    import keras
+
+    start = build_base("xception", None, 71, seed=0)  # the stage's starting point
+    adapted = build_base("xception", None, 71, seed=0)
+    adapted.load_weights(reference / OUT)
+    _, top = split_base(start, "block13_sepconv1_act")
+    above = {layer.name for layer in top.layers}
+    changed = [a for a, b in zip(start.layers, adapted.layers, strict=True)
+               if any(not np.array_equal(x.numpy(), y.numpy())
+                      for x, y in zip(a.weights, b.weights, strict=True))]
+    assert changed and {layer.name for layer in changed} <= above
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in changed)
+
+
+def test_killed_during_cache_resumes_to_identical_outputs(tmp_path: Path, clean_dir: Path,
+                                                          reference: Path) -> None:
+    work = _workdir(tmp_path / "w", clean_dir)
+    process = _stage(work)
+    deadline = time.monotonic() + 600
+    while len(list((work / CACHE / "xception").glob("*.npz"))) < 3:
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (work / OUT).exists()
+    assert not (work / CACHE / "xception" / "activations.npy").exists()
+    stderr = _finish(_stage(work))
+    assert "resuming after" in stderr
+    assert results_of(work) == results_of(reference)
+    ours, theirs = weights_of(work / OUT), weights_of(reference / OUT)
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        np.testing.assert_array_equal(ours[name], theirs[name])
+
+
+def test_killed_during_training_resumes_to_identical_outputs(tmp_path: Path, clean_dir: Path,
+                                                             reference: Path) -> None:
+    work = _workdir(tmp_path / "w", clean_dir)
+    shutil.copytree(reference / CACHE, work / CACHE)  # the cache is done: training runs first
+    process = _stage(work)
+    deadline = time.monotonic() + 600
+    while not (work / STATE / "progress.json").exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (work / OUT).exists()
+    stderr = _finish(_stage(work))
+    assert "resuming training after epoch 1" in stderr
+    assert "activation cache complete" in stderr
+    assert results_of(work) == results_of(reference)
+    ours, theirs = weights_of(work / OUT), weights_of(reference / OUT)
+    for name in theirs:
+        np.testing.assert_array_equal(ours[name], theirs[name])
+
+
+def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) -> None:
+    """`features.weights: finetuned` runs the adapted backbone and records its sha256."""
+    import pandas as pd
+
+    work = tmp_path
+    files = sorted((SAMPLE / "images").iterdir())[:4]
+    pd.DataFrame({"uid": [int(f.name.split("_")[0]) for f in files],
+                  "image_id": [f.name.removesuffix(".dcm.jpg") for f in files],
+                  "path": [str(f) for f in files], "exists": True}
+                 ).to_parquet(work / "images.parquet")
+    weights = reference / OUT
+    for name, setting in (("finetuned", "finetuned"), ("path", str(weights)), ("none", "none")):
+        write_params(work, f"features:\n  weights: {setting}\n  image_size: 71\n")
+        run_stage("features.py", "--images", "images.parquet", "--out", f"{name}.h5",
+                  "--metrics", f"{name}.json", "--finetuned", str(weights), cwd=work)
+    pooled = {}
+    for name in ("finetuned", "path", "none"):
+        with h5py.File(work / f"{name}.h5", "r") as h5:
+            pooled[name] = h5["pooled"][...]
+            if name != "none":
+                assert h5.attrs["weights_sha256"] == sha256_of(weights)
+    np.testing.assert_array_equal(pooled["finetuned"], pooled["path"])
+    assert not np.allclose(pooled["finetuned"], pooled["none"], atol=1e-4)
+    write_params(work, "features:\n  weights: finetuned\n  image_size: 71\n")
+    result = run_stage("features.py", "--images", "images.parquet", "--out", "x.h5",
+                       "--metrics", "x.json", "--finetuned", "nope.weights.h5", cwd=work,
+                       check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: nope.weights.h5: fine-tuned xception weights not found "
+        "(features.weights: finetuned; run `dvc repro finetune`)")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("  epochs: 0\n", "error: params.yaml: finetune.epochs must be >= 1, got 0"),
+    ("  train_from: middle\n", "error: params.yaml: finetune.train_from must be one of 'top', "
+                               "'all', got 'middle'"),
+    ("  cut: nope\n", "error: finetune.cut: xception has no layer 'nope'"),
+    ("  cut: block13_sepconv2_act\n", "error: finetune.cut: the layers above "
+                                      "'block13_sepconv2_act' also read tensors from below it; "
+                                      "name the first layer of a block"),
+])
+def test_bad_params_are_one_line(tmp_path: Path, clean_dir: Path, extra: str,
+                                 message: str) -> None:
+    work = _workdir(tmp_path / "w", clean_dir)
+    key = extra.split(":")[0]
+    # A key given twice is an error of its own (YAML 1.2, as DVC reads it): replace it.
+    text = "".join(line for line in PARAMS.splitlines(keepends=True)
+                   if not line.startswith(key + ":"))
+    write_params(work, text + extra)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "finetune.py"), "--clean", "data/clean",
+         "--out", OUT, "--cache", str(CACHE), "--metrics", "m.json"],
+        cwd=work, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.stderr
+
+
+def test_split_base_gives_the_full_pass() -> None:
+    import keras
+
+    base = build_base("xception", None, 71, seed=3)
+    bottom, top = split_base(base, "block13_sepconv1_act")
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 71, 71, 3)).astype(np.float32)
+    full = base(x).numpy()
+    np.testing.assert_allclose(top(bottom(x)).numpy(), full, rtol=1e-5, atol=1e-5)
+    # Through the float16 cache, as the stage stores it.
+    cached = bottom(x).numpy().astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(top(cached).numpy(), full, rtol=2e-2, atol=2e-2)
+    add = next(layer.name for layer in base.layers if isinstance(layer, keras.layers.Add))
+    with pytest.raises(InputError, match="one input"):
+        split_base(base, add)  # a residual sum reads two tensors
+
+
+def test_auc() -> None:
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])) == 1.0
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.4, 0.3, 0.2, 0.1])) == 0.0
+    assert auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5  # a tie counts half
+    # 0.9 beats all 3 negatives; 0.5 beats 0.1, ties 0.5 (a half), loses to 0.8: 4.5 of 6.
+    assert auc(np.array([1, 0, 1, 0, 0]), np.array([0.9, 0.8, 0.5, 0.5, 0.1])) == 4.5 / 6
+    assert auc(np.array([1, 1]), np.array([0.2, 0.3])) is None
+
+
+def test_probes_find_a_linear_signal() -> None:
+    rng = np.random.default_rng(0)
+    n, d = 300, 20
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = np.zeros((n, len(TARGETS)), np.float32)
+    y[:, 0] = x[:, 0] + 0.3 * rng.normal(size=n) > 0  # abnormal: a signal in one dimension
+    y[:, 1:] = rng.random((n, len(TARGETS) - 1)) < 0.3  # the rest: noise
+    parts = [(x[i::3], y[i::3]) for i in range(3)]
+    out = fit_probes(*parts)
+    assert out["test"]["abnormal"] > 0.85
+    assert abs(np.mean([out["test"][t] for t in TARGETS[1:]]) - 0.5) < 0.1
+    assert out == fit_probes(*parts)  # deterministic
+
+
+def test_train_from_all_adapts_the_whole_backbone(tmp_path: Path, clean_dir: Path) -> None:
+    """The GPU path, tiny: no cache, every layer but BatchNorm trains, from augmented images."""
+    import keras
+
+    work = _workdir(tmp_path / "w", clean_dir)
+    write_params(work, PARAMS.replace("  epochs: 2\n", "  epochs: 1\n  train_from: all\n"))
+    _finish(_stage(work))
+    metrics = json.loads((work / "metrics/finetune.json").read_text())
+    assert metrics["train_from"] == "all" and metrics["cut"] == ""
+    assert "cache_seconds" not in metrics
+    assert not (work / CACHE).exists()
+    start = build_base("xception", None, 71, seed=0)
+    adapted = build_base("xception", None, 71, seed=0)
+    adapted.load_weights(work / OUT)
+    changed = [a for a, b in zip(start.layers, adapted.layers, strict=True)
+               if any(not np.array_equal(x.numpy(), y.numpy())
+                      for x, y in zip(a.weights, b.weights, strict=True))]
+    assert "block1_conv1" in {layer.name for layer in changed}  # the very first layer trained
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in changed)
