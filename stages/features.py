@@ -9,7 +9,7 @@ import argparse
 import pandas as pd
 
 from cxr_impressions.atomic import write_json
-from cxr_impressions.config import load_section
+from cxr_impressions.config import load_section, project_path
 from cxr_impressions.stage import run_stage
 
 
@@ -27,8 +27,8 @@ def main() -> None:
     from cxr_impressions.features.backbones import get_spec, resolve_weights
     from cxr_impressions.features.extraction import extract_features
 
-    weights = resolve_weights(get_spec(params.backbone), params.weights, params.weights_dir,
-                              params.allow_download)
+    weights = resolve_weights(get_spec(params.backbone), params.weights,
+                              str(project_path(params.weights_dir)), params.allow_download)
     images = pd.read_parquet(args.images)
     images = images[images["exists"]].sort_values(["uid", "image_id"])
     stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,
