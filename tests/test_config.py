@@ -36,3 +36,21 @@ def test_bad_yaml_names_file(tmp_path: Path) -> None:
     path.write_text("clean:\n  min_count: [\n")
     with pytest.raises(InputError, match="params.yaml: line"):
         load_section("clean", path=path)
+
+
+def test_project_path_reaches_beside_the_repo_from_an_experiment_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxr_impressions.config import project_path
+
+    shared = tmp_path / "shared" / "weights"
+    shared.mkdir(parents=True)
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"  # where `dvc queue` runs a stage
+    copy.mkdir(parents=True)
+    (copy / "data").mkdir()
+    monkeypatch.chdir(copy)
+    assert project_path("../shared/weights").resolve() == shared.resolve()
+    assert project_path("data") == Path("data")  # inside the copy: left as it is
+    assert project_path("../missing") == Path("../missing")  # the error names the param's path
+    monkeypatch.chdir(project)
+    assert project_path("../shared/weights") == Path("../shared/weights")

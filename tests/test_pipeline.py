@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 
 from .helpers import SHARED, needs_shared
-from .repos import DVC, env, set_params, sh, small_pipeline_repo
+from .repos import DVC, copy_repo, env, set_params, sh
 
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory) -> Path:
-    repo = small_pipeline_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    sh(DVC, "repro", cwd=repo)
-    return repo
+def pipeline_repo(tmp_path_factory, finished_pipeline: Path) -> Path:
+    """A copy of the session's one pipeline run, that these tests may change."""
+    return copy_repo(finished_pipeline, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 @needs_shared(SHARED)

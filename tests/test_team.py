@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import SHARED, needs_shared
-from .repos import DVC, env, git, run, set_params, sh, small_pipeline_repo
+from .repos import DVC, copy_repo, env, git, run, set_params, sh
 from .seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, free_port, weed_binary
 
 # A pipeline run (and, for experiments, three) under a loaded CPU can pass the default timeout.
@@ -60,16 +60,25 @@ def ran_or_restored(output: str) -> set[str]:
                           if f"Stage '{stage}' is cached - skipping run" in output}
 
 
+def readme_commands(section: str) -> list[str]:
+    """The command lines of the README's first ```bash block after `section`, comments cut."""
+    from .helpers import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text[text.index(section):].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
-def team_repo(tmp_path_factory, s3: SeaweedS3) -> Path:
-    """Clone A: the pipeline run on the sample, committed on `main`, and pushed."""
-    repo = small_pipeline_repo(tmp_path_factory.mktemp("team") / "a")
-    sh(DVC, "repro", cwd=repo)
-    commit_all(repo, "pipeline run")
+def team_repo(tmp_path_factory, s3: SeaweedS3, finished_pipeline: Path) -> Path:
+    """Clone A: the pipeline run on the sample (the session's one run), committed on `main`,
+    and pushed."""
+    repo = copy_repo(finished_pipeline, tmp_path_factory.mktemp("team") / "a")
     use_remote(repo, s3, "shared")
     sh(DVC, "push", cwd=repo)
     return repo
@@ -206,10 +215,11 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
     # The branches test may have run these params already, with the same cache.
     assert ran_or_restored(out) == {"train", "evaluate", "report"}, out
     assert json.loads((repo / "metrics/train.json").read_text())["kind"] == "merge"
-    for rate in ("0.002", "0.0005"):
-        sh(DVC, "exp", "run", "--queue", "-n", f"lr-{rate}", "-S", f"train.learning_rate={rate}",
-           cwd=repo)
-    sh(DVC, "queue", "start", "--jobs", "1", cwd=repo)
+    # The README's queued sweep, exactly as written there (default, repo-relative params: the
+    # queue runs in a copy under .dvc/tmp/exps/, where `../` would point elsewhere).
+    for line in readme_commands("### Experiments"):
+        if line.startswith(("for lr in", "dvc queue start")):
+            sh("bash", "-c", line, cwd=repo)
     deadline = time.monotonic() + 1200
     while True:
         status = sh(DVC, "queue", "status", cwd=repo)
@@ -217,25 +227,29 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
             break
         assert time.monotonic() < deadline, status
         time.sleep(5)
-    assert "Failed" not in status, status + sh(DVC, "queue", "logs", "lr-0.002", cwd=repo)
+    failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
+    assert not failed, status + "".join(run(DVC, "queue", "logs", task, cwd=repo).stdout
+                                        for task in failed)
     sh(DVC, "queue", "stop", cwd=repo)
 
     shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=repo))
-    experiments = {}
+    experiments, by_rate = {}, {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs", []):
                 if rev.get("name"):
                     experiments[rev["name"]] = rev
-    assert {"merge", "lr-0.002", "lr-0.0005"} <= set(experiments), list(experiments)
-    for name in ("merge", "lr-0.002", "lr-0.0005"):
+                    rate = rev["data"]["params"]["params.yaml"]["data"]["train"]["learning_rate"]
+                    by_rate.setdefault(rate, rev["name"])
+    assert "merge" in experiments and {0.0005, 0.002} <= set(by_rate), list(experiments)
+    for name in ("merge", by_rate[0.002], by_rate[0.0005]):
         metrics = experiments[name]["data"]["metrics"]["metrics/evaluate.json"]["data"]
         assert 0.0 <= metrics["model"]["bleu4"] <= 1.0
     table = sh(DVC, "exp", "show", "--no-pager", "--md", cwd=repo)
-    assert "model.bleu4" in table and "lr-0.002" in table
+    assert "model.bleu4" in table and by_rate[0.002] in table
 
     out_dir = tmp_path / "plots-diff"
-    sh(DVC, "plots", "diff", "lr-0.002", "lr-0.0005", "-o", str(out_dir), cwd=repo)
+    sh(DVC, "plots", "diff", by_rate[0.002], by_rate[0.0005], "-o", str(out_dir), cwd=repo)
     html = (out_dir / "index.html").read_text()
-    assert "lr-0.002" in html and "lr-0.0005" in html
+    assert by_rate[0.002] in html and by_rate[0.0005] in html
     assert "ROUGE-L by reference length" in html and "loss" in html
