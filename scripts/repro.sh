@@ -3,6 +3,8 @@
 # Extra arguments go to `dvc repro`, e.g. `bash scripts/repro.sh train`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/system.sh
+need_java
 bash scripts/setup.sh
 source .venv/bin/activate
 dvc repro "$@"

@@ -35,7 +35,7 @@ def main() -> None:
         nearest_neighbour_baseline,
         study_vectors,
     )
-    from cxr_impressions.evaluation.scoring import MeteorScorer
+    from cxr_impressions.evaluation.scoring import MeteorScorer, require_java
     from cxr_impressions.evaluation.tables import (
         evaluate_systems,
         per_study_table,
@@ -45,6 +45,7 @@ def main() -> None:
     )
     from cxr_impressions.features.store import FeatureStore
 
+    require_java()
     bundle = load_bundle(args.model)
     examples = pd.read_parquet(Path(args.clean) / "examples.parquet")
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None

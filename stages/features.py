@@ -10,7 +10,7 @@ import pandas as pd
 
 from cxr_impressions.atomic import write_json
 from cxr_impressions.config import load_section, project_path
-from cxr_impressions.stage import run_stage
+from cxr_impressions.stage import note_timing, run_stage
 
 
 def main() -> None:
@@ -33,6 +33,10 @@ def main() -> None:
     images = images[images["exists"]].sort_values(["uid", "image_id"])
     stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,
                              params, weights)
+    for timing in ("seconds", "images_per_second"):  # to timings/features.json, not the metrics
+        if timing in stats:
+            note_timing(f"extraction_{timing}" if timing == "seconds" else timing,
+                        stats.pop(timing))
     write_json(args.metrics, {"backbone": params.backbone, **stats})
 
 

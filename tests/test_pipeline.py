@@ -191,6 +191,7 @@ def test_predict_command(pipeline_repo: Path, tmp_path: Path) -> None:
         timeout=600, env=env())
     assert result.returncode == 0, result.stderr
     assert "error: uid 2:" in result.stderr
+    assert "predict: 100%" in result.stderr  # the tqdm bar, on stderr
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
     assert lines[0] == "uid,impression" and lines[1].startswith("1,") and len(lines) == 2
 

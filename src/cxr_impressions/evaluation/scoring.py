@@ -9,6 +9,7 @@ ROUGE-L and CIDEr come from pycocoevalcap (METEOR runs Java), fed the same token
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 from ..data.labeller import FINDINGS, label_text
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +27,24 @@ warnings.filterwarnings("ignore", message=r"(?s).*counts of .-gram overlaps")
 BLEU_WEIGHTS = [(1, 0, 0, 0), (0.5, 0.5, 0, 0), (1 / 3, 1 / 3, 1 / 3, 0), (0.25,) * 4]
 
 
+JAVA_MISSING = ("java not found: METEOR needs a Java runtime (Debian/Ubuntu: "
+                "`sudo apt-get install default-jre-headless`)")
+
+
+def require_java() -> None:
+    """Stop with one line before any work if METEOR's Java is missing (else a raw traceback
+    from pycocoevalcap at the very end of evaluate)."""
+    if shutil.which("java") is None:
+        raise InputError(JAVA_MISSING)
+
+
 class MeteorScorer:
     """One METEOR Java process, reused for every system scored in a run."""
 
     def __init__(self) -> None:
         from pycocoevalcap.meteor.meteor import Meteor
+
+        require_java()
 
         self._meteor = Meteor()
 
