@@ -18,6 +18,8 @@ def main() -> None:
     cli.add_argument("--model", required=True, help="input: model directory (train's output)")
     cli.add_argument("--decoding", required=True, help="output: decoding settings (JSON)")
     cli.add_argument("--metrics", required=True, help="output: all scores (JSON)")
+    cli.add_argument("--scores", required=True,
+                     help="output: the headline scores, DVC's metrics file (JSON)")
     cli.add_argument("--tables", required=True, help="output: directory of per-study tables")
     cli.add_argument("--attention", required=True,
                      help="output: where each generated word looked (.npz; empty without "
@@ -38,6 +40,7 @@ def main() -> None:
     from cxr_impressions.evaluation.scoring import MeteorScorer, require_java
     from cxr_impressions.evaluation.tables import (
         evaluate_systems,
+        headline_scores,
         per_study_table,
         save_attention,
         validate_labeller,
@@ -83,6 +86,7 @@ def main() -> None:
         "kind": bundle.model.kind, "test_studies": len(test),
         "decode": dataclasses.asdict(decode), **scores,
         "labeller": validate_labeller(examples)})
+    write_json(args.scores, headline_scores(scores))
 
 
 if __name__ == "__main__":

@@ -42,19 +42,51 @@ def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     for edge in ('"parse" -> "clean"', '"parse" -> "features"', '"clean" -> "embeddings"'):
         assert edge in dag
     shown = sh(DVC, "metrics", "show", "--json", cwd=pipeline_repo)
-    metrics = json.loads(shown)
-    workspace = next(iter(metrics.values()))["data"]
-    assert workspace["metrics/parse.json"]["data"]["reports"] == 100
-    assert workspace["metrics/clean.json"]["data"]["reports"]["train"] == 80
+    workspace = next(iter(json.loads(shown).values()))["data"]
+    # Two well-named files: the headline scores and the training summary, no timings.
+    assert set(workspace) == {"metrics/scores.json", "metrics/train.json"}, set(workspace)
+    scores = workspace["metrics/scores.json"]["data"]
+    assert set(scores) == {"model", "constant", "nearest_neighbour"}
+    assert {"bleu4", "rouge_l", "cider", "abnormal_f1"} <= set(scores["model"])
+    assert "seconds" not in json.dumps(workspace)
+    table = sh(DVC, "metrics", "show", cwd=pipeline_repo)
+    assert len(table) < 2000 and max(map(len, table.splitlines())) < 800, table
+    # The data stages' counts are still in git, for reading.
+    parse = json.loads((pipeline_repo / "metrics/parse.json").read_text())
+    assert parse["reports"] == 100
+    assert json.loads((pipeline_repo / "metrics/clean.json").read_text())["reports"]["train"] == 80
+    timings = json.loads((pipeline_repo / "timings/features.json").read_text())
+    assert timings["seconds"] > 0 and "seconds" not in (pipeline_repo / "metrics/features.json"
+                                                        ).read_text()
+    assert "timings" in sh("git", "check-ignore", "timings/features.json", cwd=pipeline_repo)
 
 
 @needs_shared(SHARED)
-def test_plots_show_renders_eda(pipeline_repo: Path, tmp_path: Path) -> None:
+def test_plots_show_offline_each_plot_once(pipeline_repo: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
     sh(DVC, "plots", "show", "-o", str(tmp_path / "plots"), cwd=pipeline_repo)
     html = (tmp_path / "plots" / "index.html").read_text()
     for title in ("Report length after normalisation", "Images per report",
-                  "The 20 most frequent impressions"):
-        assert title in html
+                  "The 20 most frequent impressions", "ROUGE-L by reference length"):
+        assert html.count(f'"{title}') == 1, title  # declared once, drawn once
+    assert "<script src=" not in html  # the vendored template: Vega inlined, no CDN
+    plots = html.count("vegaEmbed('#")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto((tmp_path / "plots" / "index.html").as_uri())
+            page.wait_for_function(f"document.querySelectorAll('.vega-embed').length == {plots}",
+                                   timeout=30000)
+            page.wait_for_function("Array.from(document.querySelectorAll('.vega-embed')).every("
+                                   "e => e.querySelector('canvas, svg'))", timeout=30000)
+            assert not [url for url in requests if not url.startswith("file:")], requests
+        finally:
+            browser.close()
 
 
 @needs_shared(SHARED)

@@ -185,18 +185,19 @@ def test_unreachable_endpoint_fails_within_bounded_time(team_repo: Path, s3: Sea
 
 
 def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
+    """The README's "Comparing branches" commands, as written, then scripts/compare.sh."""
     repo = clone(team_repo, tmp_path / "branches")
     sh(DVC, "cache", "dir", "--local", str(team_repo / ".dvc" / "cache"), cwd=repo)
     sh(DVC, "checkout", cwd=repo)
-    git("checkout", "-qb", "merge-model", cwd=repo)
-    set_params(repo, model={"kind": "merge"})
-    out = sh(DVC, "repro", cwd=repo)
-    assert ran(out) == {"train", "evaluate", "report"}
-    commit_all(repo, "merge model")
+    for option in ("user.name=test", "user.email=test@example.org"):
+        git("config", *option.split("="), cwd=repo)
+    *commands, back = readme_commands("### Comparing branches")
+    outputs = {line: sh("bash", "-c", line, cwd=repo) for line in commands}
+    assert ran(outputs["dvc exp run -S model.kind=merge"]) == {"train", "evaluate", "report"}
     # --all: also the metrics equal on both branches (a tiny model may score 0 on both).
     diff = json.loads(sh(DVC, "metrics", "diff", "main", "merge-model", "--all", "--json",
                          cwd=repo))
-    scores = diff["metrics/evaluate.json"]
+    scores = diff["metrics/scores.json"]
     for metric in ("model.bleu1", "model.bleu4", "model.rouge_l", "model.cider"):
         assert {"old", "new"} <= set(scores[metric]), metric
         assert isinstance(scores[metric]["old"], float)
@@ -204,7 +205,25 @@ def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
     assert diff["metrics/train.json"]["parameters"]["old"] != diff["metrics/train.json"][
         "parameters"]["new"]
     table = sh(DVC, "metrics", "diff", "main", "merge-model", "--all", cwd=repo)
-    assert "model.bleu4" in table and "metrics/evaluate.json" in table
+    assert "model.bleu4" in table and "metrics/scores.json" in table
+    assert "model.kind" in outputs["dvc params diff main merge-model"]
+
+    # scripts/compare.sh, as the README runs it: Markdown tables and the plots overlaid.
+    compared = repo / "compare" / "compare.md"
+    assert compared.is_file()
+    text = compared.read_text()
+    assert "## Metrics" in text and "| metrics/train.json" in text and "parameters" in text
+    assert "## Params" in text and "model.kind" in text and "| merge" in text
+    plots = (repo / "compare" / "plots" / "index.html").read_text()
+    assert "main" in plots and "workspace" in plots and "ROUGE-L by reference length" in plots
+    assert "compare/" not in sh("git", "status", "--porcelain", cwd=repo)  # git-ignored
+    bad = run("bash", "scripts/compare.sh", "no-such-branch", cwd=repo)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: no-such-branch: not a git revision here (a branch, tag or commit)"]
+
+    sh("bash", "-c", back, cwd=repo)
+    assert json.loads((repo / "metrics/train.json").read_text())["kind"] == "transformer"
+    assert "up to date" in sh(DVC, "status", cwd=repo)
 
 
 def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) -> None:
@@ -243,7 +262,7 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
                     by_rate.setdefault(rate, rev["name"])
     assert "merge" in experiments and {0.0005, 0.002} <= set(by_rate), list(experiments)
     for name in ("merge", by_rate[0.002], by_rate[0.0005]):
-        metrics = experiments[name]["data"]["metrics"]["metrics/evaluate.json"]["data"]
+        metrics = experiments[name]["data"]["metrics"]["metrics/scores.json"]["data"]
         assert 0.0 <= metrics["model"]["bleu4"] <= 1.0
     table = sh(DVC, "exp", "show", "--no-pager", "--md", cwd=repo)
     assert "model.bleu4" in table and by_rate[0.002] in table
