@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SHARED, needs_shared
+from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM, SHARED, needs_shared
 from .repos import DVC, copy_repo, env, set_params, sh
-
-CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +148,8 @@ def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path
                 assert cells.count() == 4 and "–" not in cells.all_inner_texts()[1:], metric
             assert page.locator("#labeller").count() == 1
             assert page.locator("svg.chart").count() >= 5  # curves, by length, top impressions
+            faults = page.evaluate(CHART_LAYOUT_FAULTS)  # no text clipped or over the lines
+            assert not faults, faults
             assert page.locator("#confusion td").count() == 4
             # The gallery: one card per test study, its images loaded once scrolled to.
             cards = page.locator("article.study")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .helpers import SHARED, needs_shared
 from .repos import DVC, copy_repo, env, git, run, set_params, sh
@@ -272,3 +273,28 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
     html = (out_dir / "index.html").read_text()
     assert by_rate[0.002] in html and by_rate[0.0005] in html
     assert "ROUGE-L by reference length" in html and "loss" in html
+
+
+def test_run_cache_through_the_remote(team_repo: Path, s3: SeaweedS3, tmp_path: Path) -> None:
+    """A teammate who sets a param back to a value someone already ran gets those outputs from
+    the remote's run-cache, without recomputing (`dvc push --run-cache`, `dvc repro --pull`)."""
+    a = clone(team_repo, tmp_path / "runs-a")
+    sh(DVC, "cache", "dir", "--local", str(team_repo / ".dvc" / "cache"), cwd=a)
+    use_remote(a, s3, "runcache")
+    sh(DVC, "push", "--run-cache", cwd=a)  # the outputs, and which params made them
+    assert any(key.startswith("runcache/runs/") for key in s3.objects())
+
+    b = clone(team_repo, tmp_path / "runs-b")  # its own, empty cache
+    use_remote(b, s3, "runcache")
+    sh(DVC, "pull", cwd=b)
+    earlier = yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"]
+    set_params(b, train={"learning_rate": earlier * 3})
+    assert ran(sh(DVC, "repro", cwd=b)) == {"train", "evaluate", "report"}
+    set_params(b, train={"learning_rate": earlier})  # back to the value main was run with
+    out = sh(DVC, "repro", "--pull", cwd=b)
+    assert ran(out) == set(), out
+    assert all(f"Stage '{stage}' is cached - skipping run" in out
+               for stage in ("train", "evaluate", "report")), out
+    for output in ("models/model.weights.h5", "metrics/scores.json", "metrics/eval/per_study.csv"):
+        assert digest(b / output) == digest(team_repo / output), output
+    assert "Data and pipelines are up to date" in sh(DVC, "status", cwd=b)
