@@ -28,7 +28,7 @@ def finished_pipeline(tmp_path_factory) -> Path:
     from .repos import DVC, git, sh, small_pipeline_repo
 
     repo = small_pipeline_repo(tmp_path_factory.mktemp("finished") / "repo")
-    sh(DVC, "repro", cwd=repo)
+    (repo.parent / "repro.log").write_text(sh(DVC, "repro", cwd=repo))  # what a user sees
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "pipeline run", cwd=repo)
     return repo

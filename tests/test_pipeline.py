@@ -35,6 +35,20 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
 
 
 @needs_shared(SHARED)
+def test_repro_output_has_no_tensorflow_chatter(finished_pipeline: Path) -> None:
+    """`dvc repro` shows DVC's lines, the stages' own messages and progress bars, and no
+    TensorFlow/absl/oneDNN log lines or Python warnings (CXR_VERBOSE=1 brings them back)."""
+    shown = (finished_pipeline.parent / "repro.log").read_text()
+    for expected in ("Running stage 'features'", "features xception: 100%", "Epoch 2/2",
+                     "report: 100%"):
+        assert expected in shown, expected
+    chatter = [line for line in shown.splitlines() if any(
+        marker in line for marker in ("oneDNN", "absl", "tensorflow/", "cuda", "Warning:",
+                                      "WARNING", "I0000", "W0000", "E0000", "deprecated"))]
+    assert not chatter, chatter
+
+
+@needs_shared(SHARED)
 def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     dag = sh(DVC, "dag", "--dot", cwd=pipeline_repo)
     for edge in ('"parse" -> "clean"', '"parse" -> "features"', '"clean" -> "embeddings"'):

@@ -261,17 +261,19 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
                     experiments[rev["name"]] = rev
                     rate = rev["data"]["params"]["params.yaml"]["data"]["train"]["learning_rate"]
                     by_rate.setdefault(rate, rev["name"])
-    assert "merge" in experiments and {0.0005, 0.002} <= set(by_rate), list(experiments)
-    for name in ("merge", by_rate[0.002], by_rate[0.0005]):
+    sweep = next(line for line in readme_commands("### Experiments") if line.startswith("for"))
+    first, second = (float(rate) for rate in sweep.split(";")[0].split()[3:5])
+    assert "merge" in experiments and {first, second} <= set(by_rate), list(experiments)
+    for name in ("merge", by_rate[first], by_rate[second]):
         metrics = experiments[name]["data"]["metrics"]["metrics/scores.json"]["data"]
         assert 0.0 <= metrics["model"]["bleu4"] <= 1.0
     table = sh(DVC, "exp", "show", "--no-pager", "--md", cwd=repo)
-    assert "model.bleu4" in table and by_rate[0.002] in table
+    assert "model.bleu4" in table and by_rate[first] in table
 
     out_dir = tmp_path / "plots-diff"
-    sh(DVC, "plots", "diff", by_rate[0.002], by_rate[0.0005], "-o", str(out_dir), cwd=repo)
+    sh(DVC, "plots", "diff", by_rate[first], by_rate[second], "-o", str(out_dir), cwd=repo)
     html = (out_dir / "index.html").read_text()
-    assert by_rate[0.002] in html and by_rate[0.0005] in html
+    assert by_rate[first] in html and by_rate[second] in html
     assert "ROUGE-L by reference length" in html and "loss" in html
 
 

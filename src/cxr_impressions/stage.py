@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,11 +24,16 @@ def note_timing(name: str, value: float) -> None:
 
 
 def quiet_logs() -> None:
-    """Hide TensorFlow's start-up chatter (C++ oneDNN and absl lines), which buries the progress
-    bars and the one-line errors, unless `CXR_VERBOSE=1`. Must run before TensorFlow loads."""
+    """Hide TensorFlow's and Keras' chatter (C++ oneDNN and absl lines, their Python loggers'
+    warnings, deprecation notices), which buries the progress bars, the stages' own messages
+    and the one-line errors, unless `CXR_VERBOSE=1`. Must run before TensorFlow loads."""
     if os.environ.get(VERBOSE_ENV) == "1":
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "absl", "keras", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("tensorflow", "keras", "tf_keras", "absl", "h5py", "google.protobuf"):
+        warnings.filterwarnings("ignore", module=module)
 
 
 quiet_logs()  # stage scripts and the CLI import this module before anything loads TensorFlow
