@@ -269,3 +269,23 @@ def test_training_is_seeded_and_resumes(pipeline_repo: Path) -> None:
     summary = json.loads((repo / "metrics/train.json").read_text())
     assert summary["resumed"] is True and summary["epochs_run"] == 4
     assert not state.parent.exists()
+
+
+@needs_shared(SHARED)
+def test_model_artifact_is_fetched_by_name(finished_pipeline: Path, tmp_path: Path) -> None:
+    """dvc.yaml's `artifacts:` names the model; with a version registered (a GTO git tag),
+    `dvc artifacts get REPO impression-writer` fetches the folder `cxr predict` loads."""
+    import yaml
+
+    from .repos import git
+
+    repo = copy_repo(finished_pipeline, tmp_path / "registry")
+    artifact = yaml.safe_load((repo / "dvc.yaml").read_text())["artifacts"]["impression-writer"]
+    assert artifact["type"] == "model" and artifact["path"] == "models"
+    assert artifact["desc"] and "chest-x-ray" in artifact["labels"]
+    git("tag", "-a", "impression-writer@v0.1.0", "-m", "Registering impression-writer v0.1.0",
+        cwd=repo)
+    out = tmp_path / "fetched"
+    sh(DVC, "artifacts", "get", str(repo), "impression-writer", "-o", str(out), cwd=tmp_path)
+    for name in ("model.weights.h5", "config.json", "vocab.json", "decoding.json"):
+        assert (out / name).read_bytes() == (repo / "models" / name).read_bytes(), name
