@@ -14,6 +14,10 @@ import pytest
 from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM, SHARED, needs_shared
 from .repos import DVC, copy_repo, env, set_params, sh
 
+# The first test here may run the session's one pipeline run (tests/conftest.py), which on a
+# loaded CPU can pass the default timeout.
+pytestmark = pytest.mark.timeout(2400)
+
 
 @pytest.fixture(scope="module")
 def pipeline_repo(tmp_path_factory, finished_pipeline: Path) -> Path:
