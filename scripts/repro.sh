@@ -9,6 +9,6 @@ bash scripts/setup.sh
 source .venv/bin/activate
 dvc repro "$@"
 if [ -f metrics/evaluate.json ]; then
-  cxr scores metrics/evaluate.json   # every metric: `dvc metrics show`
+  cxr scores metrics/evaluate.json   # every score; the headline ones: `dvc metrics show`
   echo "report: reports/test/index.html"
 fi
