@@ -70,12 +70,12 @@ def main() -> None:
     predictor.inputs(images)
     backbone_only = time.perf_counter() - began
 
-    predict_batch(predictor, studies[:2])  # warm-up of the batch shapes
+    predict_batch(predictor, studies[:2], progress=False)  # warm-up of the batch shapes
     began = time.perf_counter()
-    rows, _ = predict_batch(predictor, studies, chunk=8)
+    rows, _ = predict_batch(predictor, studies, chunk=8, progress=False)
     batched = len(rows) / (time.perf_counter() - began)
     began = time.perf_counter()
-    rows, _ = predict_batch(predictor, studies, chunk=1)
+    rows, _ = predict_batch(predictor, studies, chunk=1, progress=False)
     single = len(rows) / (time.perf_counter() - began)
 
     table = pd.DataFrame([

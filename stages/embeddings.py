@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_impressions.atomic import atomic_path, write_csv, write_json
-from cxr_impressions.config import load_section
+from cxr_impressions.config import load_section, project_path
 from cxr_impressions.data.embeddings import build_matrix, coverage, read_glove
 from cxr_impressions.data.tokenizer import Vocabulary
 from cxr_impressions.stage import run_stage
@@ -27,7 +27,7 @@ def main() -> None:
     examples = pd.read_parquet(Path(args.clean) / "examples.parquet")
     train_texts = examples.loc[examples["split"] == "train", "text"].tolist()
 
-    rows = read_glove(params.glove, vocab.words, params.member, params.dim)
+    rows = read_glove(project_path(params.glove), vocab.words, params.member, params.dim)
     matrix, missing = build_matrix(vocab, rows, params.seed)
     with atomic_path(args.out, suffix=".npy") as tmp, open(tmp, "wb") as fh:
         np.save(fh, matrix)

@@ -17,6 +17,8 @@ def main() -> None:
     cli.add_argument("--features", required=True, help="input: features HDF5 file")
     cli.add_argument("--model", required=True, help="input: model directory (train's output)")
     cli.add_argument("--metrics", required=True, help="output: all scores (JSON)")
+    cli.add_argument("--scores", required=True,
+                     help="output: the headline scores, DVC's metrics file (JSON)")
     cli.add_argument("--tables", required=True, help="output: directory of per-study tables")
     cli.add_argument("--attention", required=True,
                      help="output: where each generated word looked (.npz; empty without "
@@ -34,9 +36,10 @@ def main() -> None:
         study_vectors,
     )
     from cxr_impressions.evaluation.bootstrap import LEVEL
-    from cxr_impressions.evaluation.scoring import MeteorScorer
+    from cxr_impressions.evaluation.scoring import MeteorScorer, require_java
     from cxr_impressions.evaluation.tables import (
         evaluate_systems,
+        headline_scores,
         per_study_table,
         save_attention,
         validate_labeller,
@@ -44,6 +47,7 @@ def main() -> None:
     )
     from cxr_impressions.features.store import FeatureStore
 
+    require_java()
     bundle = load_bundle(args.model)
     examples = pd.read_parquet(Path(args.clean) / "examples.parquet")
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
@@ -83,6 +87,7 @@ def main() -> None:
         "bootstrap": {"resamples": params.bootstrap, "seed": params.seed, "level": LEVEL},
         **scores,
         "labeller": validate_labeller(examples)})
+    write_json(args.scores, headline_scores(scores))
 
 
 if __name__ == "__main__":

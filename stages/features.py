@@ -9,8 +9,8 @@ import argparse
 import pandas as pd
 
 from cxr_impressions.atomic import write_json
-from cxr_impressions.config import load_section
-from cxr_impressions.stage import run_stage
+from cxr_impressions.config import load_section, project_path
+from cxr_impressions.stage import note_timing, run_stage
 
 
 def main() -> None:
@@ -30,12 +30,17 @@ def main() -> None:
     from cxr_impressions.features.backbones import get_spec, resolve_weights
     from cxr_impressions.features.extraction import extract_features
 
-    weights = resolve_weights(get_spec(params.backbone), params.weights, machine.weights_dir,
-                              machine.allow_download, finetuned=args.finetuned)
+    weights = resolve_weights(get_spec(params.backbone), params.weights,
+                              str(project_path(machine.weights_dir)), machine.allow_download,
+                              finetuned=args.finetuned)
     images = pd.read_parquet(args.images)
     images = images[images["exists"]].sort_values(["uid", "image_id"])
     stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,
                              params, weights)
+    for timing in ("seconds", "images_per_second"):  # to timings/features.json, not the metrics
+        if timing in stats:
+            note_timing(f"extraction_{timing}" if timing == "seconds" else timing,
+                        stats.pop(timing))
     write_json(args.metrics, {"backbone": params.backbone, **stats})
 
 

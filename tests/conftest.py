@@ -16,3 +16,19 @@ def sample_copy(tmp_path: Path) -> Path:
     target = tmp_path / "sample"
     shutil.copytree(SAMPLE, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def finished_pipeline(tmp_path_factory) -> Path:
+    """The sample pipeline run ONCE per test session (small params), committed on `main`.
+
+    The pipeline, team, artifact and comparison tests each take a private copy
+    (`repos.copy_repo`) instead of running the pipeline again: never change this one.
+    """
+    from .repos import DVC, git, sh, small_pipeline_repo
+
+    repo = small_pipeline_repo(tmp_path_factory.mktemp("finished") / "repo")
+    (repo.parent / "repro.log").write_text(sh(DVC, "repro", cwd=repo))  # what a user sees
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "pipeline run", cwd=repo)
+    return repo

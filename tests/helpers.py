@@ -14,6 +14,7 @@ SAMPLE = REPO / "data" / "sample"
 SHARED = Path(os.environ.get("CXR_SHARED", REPO.parent / "shared"))
 IUXRAY = SHARED / "iuxray"
 XCEPTION_WEIGHTS = SHARED / "weights" / "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")  # as scripts/system.sh checks
 GLOVE = SHARED / "glove" / "glove.6B.50d.iuxray-subset.txt"
 
 
@@ -41,3 +42,32 @@ def write_params(directory: Path, text: str) -> Path:
     path = directory / "params.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# The text-layout check shared with the pipeline's report test: every text of every chart lies
+# inside its SVG, no two texts overlap, and no title, legend or label lies over the plotted
+# lines (returns one line per fault).
+CHART_LAYOUT_FAULTS = """() => {
+  const faults = [];
+  const inside = (a, b) => a.left >= b.left - 0.5 && a.right <= b.right + 0.5 &&
+                           a.top >= b.top - 0.5 && a.bottom <= b.bottom + 0.5;
+  const meet = (a, b) => a.left < b.right - 0.5 && b.left < a.right - 0.5 &&
+                         a.top < b.bottom - 0.5 && b.top < a.bottom - 0.5;
+  for (const svg of document.querySelectorAll('svg.chart')) {
+    const name = svg.getAttribute('aria-label');
+    const box = svg.getBoundingClientRect();
+    const texts = Array.from(svg.querySelectorAll('text'));
+    const boxes = texts.map(t => t.getBoundingClientRect());
+    const marks = Array.from(svg.querySelectorAll('polyline, circle'))
+      .map(m => m.getBoundingClientRect());
+    texts.forEach((t, i) => {
+      if (!inside(boxes[i], box)) faults.push(`${name}: "${t.textContent}" is clipped`);
+      for (let j = i + 1; j < texts.length; j++)
+        if (meet(boxes[i], boxes[j]))
+          faults.push(`${name}: "${t.textContent}" overlaps "${texts[j].textContent}"`);
+      if (!t.classList.contains('tick') && marks.some(m => meet(boxes[i], m)))
+        faults.push(`${name}: "${t.textContent}" lies over the plotted lines`);
+    });
+  }
+  return faults;
+}"""

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import yaml
 
-from .helpers import GLOVE, REPO
+from .helpers import REPO
 
 DVC = str(Path(sys.executable).parent / "dvc")
 GIT_USER = ("-c", "user.name=test", "-c", "user.email=test@example.org")
 # Small random-weight features and a tiny model keep the pipeline tests fast; the real weights
-# are tested elsewhere. The features come from finetune's adapted (random) backbone, so the
+# are tested elsewhere. Every other param keeps its committed default (GloVe from data/glove).
+# The features come from finetune's adapted (random) backbone, so the
 # pipeline tests run `features.weights: finetuned` end to end, `cxr predict` included.
 SMALL = {"finetune": {"weights": "none", "epochs": 1, "batch_size": 16},
          "features": {"weights": "finetuned", "image_size": 71, "batch_size": 16},
-         "embeddings": {"glove": str(GLOVE)},
          # Every model input the default may come to use: findings prompts, retrieval memory.
          "model": {"units": 32, "layers": 1, "grid_pool": 1, "condition": "findings",
                    "retrieval_k": 2},
@@ -49,8 +49,16 @@ def git(*args: str, cwd: Path) -> str:
     return sh("git", *GIT_USER, *args, cwd=cwd)
 
 
+def committed_params() -> str:
+    """params.yaml as committed: a `dvc exp run -S ...` in the developer's workspace leaves its
+    values in the working copy, and no test may depend on that."""
+    return subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout
+
+
 def copy_working_tree(target: Path) -> None:
-    """The working tree as git sees it (tracked and untracked-not-ignored)."""
+    """The working tree as git sees it (tracked and untracked-not-ignored), with the committed
+    params.yaml."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
     for name in filter(None, files):
@@ -58,6 +66,7 @@ def copy_working_tree(target: Path) -> None:
         if source.is_file():
             (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name.decode())
+    (target / "params.yaml").write_text(committed_params(), encoding="utf-8")
 
 
 def set_params(repo: Path, **sections: dict) -> None:
@@ -66,6 +75,12 @@ def set_params(repo: Path, **sections: dict) -> None:
     for section, values in sections.items():
         params.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def copy_repo(finished: Path, target: Path) -> Path:
+    """A private copy of a finished repo (git, DVC cache and outputs), for a test to change."""
+    shutil.copytree(finished, target, symlinks=True)
+    return target
 
 
 def small_pipeline_repo(repo: Path) -> Path:

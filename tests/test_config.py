@@ -144,3 +144,21 @@ def test_decoding_candidates_are_lists_checked_in_one_line() -> None:
         with pytest.raises(InputError, match=message) as info:
             build_section("decode", DecodeParams, raw)
         assert "\n" not in str(info.value)
+
+
+def test_project_path_reaches_beside_the_repo_from_an_experiment_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxr_impressions.config import project_path
+
+    shared = tmp_path / "shared" / "weights"
+    shared.mkdir(parents=True)
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"  # where `dvc queue` runs a stage
+    copy.mkdir(parents=True)
+    (copy / "data").mkdir()
+    monkeypatch.chdir(copy)
+    assert project_path("../shared/weights").resolve() == shared.resolve()
+    assert project_path("data") == Path("data")  # inside the copy: left as it is
+    assert project_path("../missing") == Path("../missing")  # the error names the param's path
+    monkeypatch.chdir(project)
+    assert project_path("../shared/weights") == Path("../shared/weights")

@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import SHARED, needs_shared
-from .repos import DVC, env, run, set_params, sh, small_pipeline_repo
+from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM, SHARED, needs_shared
+from .repos import DVC, copy_repo, env, run, set_params, sh
 
-CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
+# The first test here may run the session's one pipeline run (tests/conftest.py), which on a
+# loaded CPU can pass the default timeout.
+pytestmark = pytest.mark.timeout(2400)
 
 
 @pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory) -> Path:
-    repo = small_pipeline_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    sh(DVC, "repro", cwd=repo)
-    return repo
+def pipeline_repo(tmp_path_factory, finished_pipeline: Path) -> Path:
+    """A copy of the session's one pipeline run, that these tests may change."""
+    return copy_repo(finished_pipeline, tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 @needs_shared(SHARED)
@@ -45,25 +46,71 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
 
 
 @needs_shared(SHARED)
+def test_repro_output_has_no_tensorflow_chatter(finished_pipeline: Path) -> None:
+    """`dvc repro` shows DVC's lines, the stages' own messages and progress bars, and no
+    TensorFlow/absl/oneDNN log lines or Python warnings (CXR_VERBOSE=1 brings them back)."""
+    shown = (finished_pipeline.parent / "repro.log").read_text()
+    for expected in ("Running stage 'features'", "features xception: 100%", "Epoch 2/2",
+                     "report: 100%"):
+        assert expected in shown, expected
+    chatter = [line for line in shown.splitlines() if any(
+        marker in line for marker in ("oneDNN", "absl", "tensorflow/", "cuda", "Warning:",
+                                      "WARNING", "I0000", "W0000", "E0000", "deprecated"))]
+    assert not chatter, chatter
+
+
+@needs_shared(SHARED)
 def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     dag = sh(DVC, "dag", "--dot", cwd=pipeline_repo)
     for edge in ('"parse" -> "clean"', '"parse" -> "features"', '"clean" -> "embeddings"',
                  '"clean" -> "finetune"', '"finetune" -> "features"'):
         assert edge in dag
     shown = sh(DVC, "metrics", "show", "--json", cwd=pipeline_repo)
-    metrics = json.loads(shown)
-    workspace = next(iter(metrics.values()))["data"]
-    assert workspace["metrics/parse.json"]["data"]["reports"] == 100
-    assert workspace["metrics/clean.json"]["data"]["reports"]["train"] == 80
+    workspace = next(iter(json.loads(shown).values()))["data"]
+    # Two well-named files: the headline scores and the training summary, no timings.
+    assert set(workspace) == {"metrics/scores.json", "metrics/train.json"}, set(workspace)
+    scores = workspace["metrics/scores.json"]["data"]
+    assert set(scores) == {"model", "constant", "nearest_neighbour"}
+    assert {"bleu4", "rouge_l", "cider", "abnormal_f1"} <= set(scores["model"])
+    assert "seconds" not in json.dumps(workspace)
+    table = sh(DVC, "metrics", "show", cwd=pipeline_repo)
+    assert len(table) < 2000 and max(map(len, table.splitlines())) < 800, table
+    # The data stages' counts are still in git, for reading.
+    parse = json.loads((pipeline_repo / "metrics/parse.json").read_text())
+    assert parse["reports"] == 100
+    assert json.loads((pipeline_repo / "metrics/clean.json").read_text())["reports"]["train"] == 80
+    timings = json.loads((pipeline_repo / "timings/features.json").read_text())
+    assert timings["seconds"] > 0 and "seconds" not in (pipeline_repo / "metrics/features.json"
+                                                        ).read_text()
+    assert "timings" in sh("git", "check-ignore", "timings/features.json", cwd=pipeline_repo)
 
 
 @needs_shared(SHARED)
-def test_plots_show_renders_eda(pipeline_repo: Path, tmp_path: Path) -> None:
+def test_plots_show_offline_each_plot_once(pipeline_repo: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
     sh(DVC, "plots", "show", "-o", str(tmp_path / "plots"), cwd=pipeline_repo)
     html = (tmp_path / "plots" / "index.html").read_text()
     for title in ("Report length after normalisation", "Images per report",
-                  "The 20 most frequent impressions"):
-        assert title in html
+                  "The 20 most frequent impressions", "ROUGE-L by reference length"):
+        assert html.count(f'"{title}') == 1, title  # declared once, drawn once
+    assert "<script src=" not in html  # the vendored template: Vega inlined, no CDN
+    plots = html.count("vegaEmbed('#")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto((tmp_path / "plots" / "index.html").as_uri())
+            page.wait_for_function(f"document.querySelectorAll('.vega-embed').length == {plots}",
+                                   timeout=30000)
+            page.wait_for_function("Array.from(document.querySelectorAll('.vega-embed')).every("
+                                   "e => e.querySelector('canvas, svg'))", timeout=30000)
+            assert not [url for url in requests if not url.startswith("file:")], requests
+        finally:
+            browser.close()
 
 
 @needs_shared(SHARED)
@@ -168,6 +215,8 @@ def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path
             assert page.locator("p.verdict").count() == 2
             assert page.locator("#labeller").count() == 1
             assert page.locator("svg.chart").count() >= 5  # curves, by length, top impressions
+            faults = page.evaluate(CHART_LAYOUT_FAULTS)  # no text clipped or over the lines
+            assert not faults, faults
             assert page.locator("#confusion td").count() == 4
             # The gallery: one card per test study, its images loaded once scrolled to.
             cards = page.locator("article.study")
@@ -241,6 +290,7 @@ def test_predict_command(pipeline_repo: Path, tmp_path: Path) -> None:
         timeout=600, env=env())
     assert result.returncode == 0, result.stderr
     assert "error: uid 2:" in result.stderr
+    assert "predict: 100%" in result.stderr  # the tqdm bar, on stderr
     lines = (tmp_path / "predictions.csv").read_text().splitlines()
     assert lines[0] == "uid,impression" and lines[1].startswith("1,") and len(lines) == 2
 
@@ -272,3 +322,23 @@ def test_training_is_seeded_and_resumes(pipeline_repo: Path) -> None:
     summary = json.loads((repo / "metrics/train.json").read_text())
     assert summary["resumed"] is True and summary["epochs_run"] == 4
     assert not state.parent.exists()
+
+
+@needs_shared(SHARED)
+def test_model_artifact_is_fetched_by_name(finished_pipeline: Path, tmp_path: Path) -> None:
+    """dvc.yaml's `artifacts:` names the model; with a version registered (a GTO git tag),
+    `dvc artifacts get REPO impression-writer` fetches the folder `cxr predict` loads."""
+    import yaml
+
+    from .repos import git
+
+    repo = copy_repo(finished_pipeline, tmp_path / "registry")
+    artifact = yaml.safe_load((repo / "dvc.yaml").read_text())["artifacts"]["impression-writer"]
+    assert artifact["type"] == "model" and artifact["path"] == "models"
+    assert artifact["desc"] and "chest-x-ray" in artifact["labels"]
+    git("tag", "-a", "impression-writer@v0.1.0", "-m", "Registering impression-writer v0.1.0",
+        cwd=repo)
+    out = tmp_path / "fetched"
+    sh(DVC, "artifacts", "get", str(repo), "impression-writer", "-o", str(out), cwd=tmp_path)
+    for name in ("model.weights.h5", "config.json", "vocab.json", "decoding.json"):
+        assert (out / name).read_bytes() == (repo / "models" / name).read_bytes(), name

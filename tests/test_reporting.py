@@ -138,3 +138,54 @@ def test_scores_command_rejects_a_malformed_file(tmp_path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"error: {path}: not a metrics JSON file")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def chart_layout_faults(html_path, screenshot) -> list[str]:
+    """Open `html_path` in headless Chromium, run the layout check, save a screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(html_path.as_uri())
+            page.wait_for_function("document.fonts.status == 'loaded'")
+            page.screenshot(path=str(screenshot), full_page=True)
+            return page.evaluate(CHART_LAYOUT_FAULTS)
+        finally:
+            browser.close()
+
+
+def test_chart_text_is_never_clipped_or_over_the_lines(tmp_path) -> None:
+    """The report's charts, with its longest titles and legends, in headless Chromium."""
+    from cxr_impressions.reporting.assets import read_static
+
+    epochs = range(1, 13)
+    charts = [
+        line_chart({"1-NN": [(i, 0.2 + 0.01 * i) for i in range(1, 6)],
+                    "constant": [(i, 0.5 - 0.02 * i) for i in range(1, 6)],
+                    "model": [(i, 0.45 + 0.01 * i) for i in range(1, 6)]},
+                   "ROUGE-L by reference length (bucket: 1-2, 3-4, 5-7, 8-11, 12-19, 20+)",
+                   "reference length bucket", "mean ROUGE-L"),
+        line_chart({"train": [(i, 0.5 + 0.04 * i) for i in epochs],
+                    "eval": [(i, 0.95 - 0.001 * i) for i in epochs]},  # ends top right
+                   "Abnormal head: AUC", "epoch", "abnormal_auc"),
+        line_chart({"eval": [(i, 0.001 * i) for i in epochs]}, "Validation BLEU-4 (greedy)",
+                   "epoch", "bleu4"),
+        line_chart({"train": [(i, 6 / i) for i in epochs], "eval": [(i, 5 / i) for i in epochs],
+                    "a very long series name that cannot fit beside the plot": [(1, 1.0)]},
+                   "Training curves: loss", "epoch", "loss"),
+        bar_chart([("no acute cardiopulmonary abnormality . " * 3, 40.0),
+                   ("WWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWWW", 3.0),
+                   ("normal chest .", 1234567.0)], "Top 15 generated impressions"),
+    ]
+    page = tmp_path / "charts.html"
+    page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>"
+                    f"{read_static('report.css')}</style></head><body><div class='charts'>"
+                    f"{''.join(charts)}</div></body></html>", encoding="utf-8")
+    faults = chart_layout_faults(page, tmp_path / "charts.png")
+    assert not faults, faults
+    assert (tmp_path / "charts.png").stat().st_size > 5_000

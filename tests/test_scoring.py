@@ -25,3 +25,16 @@ def test_text_metrics() -> None:
     assert text_metrics(["mild cardiomegaly ."], ["mild cardiomegaly ."])["bleu4"] < 1.0
     worse = text_metrics(refs, ["no acute disease .", "no acute disease .", "lungs clear ."])
     assert worse["bleu4"] < 1.0 and worse["rouge_l"] < 1.0
+
+
+def test_missing_java_is_one_line_before_any_work(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    from cxr_impressions.errors import InputError
+    from cxr_impressions.evaluation.scoring import MeteorScorer, require_java
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without java
+    with pytest.raises(InputError, match="java not found.*apt-get install"):
+        require_java()
+    with pytest.raises(InputError, match="java not found"):
+        MeteorScorer()

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .helpers import SHARED, needs_shared
-from .repos import DVC, env, git, run, set_params, sh, small_pipeline_repo
+from .repos import DVC, copy_repo, env, git, run, set_params, sh
 from .seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, free_port, weed_binary
 
 # A pipeline run (and, for experiments, three) under a loaded CPU can pass the default timeout.
@@ -60,16 +61,25 @@ def ran_or_restored(output: str) -> set[str]:
                           if f"Stage '{stage}' is cached - skipping run" in output}
 
 
+def readme_commands(section: str) -> list[str]:
+    """The command lines of the README's first ```bash block after `section`, comments cut."""
+    from .helpers import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text[text.index(section):].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("  #")[0].strip() for line in block.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
-def team_repo(tmp_path_factory, s3: SeaweedS3) -> Path:
-    """Clone A: the pipeline run on the sample, committed on `main`, and pushed."""
-    repo = small_pipeline_repo(tmp_path_factory.mktemp("team") / "a")
-    sh(DVC, "repro", cwd=repo)
-    commit_all(repo, "pipeline run")
+def team_repo(tmp_path_factory, s3: SeaweedS3, finished_pipeline: Path) -> Path:
+    """Clone A: the pipeline run on the sample (the session's one run), committed on `main`,
+    and pushed."""
+    repo = copy_repo(finished_pipeline, tmp_path_factory.mktemp("team") / "a")
     use_remote(repo, s3, "shared")
     sh(DVC, "push", cwd=repo)
     return repo
@@ -176,18 +186,20 @@ def test_unreachable_endpoint_fails_within_bounded_time(team_repo: Path, s3: Sea
 
 
 def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
+    """The README's "Comparing branches" commands, as written, then scripts/compare.sh."""
     repo = clone(team_repo, tmp_path / "branches")
     sh(DVC, "cache", "dir", "--local", str(team_repo / ".dvc" / "cache"), cwd=repo)
     sh(DVC, "checkout", cwd=repo)
-    git("checkout", "-qb", "merge-model", cwd=repo)
-    set_params(repo, model={"kind": "merge"})
-    out = sh(DVC, "repro", cwd=repo)
-    assert ran(out) == {"train", "evaluate", "report"}
-    commit_all(repo, "merge model")
+    for option in ("user.name=test", "user.email=test@example.org"):
+        git("config", *option.split("="), cwd=repo)
+    *commands, back = readme_commands("### Comparing branches")
+    outputs = {line: sh("bash", "-c", line, cwd=repo) for line in commands}
+    assert ran_or_restored(outputs["dvc exp run -S model.kind=merge"]) == {
+        "train", "evaluate", "report"}
     # --all: also the metrics equal on both branches (a tiny model may score 0 on both).
     diff = json.loads(sh(DVC, "metrics", "diff", "main", "merge-model", "--all", "--json",
                          cwd=repo))
-    scores = diff["metrics/evaluate.json"]
+    scores = diff["metrics/scores.json"]
     for metric in ("model.bleu1", "model.bleu4", "model.rouge_l", "model.cider"):
         assert {"old", "new"} <= set(scores[metric]), metric
         assert isinstance(scores[metric]["old"], float)
@@ -195,7 +207,25 @@ def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
     assert diff["metrics/train.json"]["parameters"]["old"] != diff["metrics/train.json"][
         "parameters"]["new"]
     table = sh(DVC, "metrics", "diff", "main", "merge-model", "--all", cwd=repo)
-    assert "model.bleu4" in table and "metrics/evaluate.json" in table
+    assert "model.bleu4" in table and "metrics/scores.json" in table
+    assert "model.kind" in outputs["dvc params diff main merge-model"]
+
+    # scripts/compare.sh, as the README runs it: Markdown tables and the plots overlaid.
+    compared = repo / "compare" / "compare.md"
+    assert compared.is_file()
+    text = compared.read_text()
+    assert "## Metrics" in text and "| metrics/train.json" in text and "parameters" in text
+    assert "## Params" in text and "model.kind" in text and "| merge" in text
+    plots = (repo / "compare" / "plots" / "index.html").read_text()
+    assert "main" in plots and "workspace" in plots and "ROUGE-L by reference length" in plots
+    assert "compare/" not in sh("git", "status", "--porcelain", cwd=repo)  # git-ignored
+    bad = run("bash", "scripts/compare.sh", "no-such-branch", cwd=repo)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: no-such-branch: not a git revision here (a branch, tag or commit)"]
+
+    sh("bash", "-c", back, cwd=repo)
+    assert json.loads((repo / "metrics/train.json").read_text())["kind"] == "transformer"
+    assert "up to date" in sh(DVC, "status", cwd=repo)
 
 
 def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) -> None:
@@ -206,10 +236,11 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
     # The branches test may have run these params already, with the same cache.
     assert ran_or_restored(out) == {"train", "evaluate", "report"}, out
     assert json.loads((repo / "metrics/train.json").read_text())["kind"] == "merge"
-    for rate in ("0.002", "0.0005"):
-        sh(DVC, "exp", "run", "--queue", "-n", f"lr-{rate}", "-S", f"train.learning_rate={rate}",
-           cwd=repo)
-    sh(DVC, "queue", "start", "--jobs", "1", cwd=repo)
+    # The README's queued sweep, exactly as written there (default, repo-relative params: the
+    # queue runs in a copy under .dvc/tmp/exps/, where `../` would point elsewhere).
+    for line in readme_commands("### Experiments"):
+        if line.startswith(("for lr in", "dvc queue start")):
+            sh("bash", "-c", line, cwd=repo)
     deadline = time.monotonic() + 1200
     while True:
         status = sh(DVC, "queue", "status", cwd=repo)
@@ -217,25 +248,56 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
             break
         assert time.monotonic() < deadline, status
         time.sleep(5)
-    assert "Failed" not in status, status + sh(DVC, "queue", "logs", "lr-0.002", cwd=repo)
+    failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
+    assert not failed, status + "".join(run(DVC, "queue", "logs", task, cwd=repo).stdout
+                                        for task in failed)
     sh(DVC, "queue", "stop", cwd=repo)
 
     shown = json.loads(sh(DVC, "exp", "show", "--json", cwd=repo))
-    experiments = {}
+    experiments, by_rate = {}, {}
     for commit in shown:
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs", []):
                 if rev.get("name"):
                     experiments[rev["name"]] = rev
-    assert {"merge", "lr-0.002", "lr-0.0005"} <= set(experiments), list(experiments)
-    for name in ("merge", "lr-0.002", "lr-0.0005"):
-        metrics = experiments[name]["data"]["metrics"]["metrics/evaluate.json"]["data"]
+                    rate = rev["data"]["params"]["params.yaml"]["data"]["train"]["learning_rate"]
+                    by_rate.setdefault(rate, rev["name"])
+    sweep = next(line for line in readme_commands("### Experiments") if line.startswith("for"))
+    first, second = (float(rate) for rate in sweep.split(";")[0].split()[3:5])
+    assert "merge" in experiments and {first, second} <= set(by_rate), list(experiments)
+    for name in ("merge", by_rate[first], by_rate[second]):
+        metrics = experiments[name]["data"]["metrics"]["metrics/scores.json"]["data"]
         assert 0.0 <= metrics["model"]["bleu4"] <= 1.0
     table = sh(DVC, "exp", "show", "--no-pager", "--md", cwd=repo)
-    assert "model.bleu4" in table and "lr-0.002" in table
+    assert "model.bleu4" in table and by_rate[first] in table
 
     out_dir = tmp_path / "plots-diff"
-    sh(DVC, "plots", "diff", "lr-0.002", "lr-0.0005", "-o", str(out_dir), cwd=repo)
+    sh(DVC, "plots", "diff", by_rate[first], by_rate[second], "-o", str(out_dir), cwd=repo)
     html = (out_dir / "index.html").read_text()
-    assert "lr-0.002" in html and "lr-0.0005" in html
+    assert by_rate[first] in html and by_rate[second] in html
     assert "ROUGE-L by reference length" in html and "loss" in html
+
+
+def test_run_cache_through_the_remote(team_repo: Path, s3: SeaweedS3, tmp_path: Path) -> None:
+    """A teammate who sets a param back to a value someone already ran gets those outputs from
+    the remote's run-cache, without recomputing (`dvc push --run-cache`, `dvc repro --pull`)."""
+    a = clone(team_repo, tmp_path / "runs-a")
+    sh(DVC, "cache", "dir", "--local", str(team_repo / ".dvc" / "cache"), cwd=a)
+    use_remote(a, s3, "runcache")
+    sh(DVC, "push", "--run-cache", cwd=a)  # the outputs, and which params made them
+    assert any(key.startswith("runcache/runs/") for key in s3.objects())
+
+    b = clone(team_repo, tmp_path / "runs-b")  # its own, empty cache
+    use_remote(b, s3, "runcache")
+    sh(DVC, "pull", cwd=b)
+    earlier = yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"]
+    set_params(b, train={"learning_rate": earlier * 3})
+    assert ran(sh(DVC, "repro", cwd=b)) == {"train", "evaluate", "report"}
+    set_params(b, train={"learning_rate": earlier})  # back to the value main was run with
+    out = sh(DVC, "repro", "--pull", cwd=b)
+    assert ran(out) == set(), out
+    assert all(f"Stage '{stage}' is cached - skipping run" in out
+               for stage in ("train", "evaluate", "report")), out
+    for output in ("models/model.weights.h5", "metrics/scores.json", "metrics/eval/per_study.csv"):
+        assert digest(b / output) == digest(team_repo / output), output
+    assert "Data and pipelines are up to date" in sh(DVC, "status", cwd=b)

@@ -124,7 +124,7 @@ class MachineParams:
 
 @dataclasses.dataclass(frozen=True)
 class EmbeddingsParams:
-    glove: str = "../shared/glove/glove.6B.50d.iuxray-subset.txt"
+    glove: str = "data/glove/glove.6B.50d.iuxray-words.txt.gz"
     member: str = ""  # with a .zip: the member to read, e.g. glove.6B.300d.txt
     dim: int = at_least(0, 0)  # 0: take the file's dimension; else it must match
     seed: int = at_least(0, 0)
@@ -224,6 +224,29 @@ SECTIONS: dict[str, type] = {
     "machine": MachineParams,
 }
 UNTRACKED = frozenset({"machine"})  # sections no stage lists in dvc.yaml
+
+
+# DVC runs queued and `--temp` experiments in a copy of the repo at <project>/.dvc/tmp/exps/<tmp>/.
+_EXPERIMENT_COPY = (".dvc", "tmp", "exps")
+
+
+def project_path(path: str | Path) -> Path:
+    """A path from params.yaml, as the project sees it, also inside a DVC experiment's copy.
+
+    Relative paths are relative to the repo root, so `../shared/weights` lies beside the repo.
+    In a queued or `--temp` experiment the stages run in a copy under `.dvc/tmp/exps/`, where
+    that path would point inside `.dvc/tmp/exps/`; a relative path missing there is resolved
+    against the project the copy was made from instead."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    here = Path.cwd().resolve().parts
+    for i in range(len(here) - len(_EXPERIMENT_COPY)):
+        if here[i:i + len(_EXPERIMENT_COPY)] == _EXPERIMENT_COPY:
+            inside_copy = here[i + len(_EXPERIMENT_COPY) + 1:]  # cwd relative to the copy's root
+            candidate = Path(*here[:i], *inside_copy) / path
+            return candidate if candidate.exists() else path
+    return path
 
 
 def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:

@@ -148,10 +148,18 @@ def studies_from_projections(projections: str | Path, image_dir: str | Path
     return studies, errors
 
 
-def predict_batch(predictor: Predictor, studies: Sequence[Study], chunk: int = 8
-                  ) -> tuple[list[tuple[str, str]], list[str]]:
-    """(uid, impression) rows, and one error line per study whose images could not be read."""
+def predict_batch(predictor: Predictor, studies: Sequence[Study], chunk: int = 8,
+                  progress: bool = True) -> tuple[list[tuple[str, str]], list[str]]:
+    """(uid, impression) rows, and one error line per study whose images could not be read.
+
+    With `progress`, a tqdm bar on stderr counts the studies (stdout stays clean)."""
+    import sys
+
+    from tqdm import tqdm
+
     rows, errors = [], []
+    bar = tqdm(total=len(studies), desc="predict", unit="study", file=sys.stderr,
+               disable=not progress)
     for start in range(0, len(studies), chunk):
         good, images = [], []
         for study in studies[start:start + chunk]:
@@ -163,4 +171,6 @@ def predict_batch(predictor: Predictor, studies: Sequence[Study], chunk: int = 8
         if good:
             decoded = predictor.decoder.decode(predictor.inputs(images), predictor.decode_params)
             rows.extend(zip([s.uid for s in good], predictor.decoder.texts(decoded), strict=True))
+        bar.update(len(studies[start:start + chunk]))
+    bar.close()
     return rows, errors

@@ -223,6 +223,7 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None) as live:
         model.fit(
             train_data, validation_data=val_data, epochs=params.epochs, verbose=2,
+            shuffle=False,  # make_dataset shuffles, seeded (Keras ignores this for a Dataset)
             callbacks=[
                 keras.callbacks.BackupAndRestore(str(state_dir / "backup")),
                 ValidationBleu(caption_model, vocab, val_set),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import CleanParams
+from ..config import CleanParams, project_path
 from ..errors import InputError
 from .layout import uid_of_image
 from .text import normalise
@@ -79,7 +79,7 @@ def clean_reports(reports: pd.DataFrame, images: pd.DataFrame, params: CleanPara
     frame = frame[~no_text & ~no_images]
 
     if params.split == "r2gen":
-        split = r2gen_split(params.r2gen_annotation)
+        split = r2gen_split(project_path(params.r2gen_annotation))
         outside = ~frame["uid"].isin(split.index)
         dropped["not_in_r2gen_split"] = int(outside.sum())
         frame = frame[~outside]

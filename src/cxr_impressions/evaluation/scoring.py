@@ -13,6 +13,7 @@ sufficient statistics that Java returns. `bootstrap.py` resamples exactly these 
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from collections.abc import Sequence
 
@@ -20,6 +21,7 @@ import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 from ..data.labeller import FINDINGS, label_text
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,24 @@ METEOR_MODULE_WEIGHTS = np.array([1.0, 0.6, 0.8, 0.6])
 METEOR_STATISTICS = 23  # per study: lengths, function words, 4 modules x 4 match counts, chunks...
 
 
+JAVA_MISSING = ("java not found: METEOR needs a Java runtime (Debian/Ubuntu: "
+                "`sudo apt-get install default-jre-headless`)")
+
+
+def require_java() -> None:
+    """Stop with one line before any work if METEOR's Java is missing (else a raw traceback
+    from pycocoevalcap at the very end of evaluate)."""
+    if shutil.which("java") is None:
+        raise InputError(JAVA_MISSING)
+
+
 class MeteorScorer:
     """One METEOR Java process, reused for every system scored in a run."""
 
     def __init__(self) -> None:
         from pycocoevalcap.meteor.meteor import Meteor
+
+        require_java()
 
         self._meteor = Meteor()
 

@@ -110,6 +110,26 @@ def confusion_table(table: pd.DataFrame, system: str) -> pd.DataFrame:
                          "predicted": table[f"{system}_abnormal"].map(name)})
 
 
+# What `dvc metrics show`, `dvc metrics diff` and `dvc exp show` compare (metrics/scores.json):
+# the model's headline scores and the baselines' three main ones. Everything else evaluate
+# measures stays in metrics/evaluate.json (`cxr scores` prints it as a table).
+MODEL_HEADLINE = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "distinct")
+BASELINE_HEADLINE = ("bleu4", "rouge_l", "cider")
+
+
+def headline_scores(scores: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The few scores worth a column in DVC's tables, from evaluate's full scores."""
+    model = scores["model"]
+    clinical = model.get("clinical", {})
+    headline = {"model": {
+        **{metric: model[metric] for metric in MODEL_HEADLINE},
+        "abnormal_f1": clinical.get("abnormal", {}).get("f1"),
+        "findings_macro_f1": clinical.get("findings_macro_f1")}}
+    for system in ("constant", "nearest_neighbour"):
+        headline[system] = {metric: scores[system][metric] for metric in BASELINE_HEADLINE}
+    return headline
+
+
 def validate_labeller(examples: pd.DataFrame) -> dict[str, object]:
     """The labeller on each report's findings + impression against its MeSH codes."""
     texts = [normalise(f"{f} {i}") for f, i in zip(examples["findings"].fillna(""),
