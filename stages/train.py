@@ -54,8 +54,8 @@ def main() -> None:
     summary = train(model, vocab, splits["train"], splits["val"], params, state_dir,
                     Path(args.live))
     config = bundle_config(model_params, {k: getattr(features, k) for k in (
-        "backbone", "weights", "image_size", "resize")}, feature_dim, regions, matrix.shape[1],
-        vocab)
+        "backbone", "weights", "image_size", "resize", "precision")}, feature_dim, regions,
+        matrix.shape[1], vocab)
     if model.conditioned:
         # The label threshold, like everything selected, is chosen on the validation split.
         val = splits["val"]

@@ -24,3 +24,26 @@ def study_inputs(n: int, seed: int = 1) -> dict[str, np.ndarray]:
     return {"pooled": rng.normal(size=(n, 2, 8)).astype(np.float32) * 3,
             "views": np.ones((n, 2), np.float32),
             "grid": rng.normal(size=(n, 2, 3, 8)).astype(np.float16)}
+
+
+BUNDLE_WORDS = WORDS + ("normal", "heart", "size", "lungs", "clear", "small", "left", "right",
+                        "opacity", "acute", "disease")
+
+
+def tiny_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int = 8):
+    """A model folder as `cxr predict` and `cxr serve` load it: an untrained tiny transformer
+    over random-weight Xception grids (3x3 per view at 71 px), conditioned on `abnormal`."""
+    from cxr_impressions.captioning.bundle import bundle_config, save_bundle
+
+    tf.keras.utils.set_random_seed(seed)
+    vocab = Vocabulary(BUNDLE_WORDS, "startseq", "endseq", max_len)
+    matrix = np.random.default_rng(seed).normal(size=(len(BUNDLE_WORDS), 8)).astype(np.float32)
+    params = ModelParams(kind="transformer", units=16, dropout=0.0, heads=2, layers=1,
+                         grid_pool=1)
+    side = 3  # Xception's grid at 71 px
+    model = build_model(params, matrix, 2048, max_len, regions=side * side)
+    features = {"backbone": "xception", "weights": "none", "image_size": image_size,
+                "resize": "squash", "precision": "float32"}
+    save_bundle(directory, model, vocab,
+                bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab))
+    return directory

@@ -76,6 +76,9 @@ class FeaturesParams:
     batch_size: int = at_least(1, 8)
     threads: int = at_least(0, 0)  # 0: all cores
     seed: int = at_least(0, 0)
+    # bfloat16: the backbone under Keras' mixed_bfloat16 policy where the CPU (AVX512_BF16 or
+    # AMX) or a GPU supports it, else float32 with a one-line notice; outputs stay float32.
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +135,21 @@ class ReportParams:
     top_impressions: int = at_least(1, 15)  # the most frequent impressions charted
 
 
+@dataclasses.dataclass(frozen=True)
+class ServeParams:
+    """`cxr serve`: where it listens, its dynamic batching and its limits (CLI flags override)."""
+
+    host: str = "127.0.0.1"  # loopback only; anything else should set an API token
+    port: int = at_least(1, 8000, at_most=65535)
+    max_batch: int = at_least(1, 8)  # studies decoded together; 1 turns batching off
+    max_wait_ms: float = at_least(0.0, 20.0, at_most=10_000.0)  # wait this long to fill a batch
+    queue_size: int = at_least(1, 32)  # studies waiting or running; beyond: 503
+    timeout_s: float = at_least(0.1, 60.0)  # per request, queueing included; beyond: 504
+    max_upload_mb: float = at_least(0.01, 20.0)  # the whole request body; beyond: 413
+    max_image_side: int = at_least(32, 4096)  # pixels along either side; beyond: 413
+    token_env: str = "CXR_API_TOKEN"  # the environment variable holding the optional API token
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "parse": ParseParams,
@@ -143,6 +161,7 @@ SECTIONS: dict[str, type] = {
     "decode": DecodeParams,
     "evaluate": EvaluateParams,
     "report": ReportParams,
+    "serve": ServeParams,
 }
 
 

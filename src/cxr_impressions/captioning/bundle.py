@@ -30,6 +30,8 @@ class Bundle:
     config: dict
     decode: DecodeParams
     params: ModelParams
+    sha256: str = ""  # the bundle's identity: `bundle_hash` of its files
+
 
     @property
     def threshold(self) -> float:
@@ -54,6 +56,25 @@ def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
             "vocab_size": len(vocab), "max_len": vocab.max_len}
 
 
+BUNDLE_FILES = ("config.json", "model.weights.h5", "vocab.json", "decoding.json")
+
+
+def bundle_hash(directory: str | os.PathLike[str]) -> str:
+    """SHA-256 over the bundle's files (name and bytes, in a fixed order): two folders with
+    the same hash decode alike."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in BUNDLE_FILES:
+        path = Path(directory) / name
+        if path.is_file():
+            digest.update(f"{name}\n{path.stat().st_size}\n".encode())
+            with path.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     directory = Path(directory)
     for name in ("config.json", "model.weights.h5", "vocab.json"):
@@ -72,4 +93,4 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         decode = build_section("decode", DecodeParams,
                                json.loads((directory / "decoding.json").read_text()),
                                source=str(directory / "decoding.json"))
-    return Bundle(model, vocab, config, decode, params)
+    return Bundle(model, vocab, config, decode, params, bundle_hash(directory))

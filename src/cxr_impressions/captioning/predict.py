@@ -16,7 +16,7 @@ from ..data.images import load_image
 from ..data.layout import PROJECTION_COLUMNS, canonical_image_id, index_images
 from ..data.parse import read_csv_checked
 from ..errors import InputError
-from ..features.backbones import build_backbone, get_spec, resolve_weights
+from ..features.backbones import build_backbone, get_spec, resolve_precision, resolve_weights
 from .bundle import Bundle, load_bundle
 from .decoding import Decoder
 from .studies import pool_grid
@@ -33,9 +33,21 @@ class Study:
         return [self.frontal] + ([self.lateral] if self.lateral else [])
 
 
+@dataclass
+class Prediction:
+    """One study's result: the impression, the abnormal probability of a conditioned model,
+    and with `explain` the attention maps, (words + 1, regions), the last row the end token's."""
+
+    text: str
+    abnormal: float | None
+    maps: np.ndarray | None = None
+
+
 class Predictor:
     def __init__(self, model_dir: str | Path, weights_dir: str,
-                 beam_size: int | None = None) -> None:
+                 beam_size: int | None = None, precision: str | None = None) -> None:
+        """`precision` overrides the bundle's `features.precision` (float32 for older bundles);
+        bfloat16 falls back to float32, in one logged line, where the hardware lacks it."""
         import tensorflow as tf
 
         self.bundle: Bundle = load_bundle(model_dir)
@@ -43,10 +55,11 @@ class Predictor:
         self.kind = self.bundle.model.kind
         self.image_size = settings["image_size"]
         self.resize = settings["resize"]
+        self.precision = resolve_precision(precision or settings.get("precision", "float32"))
         weights = resolve_weights(get_spec(settings["backbone"]), settings["weights"],
                                   weights_dir, allow_download=False)
         backbone = build_backbone(settings["backbone"], weights, self.image_size,
-                                  grid=self.bundle.params.needs_grid)
+                                  grid=self.bundle.params.needs_grid, precision=self.precision)
         self._backbone = tf.function(lambda x: backbone(x, training=False),
                                      reduce_retracing=True)
         self.decoder = Decoder(self.bundle.model, self.bundle.vocab, self.bundle.threshold)
@@ -85,27 +98,49 @@ class Predictor:
             row += count
         return inputs
 
+    @property
+    def explains(self) -> bool:
+        """Whether the model has spatial attention to show (the transformer)."""
+        return "attention" in self.bundle.model.decoder.output
+
+    def run(self, images: Sequence[list], explain: Sequence[bool] | bool = False
+            ) -> list[Prediction]:
+        """Decode studies given as lists of decoded images (one or two each), in one backbone
+        call and one batched beam search; `explain` (per study, or for all) adds the maps."""
+        inputs = self.inputs(images)
+        decoded = self.decoder.decode(inputs, self.decode_params)
+        texts = self.decoder.texts(decoded)
+        wanted = [explain] * len(images) if isinstance(explain, bool) else list(explain)
+        maps: list[np.ndarray | None] = [None] * len(images)
+        rows = [i for i, flag in enumerate(wanted) if flag]
+        if rows:
+            if not self.explains:
+                raise InputError(f"explaining needs a model with spatial attention (model.kind: "
+                                 f"transformer); {self.kind} has none")
+            subset = {k: v[rows] for k, v in inputs.items()}
+            for i, row_maps in zip(rows, self.decoder.explain(subset, [decoded[i] for i in rows]),
+                                   strict=True):
+                maps[i] = row_maps
+        return [Prediction(text, d.abnormal, m)
+                for text, d, m in zip(texts, decoded, maps, strict=True)]
+
     def explain(self, study: Study) -> tuple[str, list, np.ndarray]:
         """The study's impression, its images (PIL) and where each word looked: one row of
         region weights per generated word, plus the end token's."""
         from PIL import Image
 
-        if "attention" not in self.bundle.model.decoder.output:
+        if not self.explains:
             raise InputError(f"--explain needs a model with spatial attention (model.kind: "
                              f"transformer); {self.kind} has none")
         images = self.load(study)
-        inputs = self.inputs([images])
-        decoded = self.decoder.decode(inputs, self.decode_params)
-        text = self.decoder.texts(decoded)[0]
-        maps = self.decoder.explain(inputs, decoded)[0]
+        result = self.run([images], explain=True)[0]
         shown = [Image.fromarray(np.clip(image.numpy(), 0, 255).astype(np.uint8))
                  for image in images]
-        return text, shown, maps
+        return result.text, shown, result.maps
 
     def predict(self, studies: Sequence[Study]) -> list[str]:
         """Impressions for `studies`; raises `InputError` on the first unreadable image."""
-        inputs = self.inputs([self.load(s) for s in studies])
-        return self.decoder.texts(self.decoder.decode(inputs, self.decode_params))
+        return [r.text for r in self.run([self.load(s) for s in studies])]
 
 
 def studies_from_projections(projections: str | Path, image_dir: str | Path
@@ -145,6 +180,6 @@ def predict_batch(predictor: Predictor, studies: Sequence[Study], chunk: int = 8
             except InputError as exc:
                 errors.append(f"uid {study.uid}: {exc}")
         if good:
-            decoded = predictor.decoder.decode(predictor.inputs(images), predictor.decode_params)
-            rows.extend(zip([s.uid for s in good], predictor.decoder.texts(decoded), strict=True))
+            texts = [r.text for r in predictor.run(images)]
+            rows.extend(zip([s.uid for s in good], texts, strict=True))
     return rows, errors
