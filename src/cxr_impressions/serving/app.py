@@ -111,8 +111,11 @@ class ModelInfo(BaseModel):
 
 class Health(BaseModel):
     status: str
-    pending: int
+    pending: int  # studies queued or running
     token_required: bool
+    batches: int  # batches run so far, the studies in them, and the largest
+    studies: int
+    largest_batch: int
 
 
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
@@ -226,8 +229,12 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:
-        """Liveness, the studies queued or running, and whether /v1 needs a token."""
-        return {"status": "ok", "pending": batcher.pending, "token_required": token is not None}
+        """Liveness, the studies queued or running, whether /v1 needs a token, and batch
+        counts."""
+        stats = batcher.stats
+        return {"status": "ok", "pending": batcher.pending, "token_required": token is not None,
+                "batches": stats.batches, "studies": stats.studies,
+                "largest_batch": stats.largest}
 
     @app.get("/v1/model", response_model=ModelInfo, responses={401: ERRORS[401]})
     async def model(request: Request) -> dict:
