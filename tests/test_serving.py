@@ -363,3 +363,25 @@ def test_serve_flags_and_taken_port_are_one_line_errors(tmp_path: Path) -> None:
             assert result.returncode == 2
             assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
             assert "Traceback" not in result.stderr
+
+
+def test_predictor_runs_the_bundles_precision(bundle: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    from cxr_impressions.captioning.predict import Predictor
+    from cxr_impressions.features.backbones import bf16_support
+
+    copy = tmp_path / "models"
+    shutil.copytree(bundle, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["features"]["precision"] = "bfloat16"
+    (copy / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING"):
+        predictor = Predictor(copy, "unused: weights none")
+    if bf16_support() is None:
+        assert predictor.precision == "float32"
+        assert any("running the backbone in float32" in r.getMessage() for r in caplog.records)
+    else:
+        assert predictor.precision == "bfloat16"
+    assert Predictor(copy, "unused", precision="float32").precision == "float32"
