@@ -4,10 +4,11 @@ Starts the real server (`cxr serve`, a subprocess on a free loopback port) and d
 N concurrent clients (threads, one keep-alive connection each) posting real sample studies
 (frontal + lateral JPEGs) to /v1/predict, for a bounded number of requests per level:
 
-  baseline:  the warm in-process `Predictor` on one study, the median of --repeats calls
-             (the same work without HTTP, queueing or batching), measured first;
-  batching:  the server with dynamic batching (--max-batch, --max-wait-ms) at 1, 4, 16 clients;
-  off:       the server restarted with --max-batch 1, at 16 clients (and 1), for the ratio;
+  baseline:  the warm in-process `Predictor` on one study (the same work without HTTP,
+             queueing or batching), --repeats calls before each level, the median of all;
+  batching:  a server with dynamic batching (--max-batch, --max-wait-ms) at 1, 4, 16 clients;
+  off:       a second server with --max-batch 1, each level right after the batching one
+             (interleaved: a shared machine's load drifts from minute to minute);
   leak:      with --rss-requests 1000, that many requests from 4 clients, the server's RSS
              sampled throughout: the peak over the last 200 against the first 200.
 
@@ -172,17 +173,18 @@ def drive(server: Server, bodies: list[tuple[bytes, str]], clients: int, request
             "throughput": len(latencies) / wall, "wall": wall}
 
 
-def in_process_latency(args: argparse.Namespace, study: object) -> float:
+def warm_predictor(args: argparse.Namespace) -> object:
     from cxr_impressions.captioning.predict import Predictor
 
-    predictor = Predictor(args.model, args.weights_dir)
-    predictor.predict([study])  # warm-up: traces the tf.functions for this shape
-    times = []
-    for _ in range(args.repeats):
-        began = time.perf_counter()
-        predictor.predict([study])
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    return Predictor(args.model, args.weights_dir)
+
+
+def in_process_call(predictor: object, study: object) -> float:
+    """One warm `predict` of one study, from its files, as `cxr predict` runs it."""
+    predictor.predict([study])  # the first call traces; later ones are warm
+    began = time.perf_counter()
+    predictor.predict([study])
+    return time.perf_counter() - began
 
 
 def main() -> None:
@@ -195,7 +197,8 @@ def main() -> None:
     cli.add_argument("--clients", default="1,4,16")
     cli.add_argument("--max-batch", type=int, default=8)
     cli.add_argument("--max-wait-ms", type=float, default=20.0)
-    cli.add_argument("--repeats", type=int, default=5, help="in-process baseline calls")
+    cli.add_argument("--repeats", type=int, default=3,
+                     help="in-process baseline calls before each level")
     cli.add_argument("--rss-requests", type=int, default=0,
                      help="also run the leak check over this many requests (e.g. 1000)")
     args = cli.parse_args()
@@ -208,19 +211,29 @@ def main() -> None:
     studies = [s for s in studies if s.lateral is not None][:16]
     bodies = [multipart(s.frontal, s.lateral) for s in studies]
 
-    baseline = in_process_latency(args, studies[0])
+    predictor, study = warm_predictor(args), studies[0]
+    baseline_times: list[float] = []
     rows, leak = [], None
-    server = Server(args, args.max_batch)
+    servers = {"on": Server(args, args.max_batch), "off": Server(args, 1)}
+    modes = {"on": f"batching (max {args.max_batch})", "off": "no batching (max 1)"}
     try:
-        drive(server, bodies, 2, 4)  # warm-up, as the baseline's first call
+        for server in servers.values():
+            drive(server, bodies, 2, 4)  # warm-up, as the baseline's first call
+        # Interleaved, so that the shared machine's drifting load hits every mode alike.
         for clients in levels:
-            began = time.monotonic()
-            result = drive(server, bodies, clients, args.requests)
-            result.update(mode=f"batching (max {args.max_batch})",
-                          peak_mb=server.peak_mb(began))
-            rows.append(result)
-        health = server.health()
+            baseline_times += [in_process_call(predictor, study) for _ in range(args.repeats)]
+            for key, server in servers.items():
+                began = time.monotonic()
+                result = drive(server, bodies, clients, args.requests)
+                result.update(mode=modes[key], peak_mb=server.peak_mb(began))
+                rows.append(result)
+                print(f"{modes[key]}, {clients} clients: {result['throughput']:.2f} studies/s",
+                      file=sys.stderr)
+        health = servers["on"].health()
+        servers["off"].stop()
+        del predictor
         if args.rss_requests:
+            server = servers["on"]
             marks: dict[int, float] = {}
             began = time.monotonic()
             drive(server, bodies, 4, args.rss_requests,
@@ -230,24 +243,16 @@ def main() -> None:
             last = server.peak_mb(marks[args.rss_requests - window],
                                   marks[args.rss_requests])
             leak = (args.rss_requests, window, first, last)
-        peak_on = server.peak_mb()
+        peak_on = servers["on"].peak_mb()
     finally:
-        server.stop()
-    server = Server(args, 1)
-    try:
-        drive(server, bodies, 2, 4)
-        for clients in sorted({levels[0], levels[-1]}):
-            began = time.monotonic()
-            result = drive(server, bodies, clients, args.requests)
-            result.update(mode="no batching (max 1)", peak_mb=server.peak_mb(began))
-            rows.append(result)
-    finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
+    baseline = statistics.median(baseline_times)
 
     print(f"\n{args.model}: {len(bodies)} sample studies (frontal + lateral JPEG) cycled, "
           f"{args.requests} requests per level; CPU: {cpu_name()}")
     print(f"in-process warm Predictor, one study: {baseline * 1000:.0f} ms (median of "
-          f"{args.repeats})\n")
+          f"{len(baseline_times)}, taken before each level)\n")
     print(f"{'mode':22} {'clients':>7} {'ok':>4} {'failed':>6} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p99 ms':>8} {'studies/s':>9} {'peak RSS MB':>11}")
     for r in rows:

@@ -163,7 +163,8 @@ def test_model_health_and_openapi(server: Client, bundle: Path) -> None:
     status, info = server.request("GET", "/v1/model")
     assert status == 200
     assert info["kind"] == "transformer" and info["image_size"] == 71 and info["explains"]
-    assert info["batching"] == {"max_batch": 4, "max_wait_ms": 30.0, "queue_size": 4}
+    assert info["batching"] == {"max_batch": 4, "max_wait_ms": 30.0, "queue_size": 4,
+                                "backbone_batch": 2}
     assert info["limits"]["max_image_side"] == 2048
     status, health = server.request("GET", "/healthz", token="")
     assert status == 200 and health["status"] == "ok" and health["token_required"]

@@ -142,6 +142,7 @@ class ServeParams:
     host: str = "127.0.0.1"  # loopback only; anything else should set an API token
     port: int = at_least(1, 8000, at_most=65535)
     max_batch: int = at_least(1, 8)  # studies decoded together; 1 turns batching off
+    backbone_batch: int = at_least(1, 2)  # images per backbone call within a batch
     max_wait_ms: float = at_least(0.0, 20.0, at_most=10_000.0)  # wait this long to fill a batch
     queue_size: int = at_least(1, 32)  # studies waiting or running; beyond: 503
     timeout_s: float = at_least(0.1, 60.0)  # per request, queueing included; beyond: 504

@@ -247,7 +247,8 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
                 "explains": predictor.explains, "abnormal_threshold": bundle.threshold,
                 "vocab_size": len(bundle.vocab), "decoding": decoding,
                 "batching": {"max_batch": params.max_batch, "max_wait_ms": params.max_wait_ms,
-                             "queue_size": params.queue_size},
+                             "queue_size": params.queue_size,
+                             "backbone_batch": params.backbone_batch},
                 "limits": {"max_upload_mb": params.max_upload_mb,
                            "max_image_side": params.max_image_side,
                            "timeout_s": params.timeout_s}}

@@ -57,7 +57,8 @@ def serve(model_dir: str | Path, weights_dir: str, params: ServeParams,
                     "it; set %s to require 'Authorization: Bearer <token>'", params.host,
                     params.token_env)
     began = time.perf_counter()
-    predictor = Predictor(model_dir, weights_dir, precision=precision)
+    predictor = Predictor(model_dir, weights_dir, precision=precision,
+                          backbone_batch=params.backbone_batch)
     requested = precision or predictor.bundle.config["features"].get("precision", "float32")
     warm_up(predictor, params.max_batch)
     app = create_app(predictor, params, token, str(model_dir), requested)
