@@ -42,8 +42,14 @@ def tiny_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int = 8
                          grid_pool=1)
     side = 3  # Xception's grid at 71 px
     model = build_model(params, matrix, 2048, max_len, regions=side * side)
+    # Untrained, every word is nearly as likely as the next, and the abnormal probability sits
+    # near 0.5: float noise between batch shapes could flip a beam or the label. Sharper word
+    # logits and a threshold away from 0.5 make the outputs stable, as a trained model's are.
+    head = model.train_model.get_layer("transformer_decoder").get_layer("next_word")
+    head.set_weights([w * 8 for w in head.get_weights()])
     features = {"backbone": "xception", "weights": "none", "image_size": image_size,
                 "resize": "squash", "precision": "float32"}
-    save_bundle(directory, model, vocab,
-                bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab))
+    config = bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab)
+    config["abnormal_threshold"] = 0.3
+    save_bundle(directory, model, vocab, config)
     return directory
