@@ -22,7 +22,7 @@ import pytest
 from cxr_impressions.serving.batching import Batcher, QueueFullError
 
 from .helpers import SAMPLE
-from .repos import env
+from .repos import env as repo_env
 
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "test-token-123"
@@ -33,6 +33,12 @@ STUDIES = {"1": ("1_IM-0001-4001.dcm.jpg", "1_IM-0001-3001.dcm.jpg"),
            "3": ("3_IM-1384-1001.dcm.jpg", "3_IM-1384-2001.dcm.jpg")}
 LIMITS = ["--max-batch", "4", "--max-wait-ms", "30", "--queue-size", "4", "--timeout-s", "120",
           "--max-upload-mb", "1.5", "--max-image-side", "2048"]
+
+
+def env() -> dict:
+    # Deterministic kernels: an untrained model's near-tied beams must not flip on thread
+    # timing between the server and `cxr predict`.
+    return {**repo_env(), "TF_DETERMINISTIC_OPS": "1"}
 
 
 def free_port() -> int:
