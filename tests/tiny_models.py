@@ -1,5 +1,7 @@
 """Tiny caption models and random study inputs for the model, decoding and training tests."""
 
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 
@@ -47,7 +49,17 @@ def tiny_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int = 8
     # logits and a threshold away from 0.5 make the outputs stable, as a trained model's are.
     head = model.train_model.get_layer("transformer_decoder").get_layer("next_word")
     head.set_weights([w * 8 for w in head.get_weights()])
-    features = {"backbone": "xception", "weights": "none", "image_size": image_size,
+    # The random backbone as a weights file: a `weights: none` net rebuilt in another process
+    # (the server, `cxr predict`) is not always the same net, and outputs must match exactly.
+    import keras
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    backbone = keras.applications.Xception(include_top=False, weights=None,
+                                           input_shape=(image_size, image_size, 3))
+    weights = directory / "xception.weights.h5"
+    backbone.save_weights(weights)
+    features = {"backbone": "xception", "weights": str(weights), "image_size": image_size,
                 "resize": "squash", "precision": "float32"}
     config = bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab)
     config["abnormal_threshold"] = 0.3
