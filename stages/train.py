@@ -51,7 +51,9 @@ def main() -> None:
                     "image_size": int(store.attrs["input_size"]),
                     "resize": store.attrs["resize"],
                     # `cxr predict` checks it runs the backbone weights these features came from.
-                    "weights_sha256": str(store.attrs.get("weights_sha256", ""))}
+                    "weights_sha256": str(store.attrs.get("weights_sha256", "")),
+                    # predict and serve run the backbone at the precision the features ran at
+                    "precision": str(store.attrs.get("precision", "float32"))}
     regions = splits["train"].grid.shape[2] if model_params.needs_grid else None
     bank = empty_bank(feature_dim, vocab.max_len - 1)
     if model_params.retrieval_k:

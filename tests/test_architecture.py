@@ -24,6 +24,7 @@ LAYERS = {
     "evaluation": 3,
     "captioning": 4,
     "reporting": 5,
+    "serving": 6,
     "stage": 6, "cli": 6,
 }
 

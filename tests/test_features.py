@@ -13,7 +13,13 @@ import pytest
 from cxr_impressions.config import FeaturesParams
 from cxr_impressions.data.images import load_image
 from cxr_impressions.errors import InputError
-from cxr_impressions.features.backbones import get_spec, resolve_weights
+from cxr_impressions.features.backbones import (
+    bf16_support,
+    build_backbone,
+    get_spec,
+    resolve_precision,
+    resolve_weights,
+)
 from cxr_impressions.features.extraction import extract_features, partial_dir
 from cxr_impressions.features.store import FeatureStore
 
@@ -72,6 +78,7 @@ def test_hdf5_attributes(small_features) -> None:
     assert attrs["backbone"] == "xception" and attrs["weights"] == "none"
     assert attrs["input_size"] == 71 and attrs["resize"] == "squash"
     assert attrs["weights_sha256"] == "" and attrs["n_images"] == 12
+    assert attrs["precision"] == "float32"
     assert set(json.loads(attrs["versions"])) == {"tensorflow", "keras", "h5py", "numpy"}
 
 
@@ -221,5 +228,53 @@ def test_load_image_of_a_directory_or_unreadable_file_is_one_line(tmp_path: Path
     with pytest.raises(InputError, match=f"^{tmp_path}: a directory, not an image file$"):
         load_image(tmp_path, 64)
     (tmp_path / "x.png").write_bytes(b"\x89PNG but cut")
-    with pytest.raises(InputError, match=r"x\.png: not a PNG or JPEG image, or corrupt$"):
+    with pytest.raises(InputError, match=r"x\.png: not a PNG, JPEG or DICOM image, or corrupt$"):
         load_image(tmp_path / "x.png", 64)
+
+
+BF16 = bf16_support()
+
+
+@pytest.mark.skipif(BF16 is not None, reason=f"this machine runs bf16 ({BF16}); no fallback")
+def test_bfloat16_falls_back_to_float32_in_one_line_without_hardware_support(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        assert resolve_precision("bfloat16") == "float32"
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "neither AVX512_BF16 nor AMX" in lines[0] and "float32" in lines[0]
+    # The features stage records the precision it ran at, not the one asked for.
+    ids, paths = sample_images(2)
+    out = tmp_path / "x.h5"
+    extract_features(ids, paths, out, FeaturesParams(weights="none", image_size=71,
+                                                     precision="bfloat16"), None, progress=False)
+    assert read_all(out)[1]["precision"] == "float32"
+
+
+def test_bfloat16_backbone_outputs_float32_and_leaves_the_global_policy() -> None:
+    """The bf16 model itself (built directly: it runs, emulated and slowly, on any CPU)."""
+    import keras
+
+    model = build_backbone("xception", None, 71, precision="bfloat16")
+    assert model.get_layer("preprocess").dtype_policy.name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
+    out = model(np.zeros((1, 71, 71, 3), np.float32), training=False)
+    assert out["pooled"].dtype == "float32" and out["grid"].dtype == "float32"
+    with pytest.raises(InputError, match="precision must be float32 or bfloat16"):
+        build_backbone("xception", None, 71, precision="float16")
+
+
+@needs_shared(XCEPTION_WEIGHTS)
+@pytest.mark.skipif(BF16 is None, reason="this CPU has neither AVX512_BF16 nor AMX and there is "
+                    "no GPU: bf16 falls back to float32 (tested above)")
+def test_bfloat16_features_are_close_to_float32() -> None:
+    _, paths = sample_images(8)
+    images = np.stack([load_image(p, 299).numpy() for p in paths])
+    pooled = {}
+    for precision in ("float32", "bfloat16"):
+        model = build_backbone("xception", str(XCEPTION_WEIGHTS), 299,
+                               precision=resolve_precision(precision), grid=False)
+        pooled[precision] = model(images, training=False)["pooled"].numpy()
+    a, b = pooled["float32"], pooled["bfloat16"]
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert b.dtype == np.float32 and cosine.min() >= 0.999, cosine

@@ -1,5 +1,7 @@
 """Tiny caption models and random study inputs for the model, decoding and training tests."""
 
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 
@@ -45,3 +47,43 @@ def tiny_bundle(directory, kind: str = "transformer") -> dict:
     config = bundle_config(params, dict(TINY_FEATURES), 8, 3, 4, vocab)
     save_bundle(directory, model, vocab, config, empty_bank(8, vocab.max_len - 1))
     return config
+
+
+BUNDLE_WORDS = WORDS + ("normal", "heart", "size", "lungs", "clear", "small", "left", "right",
+                        "opacity", "acute", "disease")
+
+
+def serving_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int = 8):
+    """A model folder as `cxr predict` and `cxr serve` load it: an untrained tiny transformer
+    over random-weight Xception grids (3x3 per view at 71 px), conditioned on `abnormal`."""
+    from cxr_impressions.captioning.bundle import bundle_config, save_bundle
+    from cxr_impressions.captioning.retrieval import empty_bank
+
+    tf.keras.utils.set_random_seed(seed)
+    vocab = Vocabulary(BUNDLE_WORDS, "startseq", "endseq", max_len)
+    matrix = np.random.default_rng(seed).normal(size=(len(BUNDLE_WORDS), 8)).astype(np.float32)
+    params = ModelParams(kind="transformer", units=16, dropout=0.0, heads=2, layers=1,
+                         grid_pool=1)
+    side = 3  # Xception's grid at 71 px
+    model = build_model(params, matrix, 2048, max_len, regions=side * side)
+    # Untrained, every word is nearly as likely as the next, and the abnormal probability sits
+    # near 0.5: float noise between batch shapes could flip a beam or the label. Sharper word
+    # logits and a threshold away from 0.5 make the outputs stable, as a trained model's are.
+    head = model.train_model.get_layer("transformer_decoder").get_layer("next_word")
+    head.set_weights([w * 8 for w in head.get_weights()])
+    # The random backbone as a weights file: a `weights: none` net rebuilt in another process
+    # (the server, `cxr predict`) is not always the same net, and outputs must match exactly.
+    import keras
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    backbone = keras.applications.Xception(include_top=False, weights=None,
+                                           input_shape=(image_size, image_size, 3))
+    weights = directory / "xception.weights.h5"
+    backbone.save_weights(weights)
+    features = {"backbone": "xception", "weights": str(weights), "image_size": image_size,
+                "resize": "squash", "precision": "float32"}
+    config = bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab)
+    config["label_thresholds"] = {label: 0.3 for label in model.labels}
+    save_bundle(directory, model, vocab, config, empty_bank(2048, max_len - 1))
+    return directory

@@ -4,6 +4,7 @@
     cxr predict --projections indiana_projections.csv --images DIR --model models/ \\
         --out predictions.csv
     cxr scores [metrics/evaluate.json]      the model against the baselines, as a table
+    cxr serve --model models/ [--host 127.0.0.1 --port 8000]   the web page and JSON API
 """
 
 from __future__ import annotations
@@ -35,11 +36,37 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--out", type=Path, help="batch: the CSV to write (uid,impression)")
     predict.add_argument("--explain", type=Path, metavar="PNG",
                          help="one study: also write where each word looked, as a PNG")
+    predict.add_argument("--precision", choices=("float32", "bfloat16"),
+                         help="the backbone's precision (default: the model's features.precision)")
+    serve = commands.add_parser(
+        "serve", help="serve the model: a web page at / and a JSON API at /v1/predict",
+        description="Serve the model over HTTP. Settings come from the `serve:` section of "
+                    "--params (when the file exists); flags override them.")
+    serve.add_argument("--model", default="models", type=Path, help="model directory")
+    serve.add_argument("--weights-dir", default="../shared/weights",
+                       help="folder of the backbone's ImageNet weights (default: %(default)s)")
+    serve.add_argument("--params", default="params.yaml", type=Path,
+                       help="params file whose `serve:` section is read (default: %(default)s)")
+    serve.add_argument("--precision", choices=("float32", "bfloat16"),
+                       help="the backbone's precision (default: the model's features.precision)")
+    for flag, kind, text in (
+            ("--host", str, "address to listen on (default 127.0.0.1: this machine only)"),
+            ("--port", int, "port (default 8000)"),
+            ("--max-batch", int, "studies decoded together; 1 turns batching off"),
+            ("--backbone-batch", int, "images per backbone call within a batch"),
+            ("--max-wait-ms", float, "how long a study waits for others to fill its batch"),
+            ("--queue-size", int, "studies queued or running before 503"),
+            ("--timeout-s", float, "per-request time limit (504 beyond it)"),
+            ("--max-upload-mb", float, "request body limit (413 beyond it)"),
+            ("--max-image-side", int, "pixels per image side (413 beyond it)")):
+        serve.add_argument(flag, type=kind, help=text)
     scores = commands.add_parser("scores", help="print the model against the baselines")
     scores.add_argument("metrics", nargs="?", default="metrics/evaluate.json", type=Path)
     args = cli.parse_args(_batch_alias(argv if argv is not None else sys.argv[1:]))
     if args.command == "scores":
         run_stage(lambda: _scores(args.metrics))
+    elif args.command == "serve":
+        run_stage(lambda: _serve(args))
     else:
         run_stage(lambda: _predict(args))
 
@@ -79,6 +106,22 @@ def _scores(path: Path) -> None:
         print()
     for line in filter(None, lines):
         print(textwrap.fill(line, width=100, subsequent_indent="  "))
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from .config import ServeParams, build_section, load_section
+    from .serving.server import serve
+
+    params = (load_section("serve", ServeParams, args.params) if args.params.is_file()
+              else ServeParams())
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServeParams)
+                 if getattr(args, f.name, None) is not None}
+    # Flags pass through the same checks as the params file, naming the flag's param.
+    params = build_section("serve", ServeParams, {**dataclasses.asdict(params), **overrides},
+                           source="cxr serve")
+    serve(args.model, args.weights_dir, params, precision=args.precision)
 
 
 def _batch_alias(argv: list[str]) -> list[str]:
@@ -144,7 +187,7 @@ def _predict(args: argparse.Namespace) -> None:
             raise InputError(f"{args.projections}: no studies listed")
         if not studies:
             _all_failed(args, errors)
-    predictor = Predictor(args.model, args.weights_dir, args.beam)
+    predictor = Predictor(args.model, args.weights_dir, args.beam, precision=args.precision)
     if not batch:
         frontal, *lateral = args.images
         study = Study("-", frontal, lateral[0] if lateral else None)

@@ -100,6 +100,9 @@ class FinetuneParams:
     batch_size: int = at_least(1, 32)
     learning_rate: float = at_least(1e-7, 2e-4, at_most=1.0)
     seed: int = at_least(0, 0)
+    # bfloat16: the backbone under Keras' mixed_bfloat16 policy where the CPU (AVX512_BF16 or
+    # AMX) or a GPU supports it, else float32 with a one-line notice; outputs stay float32.
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +212,22 @@ class ReportParams:
     top_impressions: int = at_least(1, 15)  # the most frequent impressions charted
 
 
+@dataclasses.dataclass(frozen=True)
+class ServeParams:
+    """`cxr serve`: where it listens, its dynamic batching and its limits (CLI flags override)."""
+
+    host: str = "127.0.0.1"  # loopback only; anything else should set an API token
+    port: int = at_least(1, 8000, at_most=65535)
+    max_batch: int = at_least(1, 8)  # studies decoded together; 1 turns batching off
+    backbone_batch: int = at_least(1, 2)  # images per backbone call within a batch
+    max_wait_ms: float = at_least(0.0, 20.0, at_most=10_000.0)  # wait this long to fill a batch
+    queue_size: int = at_least(1, 32)  # studies waiting or running; beyond: 503
+    timeout_s: float = at_least(0.1, 60.0)  # per request, queueing included; beyond: 504
+    max_upload_mb: float = at_least(0.01, 20.0)  # the whole request body; beyond: 413
+    max_image_side: int = at_least(32, 4096)  # pixels along either side; beyond: 413
+    token_env: str = "CXR_API_TOKEN"  # the environment variable holding the optional API token
+
+
 SECTIONS: dict[str, type] = {
     "data": DataParams,
     "parse": ParseParams,
@@ -222,8 +241,9 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "report": ReportParams,
     "machine": MachineParams,
+    "serve": ServeParams,
 }
-UNTRACKED = frozenset({"machine"})  # sections no stage lists in dvc.yaml
+UNTRACKED = frozenset({"machine", "serve"})  # sections no stage lists in dvc.yaml
 
 
 # DVC runs queued and `--temp` experiments in a copy of the repo at <project>/.dvc/tmp/exps/<tmp>/.

@@ -6,3 +6,7 @@ class InputError(Exception):
 
     The message is one line and names the file, line or param at fault.
     """
+
+
+class TooLargeError(InputError):
+    """Input over a configured size bound (upload bytes, image pixels): the server's 413."""

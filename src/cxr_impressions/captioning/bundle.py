@@ -38,6 +38,8 @@ class Bundle:
     decode: DecodeParams
     params: ModelParams
     bank: MemoryBank | None = None  # the retrieval memory (None: the model retrieves nothing)
+    sha256: str = ""  # the bundle's identity: `bundle_hash` of its files
+
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -70,6 +72,25 @@ def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
     return {"model": dataclasses.asdict(model_params), "features": features,
             "feature_dim": feature_dim, "regions": regions, "embedding_dim": embedding_dim,
             "vocab_size": len(vocab), "max_len": vocab.max_len}
+
+
+BUNDLE_FILES = ("config.json", "model.weights.h5", "vocab.json", "decoding.json", "retrieval.npz")
+
+
+def bundle_hash(directory: str | os.PathLike[str]) -> str:
+    """SHA-256 over the bundle's files (name and bytes, in a fixed order): two folders with
+    the same hash decode alike."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in BUNDLE_FILES:
+        path = Path(directory) / name
+        if path.is_file():
+            digest.update(f"{name}\n{path.stat().st_size}\n".encode())
+            with path.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
@@ -108,7 +129,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
                                _read_json(directory / "decoding.json", "decoding settings"),
                                source=str(directory / "decoding.json"))
     bank = MemoryBank.load(directory / "retrieval.npz") if params.retrieval_k else None
-    return Bundle(model, vocab, config, decode, params, bank)
+    return Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory))
 
 
 def _read_json(path: Path, what: str) -> dict:

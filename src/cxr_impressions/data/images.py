@@ -300,3 +300,52 @@ def encode_dicom(
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, enforce_file_format=True)
     return out.getvalue()
+
+
+# What uploads may be, by the format name PIL reads from the header; DICOM by its marker.
+UPLOAD_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG"}  # MPO: a JPEG with extra frames
+
+
+def image_bytes_size(data: bytes, name: str) -> tuple[str, int, int]:
+    """(format, width, height) from an encoded image's header, without decoding its pixels;
+    a one-line `InputError` naming `name` if it is not a PNG, JPEG or DICOM image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if is_dicom(data[:132]):
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            return "DICOM", int(ds.Columns), int(ds.Rows)
+        except Exception as exc:  # pydicom raises many kinds for a broken header
+            raise InputError(f"{name}: not a readable DICOM file ({_first_line(exc)})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InputError(f"{name}: not a PNG, JPEG or DICOM image, or corrupt") from None
+    if kind not in UPLOAD_FORMATS:
+        raise InputError(f"{name}: {kind} images are not supported (PNG, JPEG or DICOM)")
+    return UPLOAD_FORMATS[kind], width, height
+
+
+def load_image_bytes(
+    data: bytes, name: str, size: int, channels: int = 3, policy: ResizePolicy = "squash",
+    max_side: int | None = None,
+) -> tf.Tensor:
+    """Decode one uploaded image as `load_image` decodes a file.
+
+    Raises a one-line `InputError` naming `name` for a corrupt or unsupported image, and
+    `TooLargeError` when a side exceeds `max_side` (checked from the header, before decoding).
+    """
+    import tensorflow as tf
+
+    from ..errors import TooLargeError
+
+    _, width, height = image_bytes_size(data, name)
+    if max_side is not None and max(width, height) > max_side:
+        raise TooLargeError(f"{name}: {width}x{height} pixels; at most {max_side} per side")
+    try:
+        return decode_and_resize(tf.constant(data), size, channels, policy)
+    except tf.errors.InvalidArgumentError:
+        raise InputError(f"{name}: not a PNG, JPEG or DICOM image, or corrupt") from None

@@ -126,6 +126,49 @@ def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
         socket.setdefaulttimeout(previous)
 
 
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (Linux); empty where /proc/cpuinfo is absent."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def bf16_support() -> str | None:
+    """What runs bf16 fast here (a GPU, or the CPU flag), or None where nothing does."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return "GPU"
+    found = sorted(BF16_CPU_FLAGS & cpu_flags())
+    return f"CPU {'/'.join(found)}" if found else None
+
+
+def resolve_precision(requested: str) -> str:
+    """The precision the backbone will run at: `bfloat16` only where the hardware has it.
+
+    Without AVX512_BF16/AMX (or a GPU), bf16 matrix products are emulated and slower than
+    float32, so the fallback is float32, said in one line rather than silently."""
+    if requested not in ("float32", "bfloat16"):
+        raise InputError(f"precision must be float32 or bfloat16, got {requested!r}")
+    if requested == "float32":
+        return "float32"
+    support = bf16_support()
+    if support is None:
+        log.warning("precision bfloat16: this CPU has neither AVX512_BF16 nor AMX and there is "
+                    "no GPU; running the backbone in float32")
+        return "float32"
+    log.info("precision bfloat16: the backbone runs under mixed_bfloat16 (%s)", support)
+    return "bfloat16"
+
+
 def preprocess(name: str, images: keras.KerasTensor) -> keras.KerasTensor:
     """The backbone's own input scaling, as layers, from [0, 255] images."""
     if get_spec(name).mode == "tf":
@@ -157,16 +200,28 @@ def build_base(name: str, weights_path: str | None, input_size: int,
 
 
 def build_backbone(name: str, weights_path: str | None, input_size: int, seed: int = 0,
-                   grid: bool = True) -> keras.Model:
-    """A model from [0, 255] images to `pooled` (and `grid` when asked) features."""
-    base = build_base(name, weights_path, input_size, seed)
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    feature_map = base(preprocess(name, inputs))
-    pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(feature_map)
-    outputs = {"pooled": pooled}
-    if grid:
-        outputs["grid"] = keras.layers.Identity(name="grid")(feature_map)
-    return keras.Model(inputs, outputs, name=f"{name}_features")
+                   grid: bool = True, precision: str = "float32") -> keras.Model:
+    """A model from [0, 255] images to `pooled` (and `grid` when asked) float32 features.
+
+    `precision: bfloat16` builds the CNN under Keras' `mixed_bfloat16` policy (bf16 compute,
+    float32 weights); the pooling runs in float32, so the stored vectors are float32 either
+    way. Callers pass the result of `resolve_precision`, which checks the hardware."""
+    if precision not in ("float32", "bfloat16"):
+        raise InputError(f"precision must be float32 or bfloat16, got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        base = build_base(name, weights_path, input_size, seed)
+        inputs = keras.Input((input_size, input_size, 3), name="image")
+        feature_map = base(preprocess(name, inputs))
+        # float32 layers cast their bf16 input up: the mean of 100 bf16 values is taken in fp32.
+        pooled = keras.layers.GlobalAveragePooling2D(name="pooled", dtype="float32")(feature_map)
+        outputs = {"pooled": pooled}
+        if grid:
+            outputs["grid"] = keras.layers.Identity(name="grid", dtype="float32")(feature_map)
+        return keras.Model(inputs, outputs, name=f"{name}_features")
+    finally:
+        keras.config.set_dtype_policy(previous)  # the policy is global; later models stay fp32
 
 
 def split_base(base: keras.Model, cut: str) -> tuple[keras.Model, keras.Model]:

@@ -5,7 +5,7 @@ Layout of `features/<backbone>.h5`:
 - `ids` (N,) image ids, in input order; `pooled` (N, D) float32, the global-average-pooled vector;
 - `grid` (N, H, W, D) float16, the spatial feature map (only with `features.grid: true`);
 - attributes: backbone, weights, weights_sha256, input_size, resize, grid, batch_size,
-  n_images, n_skipped, skipped_ids, versions.
+  precision (the one the backbone ran at), n_images, n_skipped, skipped_ids, versions.
 
 Resume: each batch's features go to an atomically renamed shard in `.<name>.partial/` beside the
 output. DVC deletes a stage's declared outputs before it reruns the stage, but not this folder,
@@ -47,6 +47,7 @@ class ExtractionSettings:
     resize: str
     grid: bool
     batch_size: int
+    precision: str  # what the backbone ran at here (bfloat16 falls back to float32 without HW)
 
     def fingerprint(self, ids: Sequence[str], paths: Sequence[str]) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
@@ -70,19 +71,19 @@ def extract_features(
     """Compute features for `paths` into `out_path`; return counts for the stage's metrics."""
     import tensorflow as tf
 
-    from .backbones import build_backbone, sha256_of
+    from .backbones import build_backbone, resolve_precision, sha256_of
 
     out_path = Path(out_path)
     settings = ExtractionSettings(
         backbone=params.backbone, weights=params.weights,
         weights_sha256=sha256_of(weights_path) if weights_path else "",
         input_size=params.image_size, resize=params.resize, grid=params.grid,
-        batch_size=params.batch_size)
+        batch_size=params.batch_size, precision=resolve_precision(params.precision))
     folder = partial_dir(out_path)
 
     def make_forward():
         model = build_backbone(params.backbone, weights_path, params.image_size,
-                               seed=params.seed, grid=params.grid)
+                               seed=params.seed, grid=params.grid, precision=settings.precision)
         forward = tf.function(lambda x: model(x, training=False), autograph=False)
 
         def run(images):

@@ -1,0 +1,304 @@
+"""`cxr serve` under load: latency percentiles, throughput, dynamic batching on/off, peak RSS.
+
+Starts the real server (`cxr serve`, a subprocess on a free loopback port) and drives it with
+N concurrent clients (threads, one keep-alive connection each) posting real sample studies
+(frontal + lateral JPEGs) to /v1/predict, for a bounded number of requests per level:
+
+  baseline:  the warm in-process `Predictor` on one study (the same work without HTTP,
+             queueing or batching), --repeats calls before each level, the median of all;
+  batching:  a server with dynamic batching (--max-batch, --max-wait-ms) at 1, 4, 16 clients;
+  off:       a second server with --max-batch 1, each level right after the batching one
+             (interleaved: a shared machine's load drifts from minute to minute);
+  leak:      with --rss-requests 1000, that many requests from 4 clients, the server's RSS
+             sampled throughout: the peak over the last 200 against the first 200.
+
+Every non-200 answer counts as a failure. The server's peak RSS is sampled at 20 Hz.
+
+    python benchmarks/serve.py --model models [--requests 48] [--clients 1,4,16]
+        [--rss-requests 1000] [--weights-dir ../shared/weights]
+Needs a trained model (`bash scripts/repro.sh`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def multipart(frontal: Path, lateral: Path) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = io.BytesIO()
+    for name, path in (("frontal", frontal), ("lateral", lateral)):
+        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                   f"filename=\"{path.name}\"\r\nContent-Type: image/jpeg\r\n\r\n".encode())
+        body.write(path.read_bytes() + b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode())
+    return body.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+class Server:
+    """`cxr serve` in a subprocess, with an RSS sampler."""
+
+    def __init__(self, args: argparse.Namespace, max_batch: int) -> None:
+        self.port = free_port()
+        self.log = open(  # noqa: SIM115 - open for the server process's lifetime
+            Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-bench-{self.port}.log",
+            "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cxr_impressions.cli", "serve", "--model", args.model,
+             "--weights-dir", args.weights_dir, "--port", str(self.port),
+             "--params", str(REPO / "params.yaml"), "--max-batch", str(max_batch),
+             "--max-wait-ms", str(args.max_wait_ms), "--queue-size", "64",
+             "--timeout-s", "600"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.rss = psutil.Process(self.process.pid)
+        self.samples: list[tuple[float, int]] = []  # (time, rss bytes)
+        self._stop = threading.Event()
+        deadline = time.monotonic() + 600
+        while True:
+            if self.process.poll() is not None:
+                raise SystemExit(f"server exited: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                connection.request("GET", "/healthz")
+                if connection.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not start in 600 s")
+            time.sleep(0.5)
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), self.rss.memory_info().rss))
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    def peak_mb(self, since: float = 0.0, until: float = float("inf")) -> float:
+        chosen = [rss for t, rss in self.samples if since <= t <= until]
+        return max(chosen) / 2**20 if chosen else float("nan")
+
+    def health(self) -> dict:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.request("GET", "/healthz")
+        return json.loads(connection.getresponse().read())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def drive(server: Server, bodies: list[tuple[bytes, str]], clients: int, requests: int,
+          on_done: object = None) -> dict:
+    """`requests` posts from `clients` threads; latencies, failures, throughput."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+        while True:
+            with lock:
+                number = next(counter, None)
+            if number is None:
+                break
+            body, kind = bodies[number % len(bodies)]
+            began = time.perf_counter()
+            try:
+                connection.request("POST", "/v1/predict", body=body,
+                                   headers={"Content-Type": kind})
+                response = connection.getresponse()
+                payload = response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException) as exc:
+                status, payload = 0, str(exc).encode()
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+            elapsed = time.perf_counter() - began
+            with lock:
+                if status == 200:
+                    latencies.append(elapsed)
+                else:
+                    failures.append(f"{status}: {payload[:200]!r}")
+                if on_done is not None:
+                    on_done(len(latencies) + len(failures))
+        connection.close()
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - began
+    latencies.sort()
+
+    def percentile(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(round(q * (len(latencies) - 1))))]
+
+    return {"clients": clients, "requests": requests, "ok": len(latencies),
+            "failed": len(failures), "failures": failures[:3],
+            "p50": percentile(0.50), "p95": percentile(0.95), "p99": percentile(0.99),
+            "throughput": len(latencies) / wall, "wall": wall}
+
+
+def warm_predictor(args: argparse.Namespace) -> object:
+    from cxr_impressions.captioning.predict import Predictor
+
+    return Predictor(args.model, args.weights_dir)
+
+
+def in_process_call(predictor: object, study: object) -> float:
+    """One warm `predict` of one study, from its files, as `cxr predict` runs it."""
+    predictor.predict([study])  # the first call traces; later ones are warm
+    began = time.perf_counter()
+    predictor.predict([study])
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_argument("--model", default=str(REPO / "models"))
+    cli.add_argument("--sample", default=str(REPO / "data" / "sample"))
+    cli.add_argument("--weights-dir", default=str(REPO.parent / "shared" / "weights"))
+    cli.add_argument("--requests", type=int, default=48, help="requests per load level")
+    cli.add_argument("--clients", default="1,4,16")
+    cli.add_argument("--max-batch", type=int, default=8)
+    cli.add_argument("--max-wait-ms", type=float, default=20.0)
+    cli.add_argument("--repeats", type=int, default=3,
+                     help="in-process baseline calls before each level")
+    cli.add_argument("--rss-requests", type=int, default=0,
+                     help="also run the leak check over this many requests (e.g. 1000)")
+    args = cli.parse_args()
+    levels = [int(c) for c in args.clients.split(",")]
+
+    from cxr_impressions.captioning.predict import studies_from_projections
+
+    sample = Path(args.sample)
+    studies, _ = studies_from_projections(sample / "indiana_projections.csv", sample / "images")
+    studies = [s for s in studies if s.lateral is not None][:16]
+    bodies = [multipart(s.frontal, s.lateral) for s in studies]
+
+    predictor, study = warm_predictor(args), studies[0]
+    baseline_times: list[float] = []
+    rows, leak = [], None
+    servers = {"on": Server(args, args.max_batch), "off": Server(args, 1)}
+    modes = {"on": f"batching (max {args.max_batch})", "off": "no batching (max 1)"}
+    try:
+        for server in servers.values():
+            drive(server, bodies, 2, 4)  # warm-up, as the baseline's first call
+        # Interleaved, so that the shared machine's drifting load hits every mode alike.
+        for clients in levels:
+            baseline_times += [in_process_call(predictor, study) for _ in range(args.repeats)]
+            for key, server in servers.items():
+                began = time.monotonic()
+                result = drive(server, bodies, clients, args.requests)
+                result.update(mode=modes[key], peak_mb=server.peak_mb(began))
+                rows.append(result)
+                print(f"{modes[key]}, {clients} clients: {result['throughput']:.2f} studies/s",
+                      file=sys.stderr)
+        health = servers["on"].health()
+        servers["off"].stop()
+        del predictor
+        if args.rss_requests:
+            server = servers["on"]
+            marks: dict[int, float] = {}
+            began = time.monotonic()
+            drive(server, bodies, 4, args.rss_requests,
+                  on_done=lambda n: marks.setdefault(n, time.monotonic()))
+            window = min(200, args.rss_requests // 2)
+            first = server.peak_mb(began, marks[window])
+            last = server.peak_mb(marks[args.rss_requests - window],
+                                  marks[args.rss_requests])
+            leak = (args.rss_requests, window, first, last)
+        peak_on = servers["on"].peak_mb()
+    finally:
+        for server in servers.values():
+            server.stop()
+    baseline = statistics.median(baseline_times)
+
+    print(f"\n{args.model}: {len(bodies)} sample studies (frontal + lateral JPEG) cycled, "
+          f"{args.requests} requests per level; CPU: {cpu_name()}")
+    print(f"in-process warm Predictor, one study: {baseline * 1000:.0f} ms (median of "
+          f"{len(baseline_times)}, taken before each level)\n")
+    print(f"{'mode':22} {'clients':>7} {'ok':>4} {'failed':>6} {'p50 ms':>8} {'p95 ms':>8} "
+          f"{'p99 ms':>8} {'studies/s':>9} {'peak RSS MB':>11}")
+    for r in rows:
+        print(f"{r['mode']:22} {r['clients']:>7} {r['ok']:>4} {r['failed']:>6} "
+              f"{r['p50'] * 1000:8.0f} {r['p95'] * 1000:8.0f} {r['p99'] * 1000:8.0f} "
+              f"{r['throughput']:9.2f} {r['peak_mb']:11.0f}")
+    for r in rows:
+        for failure in r["failures"]:
+            print(f"  failure ({r['mode']}, {r['clients']} clients): {failure}")
+    on = {r["clients"]: r for r in rows if r["mode"].startswith("batching")}
+    off = {r["clients"]: r for r in rows if r["mode"].startswith("no batching")}
+    low, high = levels[0], levels[-1]
+    print(f"\nbatches run: {health['batches']} for {health['studies']} studies, largest "
+          f"{health['largest_batch']}")
+    ratio = on[low]["p50"] / baseline
+    print(f"p50 at {low} client / in-process latency = {ratio:.2f}x (goal <= 1.2: "
+          f"{'met' if ratio <= 1.2 else 'NOT met'})")
+    scale = on[high]["throughput"] / on[low]["throughput"]
+    print(f"throughput {high} clients / {low} client = {scale:.2f}x (goal >= 1.5: "
+          f"{'met' if scale >= 1.5 else 'NOT met'})")
+    if high in off:
+        print(f"throughput at {high} clients, batching / no batching = "
+              f"{on[high]['throughput'] / off[high]['throughput']:.2f}x")
+    failed = sum(r["failed"] for r in rows)
+    print(f"failed requests: {failed} (goal 0: {'met' if failed == 0 else 'NOT met'})")
+    print(f"server peak RSS with batching: {peak_on:.0f} MB")
+    if leak:
+        n, window, first, last = leak
+        growth = last / first - 1
+        print(f"leak check over {n} requests: peak RSS first {window} {first:.0f} MB, last "
+              f"{window} {last:.0f} MB ({growth:+.1%}; goal within 5%: "
+              f"{'met' if abs(growth) <= 0.05 else 'NOT met'})")
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return "?"
+    lines = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = lines.get("Flags", "")
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags.split()]
+    return (f"{lines.get('Model name', '?').strip()}, {os.cpu_count()} cores, "
+            f"{'avx2' if 'avx2' in flags.split() else 'no avx2'}, "
+            f"{'/'.join(bf16) if bf16 else 'no bf16'}")
+
+
+if __name__ == "__main__":
+    main()
