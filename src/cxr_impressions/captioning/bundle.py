@@ -47,6 +47,11 @@ class Bundle:
         chosen = self.config.get("label_thresholds", {})
         return np.array([chosen.get(name, 0.5) for name in self.model.labels], np.float64)
 
+    @property
+    def abnormal_threshold(self) -> float:
+        """The abnormal label's threshold chosen on validation (0.5 where none was chosen)."""
+        return float(self.config.get("label_thresholds", {}).get("abnormal", 0.5))
+
     def with_retrieval(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`inputs` plus, for a retrieval model, each study's `retrieved` training impressions
         (none excluded: a new study is not in the bank, and val/test studies never are)."""

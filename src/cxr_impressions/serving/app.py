@@ -18,7 +18,6 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from importlib import resources
 
 import numpy as np
@@ -182,7 +181,7 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
     max_bytes = int(params.max_upload_mb * 1024 * 1024)
     bundle = predictor.bundle
     settings = bundle.config["features"]
-    decoding = asdict(predictor.decode_params)
+    decoding = predictor.decode_params.settings()
     identity = {"sha256": bundle.sha256, "kind": predictor.kind,
                 "precision": predictor.precision}
 
@@ -244,7 +243,7 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
                 "backbone": settings["backbone"], "weights": settings["weights"],
                 "image_size": predictor.image_size, "resize": predictor.resize,
                 "precision": predictor.precision, "precision_requested": precision_requested,
-                "explains": predictor.explains, "abnormal_threshold": bundle.threshold,
+                "explains": predictor.explains, "abnormal_threshold": bundle.abnormal_threshold,
                 "vocab_size": len(bundle.vocab), "decoding": decoding,
                 "batching": {"max_batch": params.max_batch, "max_wait_ms": params.max_wait_ms,
                              "queue_size": params.queue_size,
@@ -322,7 +321,7 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
         except TimeoutError:
             raise ApiError(504, f"no result within {params.timeout_s:g} s "
                                 "(serve.timeout_s)") from None
-        return _response(result, len(images), decoding, identity, bundle.threshold,
+        return _response(result, len(images), decoding, identity, bundle.abnormal_threshold,
                          time.perf_counter() - began)
 
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
