@@ -129,7 +129,7 @@ def test_machine_settings_live_in_their_own_section(tmp_path: Path) -> None:
     assert machine == MachineParams(threads=2, weights_dir="/w", allow_download=False)
     with pytest.raises(InputError, match=r"unknown param features\.threads"):
         load_section("features", path=path)
-    assert set(UNTRACKED) == {"machine"} and "machine" in SECTIONS
+    assert set(UNTRACKED) == {"machine", "serve"} and "machine" in SECTIONS
 
 
 def test_decoding_candidates_are_lists_checked_in_one_line() -> None:

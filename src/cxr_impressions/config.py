@@ -100,9 +100,6 @@ class FinetuneParams:
     batch_size: int = at_least(1, 32)
     learning_rate: float = at_least(1e-7, 2e-4, at_most=1.0)
     seed: int = at_least(0, 0)
-    # bfloat16: the backbone under Keras' mixed_bfloat16 policy where the CPU (AVX512_BF16 or
-    # AMX) or a GPU supports it, else float32 with a one-line notice; outputs stay float32.
-    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +111,9 @@ class FeaturesParams:
     grid: bool = True  # also store the spatial grid (the transformer reads it)
     batch_size: int = at_least(1, 8)
     seed: int = at_least(0, 0)
+    # bfloat16: the backbone under Keras' mixed_bfloat16 policy where the CPU (AVX512_BF16 or
+    # AMX) or a GPU supports it, else float32 with a one-line notice; outputs stay float32.
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
