@@ -91,7 +91,7 @@ def test_a_batch_in_which_every_study_fails_exits_non_zero(capsys, models: Path,
     lines = err.strip().splitlines()
     assert status == 2 and not out.exists()
     assert lines[-1] == f"error: all 2 studies of {projections} failed; {out} not written"
-    assert any(line.startswith("error: uid 1: ") and "not a PNG or JPEG" in line
+    assert any(line.startswith("error: uid 1: ") and "not a PNG, JPEG or DICOM" in line
                for line in lines)
     assert any(line.startswith("error: uid 2: no image file") for line in lines)
 

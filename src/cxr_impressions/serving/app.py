@@ -126,9 +126,9 @@ ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in 
 
 PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["frontal"], "properties": {
-        "frontal": {"type": "string", "format": "binary", "description": "PNG or JPEG"},
+        "frontal": {"type": "string", "format": "binary", "description": "PNG, JPEG or DICOM"},
         "lateral": {"type": "string", "format": "binary",
-                    "description": "PNG or JPEG, optional"}}}}}}}
+                    "description": "PNG, JPEG or DICOM, optional"}}}}}}}
 
 
 def _static(name: str) -> str:
