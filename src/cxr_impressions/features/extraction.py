@@ -31,7 +31,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..config import FeaturesParams
 from ..errors import InputError
-from .shards import compute_shards, configure_threads, package_versions
+from .shards import compute_shards, configure_threads, package_versions, shard_files
 
 __all__ = ["ExtractionSettings", "configure_threads", "extract_features", "partial_dir"]
 
@@ -112,7 +112,7 @@ def extract_features(
 def _assemble(folder: Path, out_path: Path, ids: Sequence[str],
               settings: ExtractionSettings) -> dict[str, object]:
     """Stream the shards into the final HDF5 file, written to a temporary name first."""
-    shards = sorted(folder.glob("*.npz"))
+    shards = shard_files(folder)
     rows, dim, grid_shape = 0, None, None
     for shard in shards:
         with np.load(shard) as data:

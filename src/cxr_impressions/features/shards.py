@@ -27,6 +27,10 @@ from ..atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
+# Finished shards only: a write cut short leaves its temporary `.<name>.tmp.npz` behind, which
+# must never be read as a shard.
+SHARD_GLOB = "[0-9]*.npz"
+
 
 def configure_threads(threads: int) -> None:
     """Pin TensorFlow's thread pools; must run before TensorFlow executes anything."""
@@ -86,7 +90,7 @@ def load_progress(folder: Path, fingerprint: str) -> list[Path]:
     """Shards of an earlier run with the same fingerprint, or [] after clearing stale ones."""
     stamp = folder / "fingerprint"
     if folder.is_dir() and stamp.is_file() and stamp.read_text() == fingerprint:
-        return sorted(folder.glob("*.npz"))
+        return sorted(folder.glob(SHARD_GLOB))
     if folder.exists():
         log.info("discarding partial outputs from other params or images: %s", folder)
         shutil.rmtree(folder)
@@ -102,7 +106,7 @@ def write_shard(folder: Path, number: int, indices: np.ndarray, outputs: dict) -
 
 
 def shard_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.npz"))
+    return sorted(folder.glob(SHARD_GLOB))
 
 
 @dataclass
