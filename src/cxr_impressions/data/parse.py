@@ -316,7 +316,7 @@ def read_mimic(layout: InputLayout, skip_bad: bool = False) -> ParseResult:
                            "not_in_split": int((frame["official_split"] == "").sum())}
         if layout.split_csv else {},
     }
-    return ParseResult(frame, images, skipped, counts)
+    return ParseResult(frame, images, skipped, counts=counts)
 
 
 def attach_image_files(images: pd.DataFrame, image_dir: Path) -> pd.DataFrame:
