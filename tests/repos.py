@@ -20,9 +20,10 @@ GIT_USER = ("-c", "user.name=test", "-c", "user.email=test@example.org")
 # pipeline tests run `features.weights: finetuned` end to end, `cxr predict` included.
 SMALL = {"finetune": {"weights": "none", "epochs": 1, "batch_size": 16},
          "features": {"weights": "finetuned", "image_size": 71, "batch_size": 16},
-         # Every model input the default may come to use: findings prompts, retrieval memory.
+         # Findings prompts; retrieval stays off (0) so that the README's `-S model.kind=merge` runs
+         # (retrieval is transformer-only; tests/test_retrieval.py and test_bundle.py cover it).
          "model": {"units": 32, "layers": 1, "grid_pool": 1, "condition": "findings",
-                   "retrieval_k": 2},
+                   "retrieval_k": 0},
          "train": {"epochs": 2, "batch_size": 16},
          # Selection on validation runs, over fewer candidates than the default.
          "decode": {"beam_sizes": [1, 2], "length_penalties": [0.0, 0.7]}}
