@@ -71,3 +71,12 @@ CHART_LAYOUT_FAULTS = """() => {
   }
   return faults;
 }"""
+
+
+def launch_chromium(playwright):
+    """Headless Debian Chromium for the page tests: no sandbox (root), no GPU, no network
+    chatter of its own."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-extensions", "--no-first-run"])

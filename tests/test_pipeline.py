@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM, SHARED, needs_shared
+from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM, SHARED, launch_chromium, needs_shared
 from .repos import DVC, copy_repo, env, run, set_params, sh
 
 # The first test here may run the session's one pipeline run (tests/conftest.py), which on a
@@ -197,10 +197,7 @@ def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path
     counts = json.loads((pipeline_repo / "metrics/report.json").read_text())
     assert counts == {"studies": 10, "thumbnails": 20, "unreadable_images": 0}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-extensions", "--no-first-run"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             failed: list[str] = []

@@ -21,7 +21,7 @@ import pytest
 
 from cxr_impressions.serving.batching import Batcher, QueueFullError
 
-from .helpers import SAMPLE
+from .helpers import SAMPLE, launch_chromium
 from .repos import env as repo_env
 
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
@@ -307,10 +307,7 @@ def test_page_in_headless_chromium(server: Client, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-extensions", "--no-first-run"])
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 1000})
             problems: list[str] = []
