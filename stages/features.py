@@ -1,7 +1,9 @@
 """features: ImageNet CNN features of every image found, cached in one HDF5 file per backbone.
 
 Every image parse found, not only those of the reports clean keeps: switching the target or the
-split then never recomputes this, the pipeline's most expensive output.
+split then never recomputes this, the pipeline's most expensive output. Images already in the
+previous output (kept by DVC: `persist: true`) are reused, so adding images computes only those;
+`machine.features_engine: ray` runs the backbone on a Ray cluster.
 """
 
 import argparse
@@ -24,6 +26,10 @@ def main() -> None:
 
     params = load_section("features")
     machine = load_section("machine")  # not tracked by DVC: changes how, not what
+    if machine.features_engine == "ray":
+        from cxr_impressions.features.ray_engine import preflight
+
+        preflight(machine)  # Ray missing, or no cluster at the address: one line, at once
     from cxr_impressions.features.extraction import configure_threads
 
     configure_threads(machine.threads)
@@ -36,7 +42,7 @@ def main() -> None:
     images = pd.read_parquet(args.images)
     images = images[images["exists"]].sort_values(["uid", "image_id"])
     stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,
-                             params, weights)
+                             params, weights, machine=machine)
     for timing in ("seconds", "images_per_second"):  # to timings/features.json, not the metrics
         if timing in stats:
             note_timing(f"extraction_{timing}" if timing == "seconds" else timing,

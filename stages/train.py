@@ -1,4 +1,8 @@
-"""train: a caption model on cached features and the GloVe matrix, selected on validation."""
+"""train: a caption model on cached features and the GloVe matrix, selected on validation.
+
+With `train.strategy: multi_worker`, `dvc repro` runs the chief and the same command runs on each
+other worker with its own TF_CONFIG; only the chief writes the declared outputs.
+"""
 
 import argparse
 import shutil
@@ -24,9 +28,16 @@ def main() -> None:
     model_params = load_section("model")
     params = load_section("train")
     decode = load_section("decode")
+    machine = load_section("machine")  # not tracked by DVC: collective_timeout
+    from cxr_impressions.captioning.distribute import current_task, make_strategy, run_paths
+
+    task = current_task(params.strategy)  # a malformed TF_CONFIG stops here, in one line
 
     import keras
     import tensorflow as tf
+
+    # Before any other TensorFlow op: MultiWorkerMirroredStrategy sets up the cluster's context.
+    strategy = make_strategy(params.strategy, machine.collective_timeout)
 
     from cxr_impressions.captioning.bundle import bundle_config, save_bundle
     from cxr_impressions.captioning.decoding import Decoder
@@ -63,13 +74,20 @@ def main() -> None:
             split.retrieved = bank.retrieve(split.pooled, split.views, model_params.retrieval_k,
                                             uids=split.uids)
 
-    out = Path(args.out)
-    state_dir = out / ".train-state"  # DVC deletes only the declared files in `out`
-    prepare_state_dir(state_dir, model_params, params, vocab, splits["train"].uids)
+    # DVC deletes only the declared files in `out`, so the state survives for a resume. Workers
+    # other than the chief write to temporary paths (captioning/distribute.py).
+    paths = run_paths(task, Path(args.out), Path(args.live), Path(args.metrics),
+                      Path(args.out) / ".train-state")
+    prepare_state_dir(paths.state, model_params, params, vocab, splits["train"].uids)
 
-    model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions)
-    summary = train(model, vocab, splits["train"], splits["val"], params, state_dir,
-                    Path(args.live))
+    with strategy.scope():
+        model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions)
+        summary = train(model, vocab, splits["train"], splits["val"], params, paths.state,
+                        paths.live)
+    if not task.is_chief:  # what follows is the chief's: thresholds, decoding, the outputs
+        shutil.rmtree(paths.state)
+        paths.cleanup()
+        return
     config = bundle_config(model_params, features, feature_dim, regions, matrix.shape[1], vocab)
     # Everything selected is chosen on the validation split: the label thresholds first, then
     # the decoding settings, decoding under those thresholds.
@@ -87,13 +105,15 @@ def main() -> None:
                                                                       decode)
         summary["decoding"] = {"selected_on": "val", "metric": decode.select_metric,
                                "chosen": decode.settings(), "candidates": candidates}
-    save_bundle(out, model, vocab, config, bank)
-    write_json(out / "decoding.json", decode.settings())
-    write_json(args.metrics, {"kind": model_params.kind, **summary,
-                              "train_studies": len(splits["train"]),
-                              "val_studies": len(splits["val"]),
-                              "parameters": model.train_model.count_params()})
-    shutil.rmtree(state_dir)
+    summary.update(strategy=params.strategy, replicas=strategy.num_replicas_in_sync)
+    save_bundle(paths.out, model, vocab, config, bank)
+    write_json(paths.out / "decoding.json", decode.settings())
+    write_json(paths.metrics, {"kind": model_params.kind, **summary,
+                               "train_studies": len(splits["train"]),
+                               "val_studies": len(splits["val"]),
+                               "parameters": model.train_model.count_params()})
+    shutil.rmtree(paths.state)
+    paths.cleanup()
 
 
 if __name__ == "__main__":

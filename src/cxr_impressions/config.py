@@ -123,6 +123,16 @@ class MachineParams:
     threads: int = at_least(0, 0)  # TensorFlow intra-op threads; 0: all cores
     weights_dir: str = "../shared/weights"  # where `features.weights: imagenet` looks first
     allow_download: bool = False  # true: fall back to Keras' own download
+    # Where the features stage runs the backbone: here, or in an actor pool on a Ray cluster.
+    # Both give the same values up to float rounding, so this is not a features param.
+    features_engine: Literal["local", "ray"] = "local"
+    ray_address: str = ""  # "": a Ray instance on this machine; host:port of a head; "auto"
+    ray_actors: int = at_least(1, 1)  # actors in the pool, one backbone each
+    ray_cpus_per_actor: float = at_least(0.0, 1.0)
+    ray_gpus_per_actor: float = at_least(0.0, 0.0)
+    ray_connect_timeout: float = at_least(0.1, 10.0)  # seconds before an address fails
+    # train.strategy: multi_worker: seconds a worker waits on a lost peer before failing
+    collective_timeout: float = at_least(0.0, 600.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +177,9 @@ class TrainParams:
     patience: int = at_least(1, 3)
     monitor: Literal["val_loss", "val_bleu4"] = "val_loss"
     seed: int = at_least(0, 0)
+    # default | mirrored (every local GPU) | multi_worker (TF_CONFIG); README "Scaling out".
+    # A param, not a machine setting: replicas round the loss differently, so the model differs.
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
 
 
 @dataclasses.dataclass(frozen=True)

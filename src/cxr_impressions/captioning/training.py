@@ -1,9 +1,12 @@
 """Training: tf.data input, masked loss, selection on the validation split, resume, DVCLive.
 
 Resume: Keras' BackupAndRestore keeps the model, optimizer and epoch in a backup folder beside
-the outputs (DVC deletes declared outputs before a rerun, not that folder), and
-`SelectOnValidation` keeps its best score, its patience counter and the best weights there too,
-so an interrupted `dvc repro` continues where it stopped.
+the outputs (DVC deletes declared outputs before a rerun, not that folder). `SelectOnValidation`
+keeps its per-epoch scores and the best weights there too, and `MirrorLive` a copy of the DVCLive
+folder (a declared output, so deleted by DVC before the rerun). The backup is written last at
+each epoch's end, so the epoch it records is the one everything resumes from: the selection and
+the DVCLive curves are cut back to it, and DVCLive continues at that step. An interrupted
+`dvc repro` therefore continues where it stopped, with no epoch lost or logged twice.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..config import DecodeParams, ModelParams, TrainParams
 from ..data.tokenizer import Vocabulary
 from ..evaluation.scoring import text_metrics
 from .decoding import Decoder
+from .distribute import per_replica
 from .models import CaptionModel, MaskedAccuracy, masked_loss
 from .studies import Studies
 
@@ -104,9 +108,12 @@ class ValidationBleu(keras.callbacks.Callback):
 
 class SelectOnValidation(keras.callbacks.Callback):
     """Keeps the weights of the best epoch on the monitored validation score, stops training
-    after `patience` epochs without improvement, and persists both across a resume."""
+    after `patience` epochs without improvement, and persists both across a resume.
 
-    def __init__(self, monitor: str, patience: int, state_dir: Path) -> None:
+    Its state is the score of every epoch run, cut back to the `first_epoch` a resumed fit
+    starts at (an epoch it scored after the last backup runs again)."""
+
+    def __init__(self, monitor: str, patience: int, state_dir: Path, first_epoch: int = 0) -> None:
         super().__init__()
         self.monitor = monitor
         self.sign = 1.0 if monitor == "val_bleu4" else -1.0  # higher is better for BLEU
@@ -114,23 +121,31 @@ class SelectOnValidation(keras.callbacks.Callback):
         self.state_path = state_dir / "selection.json"
         self.weights_path = state_dir / "best.weights.h5"
         state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
-        self.best = state.get("best", -math.inf)
-        self.best_epoch = state.get("best_epoch", -1)
-        self.wait = state.get("wait", 0)
-        self.epochs_done = state.get("epochs_done", 0)
+        self.scores: list[float] = state.get("scores", [])[:first_epoch]
+        self.best, self.best_epoch, self.wait = -math.inf, -1, 0
+        for epoch, score in enumerate(self.scores):
+            self._update(epoch, score)
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        value = float((logs or {})[self.monitor])
-        score = self.sign * value
+    @property
+    def epochs_done(self) -> int:
+        return len(self.scores)
+
+    def _update(self, epoch: int, score: float) -> bool:
         if score > self.best:
             self.best, self.best_epoch, self.wait = score, epoch, 0
+            return True
+        self.wait += 1
+        return False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        score = self.sign * float((logs or {})[self.monitor])
+        del self.scores[epoch:]
+        self.scores.append(score)
+        if self._update(epoch, score):
             self.model.save_weights(self.weights_path)
-        else:
-            self.wait += 1
-        self.epochs_done = epoch + 1
-        write_json(self.state_path, {"best": self.best, "best_epoch": self.best_epoch,
-                                     "wait": self.wait, "monitor": self.monitor,
-                                     "epochs_done": self.epochs_done})
+        write_json(self.state_path, {"scores": self.scores, "best": self.best,
+                                     "best_epoch": self.best_epoch, "wait": self.wait,
+                                     "monitor": self.monitor, "epochs_done": self.epochs_done})
         if self.wait >= self.patience:
             log.info("early stop: %s has not improved for %d epochs", self.monitor, self.wait)
             self.model.stop_training = True
@@ -138,6 +153,59 @@ class SelectOnValidation(keras.callbacks.Callback):
     @property
     def best_value(self) -> float:
         return self.sign * self.best
+
+
+def backed_up_epochs(backup_dir: Path) -> int:
+    """The epochs Keras' BackupAndRestore has saved in `backup_dir`: the epoch a resumed fit
+    starts at (0 without a backup). Read from the callback's own metadata file."""
+    metadata = backup_dir / "training_metadata.json"
+    if not metadata.exists():
+        return 0
+    return int(json.loads(metadata.read_text())["epoch"])
+
+
+class MirrorLive(keras.callbacks.Callback):
+    """After each epoch's DVCLive step, copy the DVCLive folder into the resume state as
+    `live.<epochs>`: DVC deletes the folder (a declared output) before it reruns the stage,
+    and a resumed run must continue its curves, not start them again."""
+
+    def __init__(self, live_dir: Path, state_dir: Path) -> None:
+        super().__init__()
+        self.live_dir, self.state_dir = live_dir, state_dir
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        target = self.state_dir / f"live.{epoch + 1}"
+        partial = self.state_dir / f".live.{epoch + 1}.tmp"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(self.live_dir, partial)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)  # complete or absent
+        for older in live_copies(self.state_dir):
+            if older != target:
+                shutil.rmtree(older)
+
+
+def live_copies(state_dir: Path) -> list[Path]:
+    """The complete DVCLive copies in `state_dir`, oldest first."""
+    found = [p for p in state_dir.glob("live.*") if p.suffix[1:].isdigit() and p.is_dir()]
+    return sorted(found, key=lambda p: int(p.suffix[1:]))
+
+
+def restore_live(state_dir: Path, live_dir: Path, first_epoch: int) -> None:
+    """Put the newest DVCLive copy back in `live_dir`, with every curve cut back to the steps
+    before `first_epoch` (an epoch logged after the last backup runs again)."""
+    copies = [p for p in live_copies(state_dir) if int(p.suffix[1:]) >= first_epoch]
+    shutil.rmtree(live_dir, ignore_errors=True)
+    if not copies:
+        log.warning("no copy of the DVCLive logs to resume; the curves start at epoch %d",
+                    first_epoch + 1)
+        return
+    shutil.copytree(copies[-1], live_dir)
+    for tsv in live_dir.rglob("*.tsv"):
+        header, *rows = tsv.read_text().splitlines()
+        step = header.split("\t").index("step")
+        kept = [r for r in rows if int(r.split("\t")[step]) < first_epoch]
+        tsv.write_text("\n".join([header, *kept]) + "\n")
 
 
 def prepare_state_dir(state_dir: Path, model_params: ModelParams, params: TrainParams,
@@ -195,7 +263,9 @@ def choose_thresholds(probabilities: np.ndarray, labels: np.ndarray, names: tupl
 def compile_for_training(caption_model: CaptionModel, learning_rate: float) -> None:
     """Compile the training model: masked caption loss and accuracy, plus, when conditioned,
     the label head's binary cross-entropy (averaged over its labels) and AUC (over all)."""
-    losses: dict[str, object] = {"logits": masked_loss}
+    # per_replica: the caption loss is a scalar mean, which Keras leaves unscaled across
+    # replicas (it divides only its own per-example losses); see captioning/distribute.py.
+    losses: dict[str, object] = {"logits": per_replica(masked_loss)}
     metrics: dict[str, list] = {"logits": [MaskedAccuracy()]}
     if caption_model.conditioned:
         losses["labels"] = keras.losses.BinaryCrossentropy(from_logits=True)
@@ -215,20 +285,31 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     model = caption_model.train_model
     compile_for_training(caption_model, params.learning_rate)
     state_dir.mkdir(parents=True, exist_ok=True)
-    resuming = (state_dir / "selection.json").exists()
-    selection = SelectOnValidation(params.monitor, params.patience, state_dir)
+    backup_dir = state_dir / "backup"
+    first_epoch = backed_up_epochs(backup_dir)
+    resuming = first_epoch > 0
+    selection = SelectOnValidation(params.monitor, params.patience, state_dir, first_epoch)
+    if resuming:
+        log.info("resuming after epoch %d", first_epoch)
+        restore_live(state_dir, live_dir, first_epoch)
     train_data = make_dataset(train_set, caption_model, params.batch_size, True, params.seed,
-                              first_epoch=selection.epochs_done)
+                              first_epoch=first_epoch)
     val_data = make_dataset(val_set, caption_model, params.batch_size, False, params.seed)
     with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None) as live:
+        # DVCLive's own resume adds 1 to the step it read except to step 0, so after one epoch
+        # it would log the second at step 0 again: the backup's epoch count is the step.
+        live.step = first_epoch
         model.fit(
             train_data, validation_data=val_data, epochs=params.epochs, verbose=2,
             shuffle=False,  # make_dataset shuffles, seeded (Keras ignores this for a Dataset)
+            # At each epoch's end in this order, the backup last: whatever the others wrote
+            # after the last backup is cut back on resume (SelectOnValidation, restore_live).
             callbacks=[
-                keras.callbacks.BackupAndRestore(str(state_dir / "backup")),
                 ValidationBleu(caption_model, vocab, val_set),
                 selection,
                 DVCLiveCallback(live=live),
+                MirrorLive(live_dir, state_dir),
+                keras.callbacks.BackupAndRestore(str(backup_dir)),
             ])
     if selection.weights_path.exists():
         model.load_weights(selection.weights_path)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from ..errors import InputError
 
@@ -222,6 +223,14 @@ def build_backbone(name: str, weights_path: str | None, input_size: int, seed: i
         return keras.Model(inputs, outputs, name=f"{name}_features")
     finally:
         keras.config.set_dtype_policy(previous)  # the policy is global; later models stay fp32
+
+
+def stored_arrays(outputs: dict, grid: bool) -> dict[str, np.ndarray]:
+    """A backbone's outputs as the features file stores them: pooled float32, grid float16."""
+    arrays = {"pooled": np.asarray(outputs["pooled"]).astype(np.float32)}
+    if grid:
+        arrays["grid"] = np.asarray(outputs["grid"]).astype(np.float16)
+    return arrays
 
 
 def split_base(base: keras.Model, cut: str) -> tuple[keras.Model, keras.Model]:

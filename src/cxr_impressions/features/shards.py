@@ -16,7 +16,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +116,12 @@ class ShardRun:
     images_per_second: float | None  # steady state, after the first batch; None if resumed done
 
 
+# A batch source: given the position to start at, yields (positions in the image list, named
+# arrays with one row per image) in increasing order of position. The local one decodes with
+# tf.data and runs the model here; features/ray_engine.py runs it on a Ray cluster.
+BatchSource = Callable[[int], Iterable[tuple[np.ndarray, dict[str, np.ndarray]]]]
+
+
 def compute_shards(
     folder: Path,
     fingerprint: str,
@@ -132,40 +138,52 @@ def compute_shards(
 
     `forward(images)` maps a batch of [0, 255] images to named numpy arrays, one row per image.
     """
-    from tqdm import tqdm
 
-    from ..data.images import image_dataset
+    def local_batches(start: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        from ..data.images import image_dataset
+
+        forward = make_forward()
+        dataset = decode_ahead(image_dataset(paths[start:], image_size, 3, resize, parallel=1),
+                               batch_size)
+        for index, images in dataset:
+            yield index.numpy() + start, forward(images)
+
+    return write_shards(folder, fingerprint, len(paths), local_batches, progress, desc)
+
+
+def write_shards(folder: Path, fingerprint: str, total: int, batches: BatchSource,
+                 progress: bool = True, desc: str = "images") -> ShardRun:
+    """Write each batch of `batches` as a shard in `folder`, resuming after the last shard of an
+    earlier run with the same `fingerprint`; `total` is the length of the image list."""
+    from tqdm import tqdm
 
     shards = load_progress(folder, fingerprint)
     start = 0
     if shards:
         with np.load(shards[-1]) as last:
             start = int(last["indices"][-1]) + 1
-        log.info("resuming after %d of %d images (%d shards)", start, len(paths), len(shards))
+        log.info("resuming after %d of %d images (%d shards)", start, total, len(shards))
     began = time.perf_counter()
     warm_at, warm_from = None, start  # steady state: after the first batch (tracing, warm-up)
-    if start < len(paths):
-        forward = make_forward()
-        dataset = decode_ahead(image_dataset(paths[start:], image_size, 3, resize, parallel=1),
-                               batch_size)
+    if start < total:
         number = len(shards)
         with noting_interrupts() as interrupted, tqdm(
-                total=len(paths), initial=start, unit="img", disable=not progress,
+                total=total, initial=start, unit="img", disable=not progress,
                 desc=desc) as bar:
             position = start
-            for index, images in dataset:
-                if warm_at is None and position > start:
-                    warm_at, warm_from = time.perf_counter(), position
-                arrays = forward(images)
-                indices = index.numpy() + start
-                write_shard(folder, number, indices, arrays)
+            for indices, arrays in batches(start):
+                if not len(indices):
+                    continue
+                write_shard(folder, number, np.asarray(indices, np.int64), arrays)
                 number += 1
                 bar.update(int(indices[-1]) + 1 - position)
                 position = int(indices[-1]) + 1
+                if warm_at is None:
+                    warm_at, warm_from = time.perf_counter(), position
             if interrupted.is_set():
                 raise KeyboardInterrupt
     finished = time.perf_counter()
     rate = None
-    if warm_at is not None and finished > warm_at:
-        rate = round((len(paths) - warm_from) / (finished - warm_at), 3)
+    if warm_at is not None and warm_from < total and finished > warm_at:
+        rate = round((total - warm_from) / (finished - warm_at), 3)
     return ShardRun(shard_files(folder), round(finished - began, 2), rate)

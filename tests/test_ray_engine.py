@@ -1,0 +1,135 @@
+"""The features stage on Ray: a real two-node Ray cluster on loopback (`ray.cluster_utils`), a
+dozen small images with random weights; the same HDF5 as the local engine, resume after a kill,
+and a Ray address where nothing answers failing fast in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from cxr_impressions.config import FeaturesParams
+from cxr_impressions.features.extraction import extract_features, partial_dir
+
+from .helpers import REPO, run_stage, write_params
+from .seaweed import free_port
+from .test_features import assert_same_content, read_all, sample_images
+
+pytestmark = pytest.mark.timeout(900)
+
+N_IMAGES, BATCH = 12, 1
+ATTEMPTS = 3  # a node that misses Ray's fixed 30 s registration window is started again
+# Two actors of 1.5 CPUs on nodes of 2 CPUs: one actor per node, and room for decode tasks.
+NODE = {"num_cpus": 2, "object_store_memory": 80 * 1024 ** 2}
+
+
+def stage_workdir(workdir: Path, address: str) -> Path:
+    ids, paths = sample_images(N_IMAGES)
+    pd.DataFrame({"uid": [int(i.split("_")[0]) for i in ids], "image_id": ids, "path": paths,
+                  "exists": True}).to_parquet(workdir / "images.parquet")
+    write_params(workdir, f"""features:
+  weights: none
+  image_size: 71
+  batch_size: {BATCH}
+machine:
+  features_engine: ray
+  ray_address: "{address}"
+  ray_actors: 2
+  ray_cpus_per_actor: 1.5
+  ray_connect_timeout: 3
+""")
+    return workdir / "features" / "xception.h5"
+
+
+ARGS = ("--images", "images.parquet", "--out", "features/xception.h5", "--metrics",
+        "metrics.json")
+
+
+def _stop_children_started_since(before: set[int]) -> None:
+    """Kill the processes a failed cluster start left (ours: children of this process)."""
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in before:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and one worker node on loopback. Ray gives a starting node a fixed 30 s to
+    register with the head; on a loaded machine that can pass, so a failed start is cleaned up
+    and tried again, and after ATTEMPTS the test fails (never skips) saying so."""
+    from ray.cluster_utils import Cluster
+
+    errors: list[str] = []
+    for _ in range(ATTEMPTS):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        cluster = None
+        try:
+            cluster = Cluster(initialize_head=True,
+                              head_node_args={**NODE, "include_dashboard": False,
+                                              "node_ip_address": "127.0.0.1"})
+            cluster.add_node(**NODE, node_ip_address="127.0.0.1")
+            cluster.wait_for_nodes(timeout=300)
+            break
+        except Exception as exc:  # Ray raises bare Exception on a node start-up timeout
+            errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            if cluster is not None:
+                cluster.shutdown()
+            _stop_children_started_since(before)
+    else:
+        pytest.fail(f"a two-node Ray cluster on loopback did not start in {ATTEMPTS} attempts: "
+                    + " | ".join(errors))
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def test_ray_engine_on_two_nodes_matches_local_and_resumes(cluster, tmp_path: Path) -> None:
+    out = stage_workdir(tmp_path, cluster.address)
+    process = subprocess.Popen([sys.executable, str(REPO / "stages" / "features.py"), *ARGS],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 400
+    while not list(partial_dir(out).glob("[0-9]*.npz")):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not out.exists()
+    done = len(list(partial_dir(out).glob("[0-9]*.npz")))
+    assert 0 < done < N_IMAGES
+
+    resumed = run_stage("features.py", *ARGS, cwd=tmp_path)
+    assert "resuming after" in resumed.stderr
+    assert "by 2 actors on 2 Ray nodes" in resumed.stderr, resumed.stderr[-3000:]
+    assert not partial_dir(out).exists()
+
+    ids, paths = sample_images(N_IMAGES)
+    local = tmp_path / "local.h5"
+    extract_features(ids, paths, local, FeaturesParams(weights="none", image_size=71,
+                                                       batch_size=BATCH), None, progress=False)
+    assert_same_content(out, local)
+    data, attrs = read_all(out)
+    assert [i.decode() for i in data["ids"]] == ids and attrs["n_images"] == N_IMAGES
+
+
+def test_ray_address_where_nothing_answers_fails_fast(tmp_path: Path) -> None:
+    stage_workdir(tmp_path, f"127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    result = run_stage("features.py", *ARGS, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # the error line, nothing else
+    line = lines[0]
+    assert line.startswith("error: machine.ray_address 127.0.0.1:"), line
+    assert "no Ray cluster answers there" in line and "within 3 s" in line
+    assert time.monotonic() - started < 60  # checked before TensorFlow loads
