@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from cxr_impressions.captioning.training import backed_up_epochs
+
 from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM, SHARED, launch_chromium, needs_shared
 from .repos import DVC, copy_repo, env, run, set_params, sh
 
@@ -313,18 +315,22 @@ def test_training_is_seeded_and_resumes(pipeline_repo: Path) -> None:
     process = subprocess.Popen([DVC, "repro", "train"], cwd=repo, env=env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    state = repo / "models" / ".train-state" / "selection.json"
+    state = repo / "models" / ".train-state"
     deadline = time.monotonic() + 600
-    while not state.exists():
+    while not backed_up_epochs(state / "backup"):
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert json.loads(state.read_text())["epochs_done"] >= 1
-    sh(DVC, "repro", "train", cwd=repo)
+    assert 1 <= backed_up_epochs(state / "backup") < 4
+    sh(DVC, "repro", "train", cwd=repo)  # DVC deletes the DVCLive folder (an output) first
     summary = json.loads((repo / "metrics/train.json").read_text())
     assert summary["resumed"] is True and summary["epochs_run"] == 4
-    assert not state.parent.exists()
+    assert not state.exists()
+    # The curves continue: every epoch once, none lost or logged twice.
+    for curve in ("train/loss.tsv", "eval/loss.tsv"):
+        rows = (repo / "metrics/train/plots/metrics" / curve).read_text().splitlines()[1:]
+        assert [int(r.split("\t")[0]) for r in rows] == [0, 1, 2, 3], curve
 
 
 @needs_shared(SHARED)

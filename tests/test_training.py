@@ -1,5 +1,7 @@
-"""Training inputs and the validation-chosen label threshold."""
+"""Training inputs, the validation-chosen label threshold, and the resume state."""
 
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,9 +9,14 @@ import pytest
 from cxr_impressions.captioning.studies import LABELS, Studies
 from cxr_impressions.captioning.training import (
     FALLBACK_THRESHOLD,
+    MirrorLive,
+    SelectOnValidation,
+    backed_up_epochs,
     choose_threshold,
     choose_thresholds,
+    live_copies,
     make_dataset,
+    restore_live,
     training_pairs,
 )
 
@@ -74,3 +81,48 @@ def test_per_label_thresholds_are_chosen_on_the_given_split() -> None:
     assert summary["c"] == {"threshold": FALLBACK_THRESHOLD, "val_f1": None,
                             "val_positives": 0, "fallback": True}
     assert not summary["a"]["fallback"] and summary["a"]["val_positives"] == 3
+
+
+def _live_folder(folder: Path, steps: int) -> None:
+    """A DVCLive folder as its Keras callback leaves it after `steps` epochs."""
+    for curve in ("train/loss", "eval/loss"):
+        tsv = folder / "plots" / "metrics" / f"{curve}.tsv"
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text("step\tloss\n" + "".join(f"{i}\t{5.0 - i}\n" for i in range(steps)))
+    (folder / "metrics.json").write_text(json.dumps({"step": steps - 1}))
+
+
+def test_resume_cuts_the_curves_back_to_the_backup(tmp_path: Path) -> None:
+    """DVC deletes the DVCLive folder before a rerun; the copy in the state comes back, cut to
+    the epochs the backup holds (an epoch logged after the last backup runs again)."""
+    state, live = tmp_path / "state", tmp_path / "live"
+    state.mkdir()
+    mirror = MirrorLive(live, state)
+    for epoch in range(3):
+        _live_folder(live, epoch + 1)
+        mirror.on_epoch_end(epoch)
+    assert live_copies(state) == [state / "live.3"]  # older copies removed
+    (state / ".live.4.tmp").mkdir()  # a copy cut short by a kill is never used
+    restore_live(state, live, first_epoch=2)
+    for curve in ("train/loss", "eval/loss"):
+        rows = (live / "plots" / "metrics" / f"{curve}.tsv").read_text().splitlines()
+        assert rows == ["step\tloss", "0\t5.0", "1\t4.0"]
+    restore_live(tmp_path / "empty", live, first_epoch=2)  # no copy: the curves start afresh
+    assert not live.exists()
+
+
+def test_selection_rewinds_to_the_backup(tmp_path: Path) -> None:
+    state = tmp_path
+    (state / "selection.json").write_text(json.dumps({"scores": [-3.0, -2.0, -2.5, -2.6]}))
+    selection = SelectOnValidation("val_loss", 3, state, first_epoch=3)
+    assert selection.epochs_done == 3 and selection.best_epoch == 1 and selection.wait == 1
+    assert selection.best_value == 2.0
+    fresh = SelectOnValidation("val_loss", 3, state, first_epoch=0)
+    assert fresh.epochs_done == 0 and fresh.best_epoch == -1
+
+
+def test_backed_up_epochs_reads_the_backup(tmp_path: Path) -> None:
+    assert backed_up_epochs(tmp_path / "backup") == 0
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    assert backed_up_epochs(tmp_path / "backup") == 2
