@@ -123,4 +123,4 @@ def test_only_stage_scripts_read_params() -> None:
                if path.name != "config.py" and _loaded_sections(path) - UNTRACKED]
     assert not readers
     probe = REPO / "stages" / "train.py"
-    assert _loaded_sections(probe) == {"model", "train", "decode"}  # sees calls at all
+    assert _loaded_sections(probe) == {"model", "train", "decode", "machine"}  # sees calls
