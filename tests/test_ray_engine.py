@@ -1,4 +1,4 @@
-"""The features stage on Ray: a real two-node Ray cluster on loopback (`ray.cluster_utils`), a
+"""The features stage on Ray: a real two-node Ray cluster on this machine (`ray.cluster_utils`), a
 dozen small images with random weights; the same HDF5 as the local engine, resume after a kill,
 and a Ray address where nothing answers failing fast in one line."""
 
@@ -72,10 +72,11 @@ def cluster():
         before = {p.pid for p in psutil.Process().children(recursive=True)}
         cluster = None
         try:
+            # On this machine's own address: a driver given 127.0.0.1 connects to the node's
+            # address instead (Ray's canonicalisation), where a loopback-only GCS isn't.
             cluster = Cluster(initialize_head=True,
-                              head_node_args={**NODE, "include_dashboard": False,
-                                              "node_ip_address": "127.0.0.1"})
-            cluster.add_node(**NODE, node_ip_address="127.0.0.1")
+                              head_node_args={**NODE, "include_dashboard": False})
+            cluster.add_node(**NODE)
             cluster.wait_for_nodes(timeout=300)
             break
         except Exception as exc:  # Ray raises bare Exception on a node start-up timeout
@@ -98,12 +99,14 @@ def test_ray_engine_on_two_nodes_matches_local_and_resumes(cluster, tmp_path: Pa
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 400
-    while not list(partial_dir(out).glob("[0-9]*.npz")):
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    try:
+        while not list(partial_dir(out).glob("[0-9]*.npz")):
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no shard within 400 s"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
     assert not out.exists()
     done = len(list(partial_dir(out).glob("[0-9]*.npz")))
     assert 0 < done < N_IMAGES

@@ -155,8 +155,8 @@ def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: Fea
                     "precision": precision,
                     "threads": max(1, int(machine.ray_cpus_per_actor))},
                 batch_size=params.batch_size, batch_format="numpy",
-                concurrency=machine.ray_actors, num_cpus=machine.ray_cpus_per_actor,
-                num_gpus=machine.ray_gpus_per_actor)
+                compute=ray.data.ActorPoolStrategy(size=machine.ray_actors),
+                num_cpus=machine.ray_cpus_per_actor, num_gpus=machine.ray_gpus_per_actor)
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 nodes.update(batch["node"].tolist())
                 yield (np.asarray(batch["index"], np.int64),
