@@ -11,6 +11,14 @@ from cxr_impressions.config import load_section
 from cxr_impressions.stage import run_stage
 
 
+def summarise_thresholds(chosen: dict[str, dict]) -> dict[str, object]:
+    """The per-label thresholds in three numbers: how many were chosen on validation (the
+    rest fall back, no validation positive), and their mean validation F1."""
+    f1s = [row["val_f1"] for row in chosen.values() if row["val_f1"] is not None]
+    return {"labels": len(chosen), "chosen_on_val": len(f1s),
+            "mean_val_f1": round(float(np.mean(f1s)), 4) if f1s else None}
+
+
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__)
     cli.add_argument("--clean", required=True, help="input: directory of the clean outputs")
@@ -19,6 +27,8 @@ def main() -> None:
     cli.add_argument("--out", required=True, help="output: model directory")
     cli.add_argument("--live", required=True, help="output: DVCLive directory")
     cli.add_argument("--metrics", required=True, help="output: training summary (JSON)")
+    cli.add_argument("--selection", required=True,
+                     help="output: every candidate of the validation selection (JSON)")
     args = cli.parse_args()
 
     model_params = load_section("model")
@@ -75,24 +85,34 @@ def main() -> None:
     # the decoding settings, decoding under those thresholds.
     val = splits["val"]
     thresholds = np.zeros(0)
+    selection: dict[str, object] = {"selected_on": "val"}
     if model.conditioned:
         probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
         thresholds, chosen = choose_thresholds(probabilities, val.label_matrix(model.labels),
                                                model.labels)
         config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
-        summary.update(label_thresholds=chosen,
+        selection["label_thresholds"] = chosen
+        summary.update(label_thresholds=summarise_thresholds(chosen),
                        val_abnormal_share=round(float(val.abnormal.mean()), 4))
     if decode.select:
         decode, candidates = Decoder(model, vocab, thresholds).select(val.inputs(), val.texts,
                                                                       decode)
+        best = next(row for row in candidates
+                    if all(row[key] == value for key, value in decode.settings().items()
+                           if key in row))
         summary["decoding"] = {"selected_on": "val", "metric": decode.select_metric,
-                               "chosen": decode.settings(), "candidates": candidates}
+                               "chosen": decode.settings(),
+                               f"val_{decode.select_metric}": best[decode.select_metric]}
+        selection["decoding"] = {"metric": decode.select_metric, "candidates": candidates}
     save_bundle(out, model, vocab, config, bank)
     write_json(out / "decoding.json", decode.settings())
     write_json(args.metrics, {"kind": model_params.kind, **summary,
                               "train_studies": len(splits["train"]),
                               "val_studies": len(splits["val"]),
                               "parameters": model.train_model.count_params()})
+    # The DVC metric stays a short summary (`dvc metrics show` is one row per file); every
+    # candidate the selection weighed is kept beside it, for reading.
+    write_json(args.selection, selection)
     shutil.rmtree(state_dir)
 
 
