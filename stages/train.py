@@ -11,12 +11,11 @@ from cxr_impressions.config import load_section
 from cxr_impressions.stage import run_stage
 
 
-def summarise_thresholds(chosen: dict[str, dict]) -> dict[str, object]:
-    """The per-label thresholds in three numbers: how many were chosen on validation (the
-    rest fall back, no validation positive), and their mean validation F1."""
+def mean_val_f1(chosen: dict[str, dict]) -> float | None:
+    """The mean validation F1 of the labels whose threshold was chosen there (the others have
+    no validation positive and fall back to 0.5)."""
     f1s = [row["val_f1"] for row in chosen.values() if row["val_f1"] is not None]
-    return {"labels": len(chosen), "chosen_on_val": len(f1s),
-            "mean_val_f1": round(float(np.mean(f1s)), 4) if f1s else None}
+    return round(float(np.mean(f1s)), 4) if f1s else None
 
 
 def main() -> None:
@@ -85,33 +84,34 @@ def main() -> None:
     # the decoding settings, decoding under those thresholds.
     val = splits["val"]
     thresholds = np.zeros(0)
-    selection: dict[str, object] = {"selected_on": "val"}
+    # The DVC metric (`metrics/train.json`) stays a short summary, as `dvc metrics show` prints
+    # one column per number; every threshold and candidate weighed is in `metrics/selection.json`.
+    summary = {"kind": model_params.kind, "parameters": model.train_model.count_params(),
+               **summary}
+    selection: dict[str, object] = {"selected_on": "val", "train_studies": len(splits["train"]),
+                                    "val_studies": len(val),
+                                    "val_abnormal_share": round(float(val.abnormal.mean()), 4)}
     if model.conditioned:
         probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
         thresholds, chosen = choose_thresholds(probabilities, val.label_matrix(model.labels),
                                                model.labels)
         config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
         selection["label_thresholds"] = chosen
-        summary.update(label_thresholds=summarise_thresholds(chosen),
-                       val_abnormal_share=round(float(val.abnormal.mean()), 4))
+        summary["val_label_f1"] = mean_val_f1(chosen)
     if decode.select:
         decode, candidates = Decoder(model, vocab, thresholds).select(val.inputs(), val.texts,
                                                                       decode)
         best = next(row for row in candidates
                     if all(row[key] == value for key, value in decode.settings().items()
                            if key in row))
-        summary["decoding"] = {"selected_on": "val", "metric": decode.select_metric,
-                               "chosen": decode.settings(),
-                               f"val_{decode.select_metric}": best[decode.select_metric]}
-        selection["decoding"] = {"metric": decode.select_metric, "candidates": candidates}
+        summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
+        selection["decoding"] = {"metric": decode.select_metric, "chosen": decode.settings(),
+                                 "candidates": candidates}
+    else:
+        selection["decoding"] = {"chosen": decode.settings()}  # as given in params.yaml
     save_bundle(out, model, vocab, config, bank)
     write_json(out / "decoding.json", decode.settings())
-    write_json(args.metrics, {"kind": model_params.kind, **summary,
-                              "train_studies": len(splits["train"]),
-                              "val_studies": len(splits["val"]),
-                              "parameters": model.train_model.count_params()})
-    # The DVC metric stays a short summary (`dvc metrics show` is one row per file); every
-    # candidate the selection weighed is kept beside it, for reading.
+    write_json(args.metrics, summary)
     write_json(args.selection, selection)
     shutil.rmtree(state_dir)
 

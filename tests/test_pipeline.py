@@ -36,11 +36,11 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
                    "metrics/eval/per_study.csv"):
         assert (repo / output).is_file(), output
     train = json.loads((repo / "metrics/train.json").read_text())
-    assert train["label_thresholds"]["labels"] == 14  # condition: findings
+    assert {"kind", "parameters", "best_epoch", "val_label_f1", "val_bleu4"} <= set(train)
     selection = json.loads((repo / "metrics/selection.json").read_text())
-    assert len(selection["label_thresholds"]) == 14
+    assert len(selection["label_thresholds"]) == 14  # condition: findings
     assert len(selection["decoding"]["candidates"]) == 3  # greedy + 1 beam x 2 penalties
-    chosen = train["decoding"]["chosen"]  # selected on validation, used by evaluate
+    chosen = selection["decoding"]["chosen"]  # selected on validation, used by evaluate
     assert json.loads((repo / "models/decoding.json").read_text()) == chosen
     assert json.loads((repo / "metrics/evaluate.json").read_text())["decode"] == chosen
     parse = json.loads((repo / "metrics/parse.json").read_text())
