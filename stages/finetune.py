@@ -1,7 +1,8 @@
 """finetune: the backbone adapted to chest X-rays (multi-label MeSH findings), before features.
 
 Trains on the training split's images, selects the epoch on validation, and measures the frozen
-and the adapted backbone as linear probes in the same run (metrics/finetune.json).
+and the adapted backbone as linear probes in the same run (metrics/finetune.json; seconds
+per epoch and peak RSS in timings/finetune.json).
 """
 
 import argparse
@@ -10,7 +11,7 @@ import pandas as pd
 
 from cxr_impressions.atomic import write_json
 from cxr_impressions.config import load_section
-from cxr_impressions.stage import run_stage
+from cxr_impressions.stage import note_timing, run_stage
 
 
 def main() -> None:
@@ -19,7 +20,8 @@ def main() -> None:
     cli.add_argument("--out", required=True, help="output: the adapted backbone's Keras weights")
     cli.add_argument("--cache", required=True,
                      help="the activation cache's folder (kept between runs; not a DVC output)")
-    cli.add_argument("--metrics", required=True, help="output: AUCs, timings (JSON)")
+    cli.add_argument("--metrics", required=True,
+                     help="output: AUCs (JSON); the timings go to timings/finetune.json")
     args = cli.parse_args()
 
     params = load_section("finetune")
@@ -43,8 +45,11 @@ def main() -> None:
                               machine.allow_download)
     examples = pd.read_parquet(f"{args.clean}/examples.parquet")
     images = pd.read_parquet(f"{args.clean}/images.parquet")
-    metrics = finetune(examples, images, args.out, args.cache, params, features, weights)
+    metrics, timings = finetune(examples, images, args.out, args.cache, params, features,
+                                weights)
     write_json(args.metrics, metrics)
+    for name, value in timings.items():  # timings/finetune.json: git-ignored, never compared
+        note_timing(name, value)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,13 @@ from cxr_impressions.config import load_section
 from cxr_impressions.stage import run_stage
 
 
+def mean_val_f1(chosen: dict[str, dict]) -> float | None:
+    """The mean validation F1 of the labels whose threshold was chosen there (the others have
+    no validation positive and fall back to 0.5)."""
+    f1s = [row["val_f1"] for row in chosen.values() if row["val_f1"] is not None]
+    return round(float(np.mean(f1s)), 4) if f1s else None
+
+
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__)
     cli.add_argument("--clean", required=True, help="input: directory of the clean outputs")
@@ -23,6 +30,8 @@ def main() -> None:
     cli.add_argument("--out", required=True, help="output: model directory")
     cli.add_argument("--live", required=True, help="output: DVCLive directory")
     cli.add_argument("--metrics", required=True, help="output: training summary (JSON)")
+    cli.add_argument("--selection", required=True,
+                     help="output: every candidate of the validation selection (JSON)")
     args = cli.parse_args()
 
     model_params = load_section("model")
@@ -93,25 +102,35 @@ def main() -> None:
     # the decoding settings, decoding under those thresholds.
     val = splits["val"]
     thresholds = np.zeros(0)
+    # The DVC metric (`metrics/train.json`) stays a short summary, as `dvc metrics show` prints
+    # one column per number; every threshold and candidate weighed is in `metrics/selection.json`.
+    summary = {"kind": model_params.kind, "parameters": model.train_model.count_params(),
+               **summary}
+    selection: dict[str, object] = {"selected_on": "val", "train_studies": len(splits["train"]),
+                                    "val_studies": len(val),
+                                    "val_abnormal_share": round(float(val.abnormal.mean()), 4)}
     if model.conditioned:
         probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
         thresholds, chosen = choose_thresholds(probabilities, val.label_matrix(model.labels),
                                                model.labels)
         config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
-        summary.update(label_thresholds=chosen,
-                       val_abnormal_share=round(float(val.abnormal.mean()), 4))
+        selection["label_thresholds"] = chosen
+        summary["val_label_f1"] = mean_val_f1(chosen)
     if decode.select:
         decode, candidates = Decoder(model, vocab, thresholds).select(val.inputs(), val.texts,
                                                                       decode)
-        summary["decoding"] = {"selected_on": "val", "metric": decode.select_metric,
-                               "chosen": decode.settings(), "candidates": candidates}
-    summary.update(strategy=params.strategy, replicas=strategy.num_replicas_in_sync)
+        best = next(row for row in candidates
+                    if all(row[key] == value for key, value in decode.settings().items()
+                           if key in row))
+        summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
+        selection["decoding"] = {"metric": decode.select_metric, "chosen": decode.settings(),
+                                 "candidates": candidates}
+    else:
+        selection["decoding"] = {"chosen": decode.settings()}  # as given in params.yaml
     save_bundle(paths.out, model, vocab, config, bank)
     write_json(paths.out / "decoding.json", decode.settings())
-    write_json(paths.metrics, {"kind": model_params.kind, **summary,
-                               "train_studies": len(splits["train"]),
-                               "val_studies": len(splits["val"]),
-                               "parameters": model.train_model.count_params()})
+    write_json(paths.metrics, summary)
+    write_json(args.selection, selection)
     shutil.rmtree(paths.state)
     paths.cleanup()
 

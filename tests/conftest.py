@@ -32,3 +32,17 @@ def finished_pipeline(tmp_path_factory) -> Path:
     git("add", "-A", cwd=repo)
     git("commit", "-qm", "pipeline run", cwd=repo)
     return repo
+
+
+# Under pytest-xdist (scripts/test.sh runs `-n auto --dist loadgroup`) the tests that share an
+# expensive fixture run on one worker, so that it is made once: the session's one pipeline run
+# (the pipeline and team tests), and each module's own module-scoped fixtures. The groups
+# spread over the workers.
+SHARES_THE_PIPELINE_RUN = {"test_pipeline.py", "test_team.py", "test_incremental.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.name
+        group = "sample-pipeline" if module in SHARES_THE_PIPELINE_RUN else module
+        item.add_marker(pytest.mark.xdist_group(group))

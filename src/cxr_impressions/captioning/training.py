@@ -283,6 +283,8 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     from dvclive.keras import DVCLiveCallback
 
     model = caption_model.train_model
+    log.info("training on %d replica(s) (train.strategy: %s)",
+             tf.distribute.get_strategy().num_replicas_in_sync, params.strategy)
     compile_for_training(caption_model, params.learning_rate)
     state_dir.mkdir(parents=True, exist_ok=True)
     backup_dir = state_dir / "backup"

@@ -493,14 +493,12 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
             if best:
                 progress["best_epoch"], progress["best_score"] = epoch, score
             progress["history"].append({"epoch": epoch, "loss": round(float(np.mean(losses)), 5),
-                                        "val_mean_auc": _round(score),
-                                        "seconds": round(epoch_seconds, 1)})
+                                        "val_mean_auc": _round(score)})
             log.info("epoch %d: loss %.4f, val mean AUC %s", epoch, np.mean(losses), score)
             state.save_epoch(model, optimizer, progress, best)
             seconds.append(epoch_seconds)
     model.load_weights(state.best_weights(progress))
-    return {**progress, "train_images": int(len(train_rows)),
-            "seconds_this_run": [round(s, 1) for s in seconds]}
+    return {**progress, "train_images": int(len(train_rows)), "seconds_this_run": seconds}
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -508,8 +506,9 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
 def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.PathLike[str],
              cache_root: str | os.PathLike[str], params: FinetuneParams,
              features: FeaturesParams, weights_path: str | None,
-             progress: bool = True) -> dict:
-    """Adapt the backbone; write its weights to `out_path`; return the metrics."""
+             progress: bool = True) -> tuple[dict, dict[str, float]]:
+    """Adapt the backbone; write its weights to `out_path`. Return the metrics, which depend
+    only on the data and params, and the timings (seconds, images per second, peak RSS)."""
     import tensorflow as tf
 
     from .backbones import get_spec, sha256_of
@@ -562,18 +561,20 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
         "cut_shape": list(cache[1].shape[1:]) if cache is not None else None,
         "images": {s: int(len(feed.available(data.rows(s)))) for s in ("train", "val", "test")},
         "positives": _positives(data),
-        **cache_stats,
         "epochs": training["history"], "best_epoch": training["best_epoch"],
-        "seconds_per_epoch": _round(float(np.mean([h["seconds"] for h in training["history"]]))),
         "head": {split: {t: _round(a) for t, a in aucs(*_swap(study_vectors(probs, data, split))
                                                         ).items()} for split in ("val", "test")},
         "probes": {"frozen": _probe(frozen, data), "adapted": _probe(adapted, data)},
     }
     metrics["summary"] = summarise(metrics)
-    metrics["seconds"] = round(time.perf_counter() - began, 1)
-    metrics["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    epoch_seconds = training["seconds_this_run"]
+    timings = {**{k: float(v) for k, v in cache_stats.items()},
+               "epochs_this_run": float(len(epoch_seconds)),
+               "seconds_per_epoch": float(np.mean(epoch_seconds)) if epoch_seconds else 0.0,
+               "finetune_seconds": time.perf_counter() - began,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     shutil.rmtree(state.folder)
-    return metrics
+    return metrics, timings
 
 
 def _swap(pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
