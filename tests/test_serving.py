@@ -4,6 +4,7 @@ untrained model over random-weight Xception features (71 px), so that it starts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import io
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,37 +109,48 @@ def bundle(tmp_path_factory) -> Path:
     return serving_bundle(tmp_path_factory.mktemp("bundle") / "models", seed=3)
 
 
-@pytest.fixture(scope="module")
-def server(bundle: Path, tmp_path_factory):
-    """`cxr serve` with small limits and a token, its temporary folder watched."""
+@contextlib.contextmanager
+def running_server(bundle: Path, folder: Path, limits: list[str]) -> Iterator[Client]:
+    """`cxr serve` with `limits` and a token, in a subprocess on a free port; its temporary
+    folder (`folder`/tmp) watched, its log in `folder`/log.txt."""
     port = free_port()
-    spool = tmp_path_factory.mktemp("server-tmp")
+    spool = folder / "tmp"
+    spool.mkdir(parents=True)
     variables = {**env(), "CXR_API_TOKEN": TOKEN, "TMPDIR": str(spool)}
-    log = tmp_path_factory.mktemp("server-log") / "log.txt"
+    log = folder / "log.txt"
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "cxr_impressions.cli", "serve", "--model", str(bundle),
-             "--port", str(port), "--params", str(bundle / "none.yaml"), *LIMITS],
+             "--port", str(port), "--params", str(bundle / "none.yaml"), *limits],
             env=variables, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    client = Client(port)
-    deadline = time.monotonic() + 300
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if client.request("GET", "/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.5)
-    client.spool, client.log, client.process = spool, log, process
-    yield client
-    process.terminate()
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        client = Client(port)
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if client.request("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        client.spool, client.log, client.process = spool, log, process
+        yield client
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path, tmp_path_factory) -> Iterator[Client]:
+    """`cxr serve` with small limits and a token."""
+    with running_server(bundle, tmp_path_factory.mktemp("server"), LIMITS) as client:
+        yield client
 
 
 def test_good_study_gives_impression_labels_decoding_and_identity(server: Client,
@@ -259,6 +272,30 @@ def test_queue_full_gets_503_and_the_rest_succeed(server: Client) -> None:
     busy = next(body for status, body in results if status == 503)
     assert busy["error"].startswith("server busy:")
     assert server.predict(*STUDIES["2"])[0] == 200
+
+
+def test_request_over_the_timeout_gets_504_and_the_server_goes_on(bundle: Path,
+                                                                   tmp_path: Path) -> None:
+    """A lone study waits up to max_wait_ms (2 s) for others to join its batch, so with a
+    0.2 s timeout its request times out whatever the machine's speed."""
+    limits = ["--timeout-s", "0.2", "--max-batch", "4", "--max-wait-ms", "2000"]
+    with running_server(bundle, tmp_path, limits) as client:
+        for _ in range(2):  # the second time shows that the first left nothing stuck
+            began = time.monotonic()
+            status, body = client.predict(*STUDIES["1"])
+            assert status == 504 and body == {"error": "no result within 0.2 s "
+                                                       "(serve.timeout_s)"}
+            assert time.monotonic() - began < 1.5  # answered at its timeout, not its batch's
+            deadline = time.monotonic() + 30
+            while (health := client.request("GET", "/healthz")[1])["pending"]:
+                assert time.monotonic() < deadline, health
+                time.sleep(0.2)
+        # Both studies were dropped from their batches unrun; the server answers on.
+        assert health["dropped"] == 2 and health["studies"] == 0, health
+        assert client.request("GET", "/v1/model")[0] == 200
+        status, body = client.predict(b"not an image", names=("bad.png", ""))
+        assert status == 400 and body["error"].startswith("bad.png: not a PNG")
+        assert client.process.poll() is None
 
 
 def cxr_predict_csv(bundle: Path, tmp_path: Path) -> dict[str, str]:

@@ -115,6 +115,7 @@ class Health(BaseModel):
     batches: int  # batches run so far, the studies in them, and the largest
     studies: int
     largest_batch: int
+    dropped: int  # studies whose request timed out (or went away) before their batch ran
 
 
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
@@ -233,7 +234,7 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
         stats = batcher.stats
         return {"status": "ok", "pending": batcher.pending, "token_required": token is not None,
                 "batches": stats.batches, "studies": stats.studies,
-                "largest_batch": stats.largest}
+                "largest_batch": stats.largest, "dropped": stats.dropped}
 
     @app.get("/v1/model", response_model=ModelInfo, responses={401: ERRORS[401]})
     async def model(request: Request) -> dict:
@@ -311,16 +312,19 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
             raise ApiError(413, str(exc)) from None
         except InputError as exc:
             raise ApiError(400, str(exc)) from None
+        timed_out = ApiError(504, f"no result within {params.timeout_s:g} s (serve.timeout_s)")
+        remaining = params.timeout_s - (time.perf_counter() - began)
+        if remaining <= 0:  # a slow upload spent it all: don't take a place in the queue
+            raise timed_out
         try:
             future = batcher.submit(images, explain)
         except QueueFullError as exc:
             raise ApiError(503, f"server busy: {exc}") from None
-        remaining = params.timeout_s - (time.perf_counter() - began)
         try:
-            result: Prediction = await asyncio.wait_for(future, max(remaining, 0.001))
+            # On timeout the future is cancelled: a batch not yet started drops the study.
+            result: Prediction = await asyncio.wait_for(future, remaining)
         except TimeoutError:
-            raise ApiError(504, f"no result within {params.timeout_s:g} s "
-                                "(serve.timeout_s)") from None
+            raise timed_out from None
         return _response(result, len(images), decoding, identity, bundle.abnormal_threshold,
                          time.perf_counter() - began)
 
