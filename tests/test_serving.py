@@ -343,6 +343,11 @@ def test_server_answers_equal_cxr_predict(server: Client, bundle: Path, tmp_path
 def test_page_in_headless_chromium(server: Client, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    from cxr_impressions.reporting.assets import read_static
+
+    # The heat-map script and colours are the report's own files, not copies.
+    assert server.request("GET", "/static/heatmap.js")[1] == {"text": read_static("heatmap.js")}
+    assert server.request("GET", "/static/ramp.json")[1] == json.loads(read_static("ramp.json"))
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:

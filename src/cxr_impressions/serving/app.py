@@ -39,9 +39,11 @@ from .batching import Batcher, QueueFullError
 log = logging.getLogger(__name__)
 
 VIEWS = ("frontal", "lateral")
-# The page's files, and the report's colour ramp so that both pages colour heat-maps alike.
+# The page's files, and the report's heat-map script and colour ramp, served from the
+# report's static folder so that both pages draw heat-maps with the same code and colours.
 STATIC = {"serve.js": "text/javascript", "serve.css": "text/css",
-          "ramp.json": "application/json"}
+          "heatmap.js": "text/javascript", "ramp.json": "application/json"}
+FROM_REPORT = {"heatmap.js", "ramp.json"}
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
                "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 
@@ -133,7 +135,7 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
 
 
 def _static(name: str) -> str:
-    if name == "ramp.json":
+    if name in FROM_REPORT:
         return read_report_static(name)
     return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
