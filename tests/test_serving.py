@@ -276,25 +276,45 @@ def test_queue_full_gets_503_and_the_rest_succeed(server: Client) -> None:
 
 def test_request_over_the_timeout_gets_504_and_the_server_goes_on(bundle: Path,
                                                                    tmp_path: Path) -> None:
-    """A lone study waits up to max_wait_ms (2 s) for others to join its batch, so with a
-    0.2 s timeout its request times out whatever the machine's speed."""
+    """Both ways a request outlives `timeout_s` (0.2 s), whatever the machine's speed: a
+    study waiting for its batch to fill (a batch waits up to max_wait_ms, 2 s, while another
+    request is still uploading), and a request whose slow upload spends the time (it is
+    never queued)."""
     limits = ["--timeout-s", "0.2", "--max-batch", "4", "--max-wait-ms", "2000"]
+    expected = {"error": "no result within 0.2 s (serve.timeout_s)"}
     with running_server(bundle, tmp_path, limits) as client:
-        for _ in range(2):  # the second time shows that the first left nothing stuck
-            began = time.monotonic()
-            status, body = client.predict(*STUDIES["1"])
-            assert status == 504 and body == {"error": "no result within 0.2 s "
-                                                       "(serve.timeout_s)"}
-            assert time.monotonic() - began < 1.5  # answered at its timeout, not its batch's
+        body, kind = multipart({"frontal": ("f.jpg", (IMAGES / STUDIES["1"][0]).read_bytes(),
+                                            "image/jpeg")})
+        slow = http.client.HTTPConnection("127.0.0.1", client.port, timeout=60)
+        try:
+            slow.putrequest("POST", "/v1/predict")
+            for name, value in (("Content-Type", kind), ("Content-Length", str(len(body))),
+                                ("Authorization", f"Bearer {TOKEN}")):
+                slow.putheader(name, value)
+            slow.endheaders()
+            slow.send(body[:1000])  # the rest comes later
             deadline = time.monotonic() + 30
-            while (health := client.request("GET", "/healthz")[1])["pending"]:
-                assert time.monotonic() < deadline, health
-                time.sleep(0.2)
-        # Both studies were dropped from their batches unrun; the server answers on.
-        assert health["dropped"] == 2 and health["studies"] == 0, health
+            while client.request("GET", "/healthz")[1]["arriving"] != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            began = time.monotonic()
+            assert client.predict(*STUDIES["1"]) == (504, expected)
+            assert time.monotonic() - began < 1.5  # answered at its timeout, not its batch's
+            slow.send(body[1000:])
+            response = slow.getresponse()
+            assert (response.status, json.loads(response.read())) == (504, expected)
+        finally:
+            slow.close()
+        deadline = time.monotonic() + 30
+        while (health := client.request("GET", "/healthz")[1])["pending"]:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.2)
+        # The waiting study was dropped from its batch unrun, the slow one never queued; the
+        # server answers on.
+        assert (health["dropped"], health["studies"], health["arriving"]) == (1, 0, 0), health
         assert client.request("GET", "/v1/model")[0] == 200
-        status, body = client.predict(b"not an image", names=("bad.png", ""))
-        assert status == 400 and body["error"].startswith("bad.png: not a PNG")
+        status, answer = client.predict(b"not an image", names=("bad.png", ""))
+        assert status == 400 and answer["error"].startswith("bad.png: not a PNG")
         assert client.process.poll() is None
 
 
@@ -402,6 +422,29 @@ def test_batcher_groups_requests_and_bounds_its_queue() -> None:
 
     assert asyncio.run(scenario()) == [f"study {n}" for n in range(5)]
     assert seen == [2, 2, 1]
+
+
+def test_a_lone_study_waits_for_a_batch_only_while_another_is_on_its_way() -> None:
+    def run(images: list, explain: list) -> list:
+        return [len(images)] * len(images)
+
+    async def scenario() -> tuple[float, list]:
+        batcher = Batcher(run, max_batch=4, max_wait_s=5.0, queue_size=8)
+        await batcher.start()
+        try:
+            began = time.monotonic()
+            alone = await batcher.submit([0], False)  # nothing else arriving: runs at once
+            waited = time.monotonic() - began
+            with batcher.arriving():
+                first = batcher.submit([1], False)
+                await asyncio.sleep(0.3)  # the first study's batch waits for this one
+                second = batcher.submit([2], False)
+            return waited, [alone, *await asyncio.gather(first, second)]
+        finally:
+            await batcher.stop()
+
+    waited, sizes = asyncio.run(scenario())
+    assert waited < 2.0 and sizes == [1, 2, 2]
 
 
 def test_serve_flags_and_taken_port_are_one_line_errors(tmp_path: Path) -> None:

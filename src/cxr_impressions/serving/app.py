@@ -113,6 +113,7 @@ class ModelInfo(BaseModel):
 class Health(BaseModel):
     status: str
     pending: int  # studies queued or running
+    arriving: int  # requests being uploaded or decoded, not yet queued
     token_required: bool
     batches: int  # batches run so far, the studies in them, and the largest
     studies: int
@@ -231,10 +232,11 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:
-        """Liveness, the studies queued or running, whether /v1 needs a token, and batch
-        counts."""
+        """Liveness, the studies queued or running and the requests on their way, whether /v1
+        needs a token, and batch counts."""
         stats = batcher.stats
-        return {"status": "ok", "pending": batcher.pending, "token_required": token is not None,
+        return {"status": "ok", "pending": batcher.pending, "arriving": batcher.on_the_way,
+                "token_required": token is not None,
                 "batches": stats.batches, "studies": stats.studies,
                 "largest_batch": stats.largest, "dropped": stats.dropped}
 
@@ -307,21 +309,22 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
         if explain and not predictor.explains:
             raise ApiError(400, f"explain needs a model with spatial attention; the "
                                 f"{predictor.kind} model has none")
-        uploads = await read_uploads(request)
-        try:
-            images = await asyncio.to_thread(decode, uploads)
-        except TooLargeError as exc:
-            raise ApiError(413, str(exc)) from None
-        except InputError as exc:
-            raise ApiError(400, str(exc)) from None
         timed_out = ApiError(504, f"no result within {params.timeout_s:g} s (serve.timeout_s)")
-        remaining = params.timeout_s - (time.perf_counter() - began)
-        if remaining <= 0:  # a slow upload spent it all: don't take a place in the queue
-            raise timed_out
-        try:
-            future = batcher.submit(images, explain)
-        except QueueFullError as exc:
-            raise ApiError(503, f"server busy: {exc}") from None
+        with batcher.arriving():  # a batch about to run may wait for this study
+            uploads = await read_uploads(request)
+            try:
+                images = await asyncio.to_thread(decode, uploads)
+            except TooLargeError as exc:
+                raise ApiError(413, str(exc)) from None
+            except InputError as exc:
+                raise ApiError(400, str(exc)) from None
+            remaining = params.timeout_s - (time.perf_counter() - began)
+            if remaining <= 0:  # a slow upload spent it all: don't take a place in the queue
+                raise timed_out
+            try:
+                future = batcher.submit(images, explain)
+            except QueueFullError as exc:
+                raise ApiError(503, f"server busy: {exc}") from None
         try:
             # On timeout the future is cancelled: a batch not yet started drops the study.
             result: Prediction = await asyncio.wait_for(future, remaining)
