@@ -4,6 +4,9 @@ Starts the real server (`cxr serve`, a subprocess on a free loopback port) and d
 N concurrent clients (threads, one keep-alive connection each) posting real sample studies
 (frontal + lateral JPEGs) to /v1/predict, for a bounded number of requests per level:
 
+  backbone:  in process, before the servers start: the backbone over 16 images (8 studies) in
+             calls of --backbone-chunks images (the server's `backbone_batch`), wall and CPU
+             seconds an image, rounds interleaved, the best round of each;
   baseline:  the warm in-process `Predictor` on one study (the same work without HTTP,
              queueing or batching), --repeats calls before each level, the median of all;
   batching:  a server with dynamic batching (--max-batch, --max-wait-ms) at 1, 4, 16 clients;
@@ -18,7 +21,8 @@ CPU time (all threads) per level: CPU s a study, and how many cores were busy on
 machine with C cores, C / (CPU s a study) bounds the throughput any batching could reach.
 
     python benchmarks/serve.py --model models [--requests 48] [--clients 1,4,16]
-        [--rss-requests 1000] [--rss-seconds 1800] [--weights-dir ../shared/weights]
+        [--rss-requests 1000] [--rss-seconds 1800] [--backbone-chunks 1,2,4,8]
+        [--weights-dir ../shared/weights]
 Needs a trained model (`bash scripts/repro.sh`).
 """
 
@@ -198,6 +202,28 @@ def in_process_call(predictor: object, study: object) -> float:
     return time.perf_counter() - began
 
 
+def backbone_rates(predictor: object, images: list, chunks: list[int], rounds: int
+                   ) -> dict[int, tuple[float, float]]:
+    """{chunk: (wall s, CPU s) an image} for the backbone and pooling (`Predictor.inputs`)
+    over `images` (studies' decoded images) in calls of `chunk` images; the best of
+    `rounds` interleaved rounds (a shared machine's interruptions only ever add time)."""
+    count = sum(len(study) for study in images)
+    best: dict[int, tuple[float, float]] = {}
+    for chunk in chunks:  # trace each call shape first
+        predictor.backbone_batch = chunk
+        predictor.inputs(images[:1])
+        predictor.inputs(images)
+    for number in range(rounds):
+        for chunk in chunks if number % 2 == 0 else chunks[::-1]:
+            predictor.backbone_batch = chunk
+            wall, cpu = time.perf_counter(), time.process_time()
+            predictor.inputs(images)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            old = best.get(chunk, (float("inf"), float("inf")))
+            best[chunk] = (min(old[0], wall / count), min(old[1], cpu / count))
+    return best
+
+
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -212,6 +238,9 @@ def main() -> None:
                      help="in-process baseline calls before each level")
     cli.add_argument("--rss-requests", type=int, default=0,
                      help="also run the leak check over this many requests (e.g. 1000)")
+    cli.add_argument("--backbone-chunks", default="1,2,4,8",
+                     help="backbone call sizes to time in process ('' to skip)")
+    cli.add_argument("--backbone-rounds", type=int, default=2)
     cli.add_argument("--rss-seconds", type=float, default=float("inf"),
                      help="stop the leak check after this long; it reports what ran")
     args = cli.parse_args()
@@ -226,6 +255,10 @@ def main() -> None:
     bodies = [multipart(s.frontal, s.lateral) for s in studies]
 
     predictor, study = warm_predictor(args), studies[0]
+    chunks = [int(c) for c in args.backbone_chunks.split(",") if c.strip()]
+    rates = backbone_rates(predictor, [predictor.load(s) for s in studies[:8]], chunks,
+                           args.backbone_rounds) if chunks else {}
+    predictor.backbone_batch = 2  # the server's default, for the baseline
     baseline_times: list[float] = []
     rows, leak = [], None
     servers = {"on": Server(args, args.max_batch), "off": Server(args, 1)}
@@ -271,6 +304,14 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} at the end (other processes share the cores)")
     print(f"in-process warm Predictor, one study: {baseline * 1000:.0f} ms (median of "
           f"{len(baseline_times)}, taken before each level)\n")
+    if rates:
+        base = rates.get(2, next(iter(rates.values())))
+        print(f"backbone in process, 16 images (best of {args.backbone_rounds} rounds):")
+        print(f"{'images a call':>13} {'wall s/image':>12} {'CPU s/image':>11} "
+              f"{'CPU vs 2 a call':>15}")
+        for chunk, (wall, cpu) in rates.items():
+            print(f"{chunk:>13} {wall:12.3f} {cpu:11.3f} {cpu / base[1]:14.2f}x")
+        print()
     print(f"{'mode':22} {'clients':>7} {'ok':>4} {'failed':>6} {'p50 ms':>8} {'p95 ms':>8} "
           f"{'p99 ms':>8} {'studies/s':>9} {'CPU s/study':>11} {'cores busy':>10} "
           f"{'peak RSS MB':>11}")
