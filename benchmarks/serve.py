@@ -290,8 +290,11 @@ def main() -> None:
             window = min(200, done // 2)
             first = server.peak_mb(began, marks[window])
             last = server.peak_mb(marks[done - window], marks[done])
+            step = 100  # the peak over each 100 requests: growth that levels off, or a leak
+            timeline = [server.peak_mb(marks[n - step] if n > step else began, marks[n])
+                        for n in range(step, done + 1, step)]
             leak = (done, args.rss_requests, window, first, last, checked["failed"],
-                    checked["wall"])
+                    checked["wall"], timeline)
         peak_on = servers["on"].peak_mb()
     finally:
         for server in servers.values():
@@ -347,13 +350,14 @@ def main() -> None:
     print(f"failed requests: {failed} (goal 0: {'met' if failed == 0 else 'NOT met'})")
     print(f"server peak RSS with batching: {peak_on:.0f} MB")
     if leak:
-        n, asked, window, first, last, failed, wall = leak
+        n, asked, window, first, last, failed, wall, timeline = leak
         growth = last / first - 1
         ran = f"{n} requests" + ("" if n == asked else f" (of {asked} asked; --rss-seconds "
                                                         f"{args.rss_seconds:g} ran out)")
         print(f"leak check over {ran} from 4 clients in {wall:.0f} s, {failed} failed: peak "
               f"RSS first {window} {first:.0f} MB, last {window} {last:.0f} MB ({growth:+.1%}; "
               f"goal within 5%: {'met' if abs(growth) <= 0.05 else 'NOT met'})")
+        print("  peak RSS MB by 100 requests: " + ", ".join(f"{mb:.0f}" for mb in timeline))
 
 
 def cpu_name() -> str:
