@@ -189,3 +189,56 @@ def test_chart_text_is_never_clipped_or_over_the_lines(tmp_path) -> None:
     faults = chart_layout_faults(page, tmp_path / "charts.png")
     assert not faults, faults
     assert (tmp_path / "charts.png").stat().st_size > 5_000
+
+
+def test_report_page_draws_heatmaps_and_follows_the_word(tmp_path) -> None:
+    """A two-study report in headless Chromium: its heat-maps (heatmap.js, the script the
+    serve page shares) are drawn over the thumbnails, change with the word pointed at, and
+    leave a missing view's canvas empty."""
+    import pandas as pd
+    from playwright.sync_api import sync_playwright
+
+    from cxr_impressions.reporting.page import build_report
+
+    from .helpers import SAMPLE, launch_chromium
+
+    images = SAMPLE / "images"
+    table = pd.DataFrame({
+        "uid": [1, 2], "reference": ["no acute disease .", "small left effusion ."],
+        "model": ["no acute cardiopulmonary abnormality .", "left effusion ."],
+        "nearest_neighbour": ["normal chest .", "no effusion ."],
+        "reference_abnormal": [False, True], "model_abnormal": [False, True],
+        "model_abnormal_probability": [0.2, 0.8], "model_bleu4": [0.1, 0.3],
+        "model_rouge_l": [0.4, 0.6], "nearest_neighbour_rouge_l": [0.2, 0.3]})
+    by_length = pd.DataFrame({"reference_words": ["1-4", "5+"], "model": [0.4, 0.6]})
+    rng = np.random.default_rng(0)
+    attention = {}
+    for uid, words in (("1", 5), ("2", 3)):  # a row per word and the end token's
+        maps = rng.random((words + 1, 2 * 9))
+        attention[uid] = maps / maps.sum(axis=1, keepdims=True)
+    paths = {"1": (images / "1_IM-0001-4001.dcm.jpg", images / "1_IM-0001-3001.dcm.jpg"),
+             "2": (images / "2_IM-0652-1001.dcm.jpg", None)}
+    build_report(tmp_path / "report", {"model": {"bleu4": 0.2}}, {}, table, {}, by_length,
+                 paths, attention)
+    heat = ("c => { const x = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; "
+            "let s = 0; for (let i = 3; i < x.length; i += 4) s += x[i] * (i % 97); return s; }")
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto((tmp_path / "report" / "index.html").as_uri())
+            page.wait_for_selector("body[data-ready='1']", timeout=30000)
+            first = page.locator("#study-1")
+            canvases = first.locator("canvas")
+            mean_maps = [canvases.nth(v).evaluate(heat) for v in range(2)]
+            assert all(m > 0 for m in mean_maps), mean_maps  # both views, the mean map
+            first.locator(".word").nth(2).hover()
+            assert [canvases.nth(v).evaluate(heat) for v in range(2)] != mean_maps
+            second = page.locator("#study-2 canvas")
+            assert second.nth(0).evaluate(heat) > 0 and second.nth(1).evaluate(heat) == 0
+            page.screenshot(path=str(tmp_path / "report.png"))
+            assert not errors, errors
+        finally:
+            browser.close()

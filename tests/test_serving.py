@@ -4,6 +4,7 @@ untrained model over random-weight Xception features (71 px), so that it starts 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import io
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,37 +109,48 @@ def bundle(tmp_path_factory) -> Path:
     return serving_bundle(tmp_path_factory.mktemp("bundle") / "models", seed=3)
 
 
-@pytest.fixture(scope="module")
-def server(bundle: Path, tmp_path_factory):
-    """`cxr serve` with small limits and a token, its temporary folder watched."""
+@contextlib.contextmanager
+def running_server(bundle: Path, folder: Path, limits: list[str]) -> Iterator[Client]:
+    """`cxr serve` with `limits` and a token, in a subprocess on a free port; its temporary
+    folder (`folder`/tmp) watched, its log in `folder`/log.txt."""
     port = free_port()
-    spool = tmp_path_factory.mktemp("server-tmp")
+    spool = folder / "tmp"
+    spool.mkdir(parents=True)
     variables = {**env(), "CXR_API_TOKEN": TOKEN, "TMPDIR": str(spool)}
-    log = tmp_path_factory.mktemp("server-log") / "log.txt"
+    log = folder / "log.txt"
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "cxr_impressions.cli", "serve", "--model", str(bundle),
-             "--port", str(port), "--params", str(bundle / "none.yaml"), *LIMITS],
+             "--port", str(port), "--params", str(bundle / "none.yaml"), *limits],
             env=variables, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    client = Client(port)
-    deadline = time.monotonic() + 300
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            if client.request("GET", "/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.5)
-    client.spool, client.log, client.process = spool, log, process
-    yield client
-    process.terminate()
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        client = Client(port)
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if client.request("GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        client.spool, client.log, client.process = spool, log, process
+        yield client
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Path, tmp_path_factory) -> Iterator[Client]:
+    """`cxr serve` with small limits and a token."""
+    with running_server(bundle, tmp_path_factory.mktemp("server"), LIMITS) as client:
+        yield client
 
 
 def test_good_study_gives_impression_labels_decoding_and_identity(server: Client,
@@ -261,6 +274,50 @@ def test_queue_full_gets_503_and_the_rest_succeed(server: Client) -> None:
     assert server.predict(*STUDIES["2"])[0] == 200
 
 
+def test_request_over_the_timeout_gets_504_and_the_server_goes_on(bundle: Path,
+                                                                   tmp_path: Path) -> None:
+    """Both ways a request outlives `timeout_s` (0.2 s), whatever the machine's speed: a
+    study waiting for its batch to fill (a batch waits up to max_wait_ms, 2 s, while another
+    request is still uploading), and a request whose slow upload spends the time (it is
+    never queued)."""
+    limits = ["--timeout-s", "0.2", "--max-batch", "4", "--max-wait-ms", "2000"]
+    expected = {"error": "no result within 0.2 s (serve.timeout_s)"}
+    with running_server(bundle, tmp_path, limits) as client:
+        body, kind = multipart({"frontal": ("f.jpg", (IMAGES / STUDIES["1"][0]).read_bytes(),
+                                            "image/jpeg")})
+        slow = http.client.HTTPConnection("127.0.0.1", client.port, timeout=60)
+        try:
+            slow.putrequest("POST", "/v1/predict")
+            for name, value in (("Content-Type", kind), ("Content-Length", str(len(body))),
+                                ("Authorization", f"Bearer {TOKEN}")):
+                slow.putheader(name, value)
+            slow.endheaders()
+            slow.send(body[:1000])  # the rest comes later
+            deadline = time.monotonic() + 30
+            while client.request("GET", "/healthz")[1]["arriving"] != 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            began = time.monotonic()
+            assert client.predict(*STUDIES["1"]) == (504, expected)
+            assert time.monotonic() - began < 1.5  # answered at its timeout, not its batch's
+            slow.send(body[1000:])
+            response = slow.getresponse()
+            assert (response.status, json.loads(response.read())) == (504, expected)
+        finally:
+            slow.close()
+        deadline = time.monotonic() + 30
+        while (health := client.request("GET", "/healthz")[1])["pending"]:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.2)
+        # The waiting study was dropped from its batch unrun, the slow one never queued; the
+        # server answers on.
+        assert (health["dropped"], health["studies"], health["arriving"]) == (1, 0, 0), health
+        assert client.request("GET", "/v1/model")[0] == 200
+        status, answer = client.predict(b"not an image", names=("bad.png", ""))
+        assert status == 400 and answer["error"].startswith("bad.png: not a PNG")
+        assert client.process.poll() is None
+
+
 def cxr_predict_csv(bundle: Path, tmp_path: Path) -> dict[str, str]:
     projections = tmp_path / "projections.csv"
     rows = ["uid,filename,projection"]
@@ -306,6 +363,11 @@ def test_server_answers_equal_cxr_predict(server: Client, bundle: Path, tmp_path
 def test_page_in_headless_chromium(server: Client, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    from cxr_impressions.reporting.assets import read_static
+
+    # The heat-map script and colours are the report's own files, not copies.
+    assert server.request("GET", "/static/heatmap.js")[1] == {"text": read_static("heatmap.js")}
+    assert server.request("GET", "/static/ramp.json")[1] == json.loads(read_static("ramp.json"))
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
@@ -360,6 +422,29 @@ def test_batcher_groups_requests_and_bounds_its_queue() -> None:
 
     assert asyncio.run(scenario()) == [f"study {n}" for n in range(5)]
     assert seen == [2, 2, 1]
+
+
+def test_a_lone_study_waits_for_a_batch_only_while_another_is_on_its_way() -> None:
+    def run(images: list, explain: list) -> list:
+        return [len(images)] * len(images)
+
+    async def scenario() -> tuple[float, list]:
+        batcher = Batcher(run, max_batch=4, max_wait_s=5.0, queue_size=8)
+        await batcher.start()
+        try:
+            began = time.monotonic()
+            alone = await batcher.submit([0], False)  # nothing else arriving: runs at once
+            waited = time.monotonic() - began
+            with batcher.arriving():
+                first = batcher.submit([1], False)
+                await asyncio.sleep(0.3)  # the first study's batch waits for this one
+                second = batcher.submit([2], False)
+            return waited, [alone, *await asyncio.gather(first, second)]
+        finally:
+            await batcher.stop()
+
+    waited, sizes = asyncio.run(scenario())
+    assert waited < 2.0 and sizes == [1, 2, 2]
 
 
 def test_serve_flags_and_taken_port_are_one_line_errors(tmp_path: Path) -> None:

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
             ("--port", int, "port (default 8000)"),
             ("--max-batch", int, "studies decoded together; 1 turns batching off"),
             ("--backbone-batch", int, "images per backbone call within a batch"),
-            ("--max-wait-ms", float, "how long a study waits for others to fill its batch"),
+            ("--max-wait-ms", float, "how long a study waits for others on their way to "
+                                      "fill its batch"),
             ("--queue-size", int, "studies queued or running before 503"),
             ("--timeout-s", float, "per-request time limit (504 beyond it)"),
             ("--max-upload-mb", float, "request body limit (413 beyond it)"),

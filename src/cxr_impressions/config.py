@@ -235,7 +235,7 @@ class ServeParams:
     backbone_batch: int = at_least(1, 2)  # images per backbone call within a batch
     max_wait_ms: float = at_least(0.0, 20.0, at_most=10_000.0)  # wait this long to fill a batch
     queue_size: int = at_least(1, 32)  # studies waiting or running; beyond: 503
-    timeout_s: float = at_least(0.1, 60.0)  # per request, queueing included; beyond: 504
+    timeout_s: float = at_least(0.1, 60.0)  # per request, upload and queueing included: 504
     max_upload_mb: float = at_least(0.01, 20.0)  # the whole request body; beyond: 413
     max_image_side: int = at_least(32, 4096)  # pixels along either side; beyond: 413
     token_env: str = "CXR_API_TOKEN"  # the environment variable holding the optional API token

@@ -444,6 +444,7 @@ def build_report(out_dir: str | os.PathLike[str], scores: dict, train_summary: d
 <section class="gallery" id="gallery">{"".join(cards)}</section>
 <script type="application/json" id="attention-data">{payload}</script>
 <script type="application/json" id="ramp-data">{json.dumps(ramp_anchors())}</script>
+<script>{read_static('heatmap.js')}</script>
 <script>{read_static('report.js')}</script>
 </body></html>
 """

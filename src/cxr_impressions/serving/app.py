@@ -39,9 +39,11 @@ from .batching import Batcher, QueueFullError
 log = logging.getLogger(__name__)
 
 VIEWS = ("frontal", "lateral")
-# The page's files, and the report's colour ramp so that both pages colour heat-maps alike.
+# The page's files, and the report's heat-map script and colour ramp, served from the
+# report's static folder so that both pages draw heat-maps with the same code and colours.
 STATIC = {"serve.js": "text/javascript", "serve.css": "text/css",
-          "ramp.json": "application/json"}
+          "heatmap.js": "text/javascript", "ramp.json": "application/json"}
+FROM_REPORT = {"heatmap.js", "ramp.json"}
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
                "script-src 'self'; connect-src 'self'; frame-ancestors 'none'")
 
@@ -111,10 +113,12 @@ class ModelInfo(BaseModel):
 class Health(BaseModel):
     status: str
     pending: int  # studies queued or running
+    arriving: int  # requests being uploaded or decoded, not yet queued
     token_required: bool
     batches: int  # batches run so far, the studies in them, and the largest
     studies: int
     largest_batch: int
+    dropped: int  # studies whose request timed out (or went away) before their batch ran
 
 
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
@@ -132,7 +136,7 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
 
 
 def _static(name: str) -> str:
-    if name == "ramp.json":
+    if name in FROM_REPORT:
         return read_report_static(name)
     return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
 
@@ -228,12 +232,13 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:
-        """Liveness, the studies queued or running, whether /v1 needs a token, and batch
-        counts."""
+        """Liveness, the studies queued or running and the requests on their way, whether /v1
+        needs a token, and batch counts."""
         stats = batcher.stats
-        return {"status": "ok", "pending": batcher.pending, "token_required": token is not None,
+        return {"status": "ok", "pending": batcher.pending, "arriving": batcher.on_the_way,
+                "token_required": token is not None,
                 "batches": stats.batches, "studies": stats.studies,
-                "largest_batch": stats.largest}
+                "largest_batch": stats.largest, "dropped": stats.dropped}
 
     @app.get("/v1/model", response_model=ModelInfo, responses={401: ERRORS[401]})
     async def model(request: Request) -> dict:
@@ -304,23 +309,27 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
         if explain and not predictor.explains:
             raise ApiError(400, f"explain needs a model with spatial attention; the "
                                 f"{predictor.kind} model has none")
-        uploads = await read_uploads(request)
+        timed_out = ApiError(504, f"no result within {params.timeout_s:g} s (serve.timeout_s)")
+        with batcher.arriving():  # a batch about to run may wait for this study
+            uploads = await read_uploads(request)
+            try:
+                images = await asyncio.to_thread(decode, uploads)
+            except TooLargeError as exc:
+                raise ApiError(413, str(exc)) from None
+            except InputError as exc:
+                raise ApiError(400, str(exc)) from None
+            remaining = params.timeout_s - (time.perf_counter() - began)
+            if remaining <= 0:  # a slow upload spent it all: don't take a place in the queue
+                raise timed_out
+            try:
+                future = batcher.submit(images, explain)
+            except QueueFullError as exc:
+                raise ApiError(503, f"server busy: {exc}") from None
         try:
-            images = await asyncio.to_thread(decode, uploads)
-        except TooLargeError as exc:
-            raise ApiError(413, str(exc)) from None
-        except InputError as exc:
-            raise ApiError(400, str(exc)) from None
-        try:
-            future = batcher.submit(images, explain)
-        except QueueFullError as exc:
-            raise ApiError(503, f"server busy: {exc}") from None
-        remaining = params.timeout_s - (time.perf_counter() - began)
-        try:
-            result: Prediction = await asyncio.wait_for(future, max(remaining, 0.001))
+            # On timeout the future is cancelled: a batch not yet started drops the study.
+            result: Prediction = await asyncio.wait_for(future, remaining)
         except TimeoutError:
-            raise ApiError(504, f"no result within {params.timeout_s:g} s "
-                                "(serve.timeout_s)") from None
+            raise timed_out from None
         return _response(result, len(images), decoding, identity, bundle.abnormal_threshold,
                          time.perf_counter() - began)
 

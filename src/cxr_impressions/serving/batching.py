@@ -3,9 +3,11 @@
 A request's study waits in a queue; the worker takes the first waiting study, then up to
 `max_batch - 1` more that arrive within `max_wait_s`, and runs them together on one inference
 thread (TensorFlow releases the GIL, so the event loop keeps accepting requests meanwhile).
-The queue is bounded: with `queue_size` studies queued or running, `submit` refuses at once
-(the server's 503) instead of letting latency grow without bound. A study whose request has
-timed out or gone away is dropped from its batch before the batch runs.
+A batch waits only while another request is on its way (being uploaded or decoded): with none,
+it runs at once, as waiting could only add latency. The queue is bounded: with `queue_size`
+studies queued or running, `submit` refuses at once (the server's 503) instead of letting
+latency grow without bound. A study whose request has timed out or gone away is dropped from
+its batch before the batch runs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +54,7 @@ class Batcher:
         self.queue_size = queue_size
         self.stats = BatchStats()
         self._pending = 0  # queued or running
+        self._arriving = 0  # requests being read or decoded, not yet queued
         self._queue: asyncio.Queue[_Job] | None = None
         self._worker: asyncio.Task | None = None
         # One inference thread: batches run one after another, each using every core.
@@ -60,6 +63,10 @@ class Batcher:
     @property
     def pending(self) -> int:
         return self._pending
+
+    @property
+    def on_the_way(self) -> int:
+        return self._arriving
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -71,6 +78,16 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around a request's upload and decoding: while any is on its way, a batch waits up
+        to `max_wait_s` for it; with none, a batch runs at once."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
 
     def submit(self, images: list, explain: bool) -> asyncio.Future:
         """Queue one study; the future resolves to its result. Raises `QueueFullError`."""
@@ -93,6 +110,8 @@ class Batcher:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
                 continue
+            if not self._arriving:  # no other study can join: don't wait for one
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

@@ -38,37 +38,15 @@
     });
   }
 
-  // Attention heat-maps: an "inferno"-like ramp, alpha-blended over the image on a canvas.
+  // Attention heat-maps (heatmap.js, shared with `cxr serve`'s page), over the thumbnails.
   const ramp = JSON.parse(document.getElementById('ramp-data').textContent);
-  function colour(v) {
-    const x = Math.min(Math.max(v, 0), 1) * (ramp.length - 1);
-    const i = Math.min(Math.floor(x), ramp.length - 2), f = x - i;
-    return ramp[i].map((c, k) => Math.round(c + f * (ramp[i + 1][k] - c)));
-  }
   function draw(card, row) {
     const data = attention[card.dataset.uid];
     if (!data) return;
-    const side = data.side, regions = side * side;
-    const weights = row === null
-      ? data.maps[0].map((_, j) => data.maps.reduce((s, m) => s + m[j], 0) / data.maps.length)
-      : data.maps[row];
-    const peak = Math.max(...weights) || 1;
+    const values = cxrHeatmap.weights(data.maps, row);
     card.querySelectorAll('canvas').forEach((canvas, view) => {
-      const small = document.createElement('canvas');
-      small.width = side; small.height = side;
-      const context = small.getContext('2d');
-      const pixels = context.createImageData(side, side);
-      for (let r = 0; r < regions; r++) {
-        const v = weights[view * regions + r] / peak;
-        const [red, green, blue] = colour(v);
-        pixels.data.set([red, green, blue, Math.round(25 + 175 * v)], r * 4);
-      }
-      context.putImageData(pixels, 0, 0);
-      const target = canvas.getContext('2d');
-      target.clearRect(0, 0, canvas.width, canvas.height);
-      if (canvas.dataset.empty === '1') return;
-      target.imageSmoothingEnabled = true;
-      target.drawImage(small, 0, 0, canvas.width, canvas.height);
+      if (canvas.dataset.empty === '1') cxrHeatmap.clear(canvas);
+      else cxrHeatmap.draw(canvas, ramp, data.side, values, view);
     });
   }
   const observer = new IntersectionObserver((entries) => {

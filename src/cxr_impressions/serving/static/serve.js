@@ -22,49 +22,27 @@
     catch (e) { return response.status + ' ' + response.statusText; }
   }
 
-  // The report's ramp (/static/ramp.json is the report's file), blended as the report does.
-  function colour(v) {
-    const x = Math.min(Math.max(v, 0), 1) * (ramp.length - 1);
-    const i = Math.min(Math.floor(x), ramp.length - 2), f = x - i;
-    return ramp[i].map((c, k) => Math.round(c + f * (ramp[i + 1][k] - c)));
-  }
+  // Heat-maps by heatmap.js, the report's script, in the report's colours (ramp.json).
   function clearHeat() {
-    document.querySelectorAll('canvas.heat').forEach((c) => c.getContext('2d').clearRect(0, 0, c.width, c.height));
+    document.querySelectorAll('canvas.heat').forEach(cxrHeatmap.clear);
   }
   function draw(row) {
     if (!attention) return;
-    const side = attention.grid, regions = side * side;
-    const maps = attention.maps.slice(0, Math.max(attention.words.length - 1, 1));
-    const weights = row === null
-      ? maps[0].map((_, j) => maps.reduce((s, m) => s + m[j], 0) / maps.length)
-      : attention.maps[row];
-    const peak = Math.max(...weights) || 1;
+    // Away from the words, the mean over the words (the last row is the end token's).
+    const values = cxrHeatmap.weights(attention.maps, row,
+                                      Math.max(attention.words.length - 1, 1));
     VIEWS.forEach((view, v) => {
       const canvas = document.querySelector(`.view[data-view="${view}"] canvas.heat`);
-      const target = canvas.getContext('2d');
-      target.clearRect(0, 0, canvas.width, canvas.height);
-      if (!files[view] || v >= attention.used) return;
-      const small = document.createElement('canvas');
-      small.width = side; small.height = side;
-      const context = small.getContext('2d');
-      const pixels = context.createImageData(side, side);
-      for (let r = 0; r < regions; r++) {
-        const value = weights[v * regions + r] / peak;
-        const [red, green, blue] = colour(value);
-        pixels.data.set([red, green, blue, Math.round(25 + 175 * value)], r * 4);
-      }
-      context.putImageData(pixels, 0, 0);
-      target.imageSmoothingEnabled = true;
+      if (!files[view] || v >= attention.used) { cxrHeatmap.clear(canvas); return; }
+      let rect;  // the whole canvas ...
       if (model && model.resize === 'pad') {
-        // The model saw the image letterboxed into a square: draw the map over that square.
+        // ... but the model saw a padded image letterboxed into a square: draw over that.
         const img = document.querySelector(`.view[data-view="${view}"] img`);
         const scale = Math.min(canvas.width / img.naturalWidth, canvas.height / img.naturalHeight);
-        const w = img.naturalWidth * scale, h = img.naturalHeight * scale;
-        const size = Math.max(w, h);
-        target.drawImage(small, (canvas.width - size) / 2, (canvas.height - size) / 2, size, size);
-      } else {
-        target.drawImage(small, 0, 0, canvas.width, canvas.height);
+        const size = Math.max(img.naturalWidth, img.naturalHeight) * scale;
+        rect = [(canvas.width - size) / 2, (canvas.height - size) / 2, size, size];
       }
+      cxrHeatmap.draw(canvas, ramp, attention.grid, values, v, rect);
     });
   }
 
