@@ -242,7 +242,7 @@ def test_real_xception_weights_load_and_differ_from_random(tmp_path: Path) -> No
                               False)
     assert weights == str(XCEPTION_WEIGHTS)
     ids, paths = sample_images(2)
-    params = FeaturesParams(image_size=96, batch_size=2, grid=False)
+    params = FeaturesParams(weights="imagenet", image_size=96, batch_size=2, grid=False)
     extract_features(ids, paths, tmp_path / "real.h5", params, weights, progress=False)
     extract_features(ids, paths, tmp_path / "none.h5", FeaturesParams(
         weights="none", image_size=96, batch_size=2, grid=False), None, progress=False)

@@ -105,7 +105,9 @@ class FinetuneParams:
 @dataclasses.dataclass(frozen=True)
 class FeaturesParams:
     backbone: Literal["xception", "inceptionv3", "densenet121"] = "xception"
-    weights: str = "imagenet"  # imagenet | none | finetuned | path to a Keras weights file
+    # finetuned (finetune's output; chosen on validation AUC, README "Results") | imagenet |
+    # none | path to a Keras weights file
+    weights: str = "finetuned"
     image_size: int = at_least(32, 299)
     resize: Literal["squash", "pad"] = "squash"
     grid: bool = True  # also store the spatial grid (the transformer reads it)
