@@ -46,3 +46,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         module = item.path.name
         group = "sample-pipeline" if module in SHARES_THE_PIPELINE_RUN else module
         item.add_marker(pytest.mark.xdist_group(group))
+    # The pipeline run's group is the longest chain: schedule it first, so that the other
+    # groups fill the other workers meanwhile instead of leaving it to run alone at the end.
+    items.sort(key=lambda item: item.path.name not in SHARES_THE_PIPELINE_RUN)
