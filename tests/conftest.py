@@ -41,6 +41,7 @@ def finished_pipeline(tmp_path_factory) -> Path:
 SHARES_THE_PIPELINE_RUN = {"test_pipeline.py", "test_team.py", "test_incremental.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = item.path.name
