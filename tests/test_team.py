@@ -187,8 +187,6 @@ def test_unreachable_endpoint_fails_within_bounded_time(team_repo: Path, s3: Sea
     assert elapsed < 120, elapsed
 
 
-@pytest.mark.xfail(strict=False, reason="failed in the first CI run after the merge "
-                   "(retrieval_k in the test params; now 0), not rerun since")
 def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
     """The README's "Comparing branches" commands, as written, then scripts/compare.sh."""
     repo = clone(team_repo, tmp_path / "branches")
@@ -232,8 +230,6 @@ def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
     assert "up to date" in sh(DVC, "status", cwd=repo)
 
 
-@pytest.mark.xfail(strict=False, reason="failed in the first CI run after the merge "
-                   "(retrieval_k in the test params; now 0), not rerun since")
 def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) -> None:
     repo = clone(team_repo, tmp_path / "experiments")
     sh(DVC, "cache", "dir", "--local", str(team_repo / ".dvc" / "cache"), cwd=repo)
@@ -284,10 +280,6 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
     assert "ROUGE-L by reference length" in html and "loss" in html
 
 
-@pytest.mark.xfail(strict=False, reason="DVC 3.67 saves no run-cache entry for a stage with a "
-                   "`cache: false` out that is not a metric or plot (dvc/stage/__init__.py, "
-                   "Stage.run), and every stage here has one (its counts file): the pipeline "
-                   "run leaves no `runs/` to push. Next: make those outs cached or metrics")
 def test_run_cache_through_the_remote(team_repo: Path, s3: SeaweedS3, tmp_path: Path) -> None:
     """A teammate who sets a param back to a value someone already ran gets those outputs from
     the remote's run-cache, without recomputing (`dvc push` and scripts/push_run_cache.py,
