@@ -117,11 +117,8 @@ def main() -> None:
         selection["label_thresholds"] = chosen
         summary["val_label_f1"] = mean_val_f1(chosen)
     if decode.select:
-        decode, candidates = Decoder(model, vocab, thresholds).select(val.inputs(), val.texts,
-                                                                      decode)
-        best = next(row for row in candidates
-                    if all(row[key] == value for key, value in decode.settings().items()
-                           if key in row))
+        decode, candidates, best = Decoder(model, vocab, thresholds).select(
+            val.inputs(), val.texts, decode)
         summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
         selection["decoding"] = {"metric": decode.select_metric, "chosen": decode.settings(),
                                  "candidates": candidates}

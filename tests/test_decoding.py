@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cxr_impressions.captioning.decoding import Decoder, rerank
+from cxr_impressions.captioning.decoding import Decoder, consistent_condition, rerank
 from cxr_impressions.config import DecodeParams
 
 from .tiny_models import WORDS, study_inputs, tiny
@@ -113,11 +113,14 @@ def test_decoding_settings_are_selected_on_the_given_split() -> None:
     references = ["no effusion .", ".", "no .", "effusion .", "no effusion .", "effusion"]
     params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.0, 2.0),
                           select_metric="rouge_l")
-    chosen, rows = decoder.select(inputs, references, params)
-    assert [(r["method"], r["beam_size"], r["length_penalty"]) for r in rows] == [
-        ("greedy", 1, 0.7), ("beam", 3, 0.0), ("beam", 3, 2.0)]
+    chosen, rows, row = decoder.select(inputs, references, params)
+    # An unconditioned model: only independent labels (there are none to make consistent).
+    assert [(r["method"], r["beam_size"], r["length_penalty"], r["labels"]) for r in rows] == [
+        ("greedy", 1, 0.7, "independent"), ("beam", 3, 0.0, "independent"),
+        ("beam", 3, 2.0, "independent")]
     best = max(r["rouge_l"] for r in rows)
     first_best = next(r for r in rows if r["rouge_l"] == best)  # ties: the earlier candidate
+    assert row is first_best
     assert (chosen.method, chosen.beam_size, chosen.length_penalty) == (
         first_best["method"], first_best["beam_size"], first_best["length_penalty"])
     # The chosen settings decode to exactly the captions that were scored.
@@ -126,7 +129,51 @@ def test_decoding_settings_are_selected_on_the_given_split() -> None:
 
     assert text_metrics(references, again)["rouge_l"] == best
     assert chosen.settings() == {"method": chosen.method, "beam_size": chosen.beam_size,
-                                 "length_penalty": chosen.length_penalty, "no_repeat_ngram": 3}
+                                 "length_penalty": chosen.length_penalty, "no_repeat_ngram": 3,
+                                 "labels": "independent"}
+
+
+def test_consistent_labels_follow_the_training_labels_definition() -> None:
+    names = ("cardiomegaly", "effusion", "abnormal")
+    thresholds = np.array([0.4, 0.1, 0.3])
+    probabilities = np.array([
+        [0.30, 0.09, 0.9],   # abnormal, no finding on: effusion is nearer its threshold (0.9x)
+        [0.50, 0.20, 0.1],   # normal: its findings go off
+        [0.50, 0.05, 0.5],   # already consistent
+        [0.10, 0.01, 0.1],   # normal, nothing on
+    ])
+    condition = (probabilities >= thresholds).astype(np.float32)
+    made = consistent_condition(condition, probabilities, thresholds, names)
+    assert made.tolist() == [[0, 1, 1], [0, 0, 0], [1, 0, 1], [0, 0, 0]]
+    assert condition.tolist()[0] == [0, 0, 1]  # the input is left as it was
+    # Every row now satisfies the labeller's rule: abnormal exactly when some finding is on.
+    assert (made[:, 2] == made[:, :2].max(axis=1)).all()
+    only_abnormal = np.array([[0.0], [1.0]])
+    assert consistent_condition(only_abnormal, only_abnormal, np.array([0.5]),
+                                ("abnormal",)) is only_abnormal
+
+
+def test_label_modes_are_candidates_and_each_caption_keeps_its_labels() -> None:
+    model, vocab = tiny("transformer", max_len=6, condition="findings")
+    # Thresholds that make every study abnormal with no finding: the inconsistent case.
+    labels = model.labels
+    thresholds = [0.0 if name == "abnormal" else 1.01 for name in labels]
+    decoder = Decoder(model, vocab, thresholds)
+    inputs = study_inputs(4, seed=3)
+    independent = decoder.greedy(inputs)
+    consistent = decoder.greedy(inputs, "consistent")
+    abnormal = labels.index("abnormal")
+    for d in independent:
+        assert d.condition[abnormal] == 1 and d.condition.sum() == 1
+    for d in consistent:
+        assert d.condition[abnormal] == 1 and d.condition.sum() == 2
+    # explain() attends under the labels each caption was written under.
+    maps = decoder.explain(inputs, consistent)
+    assert [m.shape[0] for m in maps] == [min(len(d.ids) + 1, decoder.length) for d in consistent]
+    params = DecodeParams(beam_sizes=(1, 2), length_penalties=(0.0,), select_metric="bleu1")
+    _, rows, _ = decoder.select(inputs, ["no effusion ."] * 4, params)
+    assert [(r["beam_size"], r["labels"]) for r in rows] == [
+        (1, "independent"), (2, "independent"), (1, "consistent"), (2, "consistent")]
 
 
 def test_several_models_in_one_process_do_not_warn_of_retracing(caplog) -> None:

@@ -187,21 +187,27 @@ class TrainParams:
 @dataclasses.dataclass(frozen=True)
 class DecodeParams:
     """How captions are decoded. With `select: true` (the default) the train stage chooses
-    method, beam_size and length_penalty among the candidate lists by `select_metric` on the
-    validation split and writes them to models/decoding.json, which evaluate and `cxr predict`
-    use; with `select: false` it writes method, beam_size and length_penalty as given."""
+    method, beam_size, length_penalty and labels among the candidate lists by `select_metric`
+    on the validation split and writes them to models/decoding.json, which evaluate and
+    `cxr predict` use; with `select: false` it writes them as given."""
 
     method: Literal["greedy", "beam"] = "beam"
     beam_size: int = at_least(1, 3)
     length_penalty: float = at_least(0.0, 0.7, at_most=3.0)  # score / length ** length_penalty
     no_repeat_ngram: int = at_least(0, 3)  # 0: no blocking
+    # How a conditioned model's predicted labels become the decoder's condition: `independent`,
+    # each label on where its probability passes its threshold; `consistent`, then made
+    # consistent the way the training labels are (abnormal on exactly when some finding is on).
+    labels: Literal["independent", "consistent"] = "independent"
     select: bool = True
     beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
     length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
+    label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
     select_metric: Literal["bleu4", "cider", "rouge_l"] = "bleu4"
 
     # What models/decoding.json holds: the settings one decodes with.
-    SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram")
+    SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram", "labels")
+    LABEL_MODES = ("independent", "consistent")
 
     def settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.SETTINGS}
@@ -213,6 +219,9 @@ class DecodeParams:
         if not self.length_penalties or any(not 0.0 <= a <= 3.0 for a in self.length_penalties):
             raise InputError(f"{source}: decode.length_penalties must be a non-empty list of "
                              f"numbers in [0, 3], got {list(self.length_penalties)}")
+        if not self.label_modes or any(m not in self.LABEL_MODES for m in self.label_modes):
+            raise InputError(f"{source}: decode.label_modes must be a non-empty list of "
+                             f"{' | '.join(self.LABEL_MODES)}, got {list(self.label_modes)}")
 
 
 @dataclasses.dataclass(frozen=True)

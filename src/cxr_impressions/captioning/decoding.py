@@ -9,6 +9,10 @@ n-gram already in the hypothesis.
 A conditioned model (`model.condition: abnormal | findings`) first predicts the study's labels;
 the decoder then writes under them, each label on where `probability >= its threshold` (the
 thresholds chosen on the validation split by the train stage and kept in the model bundle).
+With `decode.labels: consistent` those labels are then made consistent the way the training
+labels always are (`abnormal` is on exactly when some finding is; see `consistent_condition`):
+thresholded independently, a study can be abnormal with no finding, a combination the decoder
+never saw in training, and under which it falls back to the most frequent normal impression.
 """
 
 from __future__ import annotations
@@ -32,6 +36,27 @@ class Decoded:
     # Beam search: every finished hypothesis as (sum of log-probabilities, ids), so that another
     # length penalty can re-rank them without searching again (the search does not depend on it).
     hypotheses: list[tuple[float, list[int]]] | None = None
+    condition: np.ndarray | None = None  # the 0/1 labels it was written under (conditioned)
+
+
+def consistent_condition(condition: np.ndarray, probabilities: np.ndarray,
+                         thresholds: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Thresholded labels (N, L) made consistent as in training, where `abnormal` is on exactly
+    when some finding is (the labeller's definition): the abnormal label decides; an abnormal
+    study with no finding on gets the finding likeliest relative to its threshold, and a normal
+    study has every finding off. Without both an `abnormal` label and a finding, unchanged."""
+    if "abnormal" not in names or len(names) < 2:
+        return condition
+    out = condition.copy()
+    abnormal = list(names).index("abnormal")
+    findings = np.array([j for j in range(len(names)) if j != abnormal])
+    on = out[:, abnormal] > 0
+    out[np.ix_(~on, findings)] = 0.0
+    missing = on & ~(out[:, findings] > 0).any(axis=1)
+    if missing.any():
+        ratio = probabilities[np.ix_(missing, findings)] / np.maximum(thresholds[findings], 1e-6)
+        out[np.flatnonzero(missing), findings[ratio.argmax(axis=1)]] = 1.0
+    return out
 
 
 def _normalised(hypothesis: tuple[float, list[int]], length_penalty: float) -> float:
@@ -66,10 +91,12 @@ class Decoder:
         self._encode = model.inference_function("encoder")
         self._decode = model.inference_function("decoder")
 
-    def encode(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def encode(self, inputs: dict[str, np.ndarray],
+               labels: str = "independent") -> dict[str, np.ndarray]:
         """The decoder's memory; for a conditioned model also `condition` (the thresholded
-        labels), `probabilities` (of every label) and `abnormal` (the probability of the
-        abnormal label), which the decoder does not take."""
+        labels, made consistent with `labels="consistent"`), `probabilities` (of every label)
+        and `abnormal` (the probability of the abnormal label), which the decoder does not
+        take."""
         memory = {k: v.numpy() for k, v in self._encode(_taken(inputs, self.model.encoder)).items()}
         for name in self.model.decoder.input:  # what the decoder takes as given (retrieval)
             if name in inputs and name not in memory:
@@ -78,6 +105,9 @@ class Decoder:
             probability = 1.0 / (1.0 + np.exp(-memory.pop("labels").astype(np.float64)))
             memory["probabilities"] = probability
             memory["condition"] = (probability >= self.thresholds).astype(np.float32)
+            if labels == "consistent":
+                memory["condition"] = consistent_condition(
+                    memory["condition"], probability, self.thresholds, self.model.labels)
             if "abnormal" in self.model.labels:
                 memory["abnormal"] = probability[:, self.model.labels.index("abnormal")]
         return memory
@@ -87,6 +117,12 @@ class Decoder:
         if "abnormal" not in memory:
             return [None] * n
         return [float(p) for p in memory["abnormal"]]
+
+    @staticmethod
+    def _conditions(memory: dict[str, np.ndarray], n: int) -> list[np.ndarray | None]:
+        if "condition" not in memory:
+            return [None] * n
+        return list(memory["condition"])
 
     def step(self, memory: dict[str, np.ndarray], tokens: np.ndarray,
              t: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -102,8 +138,9 @@ class Decoder:
         attention = out["attention"].numpy()[:, t - 1] if "attention" in out else None
         return logp, attention
 
-    def greedy(self, inputs: dict[str, np.ndarray]) -> list[Decoded]:
-        memory = self.encode(inputs)
+    def greedy(self, inputs: dict[str, np.ndarray],
+               labels: str = "independent") -> list[Decoded]:
+        memory = self.encode(inputs, labels)
         n = len(next(iter(memory.values())))
         tokens = np.zeros((n, self.length), dtype=np.int32)
         tokens[:, 0] = self.vocab.start_id
@@ -125,14 +162,16 @@ class Decoder:
                 break
         results = []
         probabilities = self._probabilities(memory, n)
+        conditions = self._conditions(memory, n)
         for i in range(n):
             ids = [int(x) for x in tokens[i, 1:] if x != 0]
             att = np.stack([a[i] for a in attention[: len(ids) + 1]]) if attention else None
-            results.append(Decoded(ids, float(scores[i]), att, probabilities[i]))
+            results.append(Decoded(ids, float(scores[i]), att, probabilities[i],
+                                   condition=conditions[i]))
         return results
 
     def beam(self, inputs: dict[str, np.ndarray], params: DecodeParams) -> list[Decoded]:
-        memory = self.encode(inputs)
+        memory = self.encode(inputs, params.labels)
         n = len(next(iter(memory.values())))
         k = params.beam_size
         tiled = {name: np.repeat(v, k, axis=0) for name, v in memory.items()}
@@ -182,8 +221,10 @@ class Decoder:
                 break
         results = []
         probabilities = self._probabilities(memory, n)
+        conditions = self._conditions(memory, n)
         for i in range(n):
-            results.append(Decoded([], 0.0, abnormal=probabilities[i], hypotheses=finished[i]))
+            results.append(Decoded([], 0.0, abnormal=probabilities[i], hypotheses=finished[i],
+                                   condition=conditions[i]))
         return rerank(results, params.length_penalty)
 
     def explain(self, inputs: dict[str, np.ndarray], decoded: Sequence[Decoded],
@@ -198,6 +239,9 @@ class Decoder:
         for start in range(0, n, batch_size):
             chunk = decoded[start:start + batch_size]
             memory = self.encode({k: v[start:start + batch_size] for k, v in inputs.items()})
+            if "condition" in memory and all(d.condition is not None for d in chunk):
+                # the labels each caption was written under (`decode.labels` may have changed them)
+                memory["condition"] = np.stack([d.condition for d in chunk])
             tokens = np.zeros((len(chunk), self.length), dtype=np.int32)
             tokens[:, 0] = self.vocab.start_id
             for i, d in enumerate(chunk):
@@ -218,7 +262,7 @@ class Decoder:
         for start in range(0, n, batch_size):
             chunk = {name: v[start:start + batch_size] for name, v in inputs.items()}
             if params.method == "greedy" or params.beam_size == 1:
-                results.extend(self.greedy(chunk))
+                results.extend(self.greedy(chunk, params.labels))
             else:
                 results.extend(self.beam(chunk, params))
         return results
@@ -227,34 +271,42 @@ class Decoder:
         return [self.vocab.decode(d.ids) for d in decoded]
 
     def select(self, inputs: dict[str, np.ndarray], references: Sequence[str],
-               params: DecodeParams) -> tuple[DecodeParams, list[dict]]:
-        """The decoding settings, among `params.beam_sizes` x `params.length_penalties`, whose
-        captions of the given studies (the validation split: never the test split) score best
-        on `params.select_metric`; ties go to the earlier candidate (the smaller beam). Also a
-        row per candidate with its scores. Each beam size is searched once; its length
-        penalties only re-rank the finished hypotheses. Beam 1 is greedy decoding, for which
-        the length penalty changes nothing."""
+               params: DecodeParams) -> tuple[DecodeParams, list[dict], dict]:
+        """The decoding settings, among `params.beam_sizes` x `params.length_penalties` x
+        `params.label_modes`, whose captions of the given studies (the validation split: never
+        the test split) score best on `params.select_metric`; ties go to the earlier candidate
+        (the smaller beam). Also a row per candidate with its scores, and the chosen row. Each
+        beam size is searched once per label mode; its length penalties only re-rank the
+        finished hypotheses. Beam 1 is greedy decoding, for which the length penalty changes
+        nothing. Label modes apply to models conditioned on findings and abnormal (elsewhere
+        `consistent` changes nothing, and only `independent` is tried)."""
         from ..evaluation.scoring import text_metrics
 
+        labels = self.model.labels
+        modes = (params.label_modes if "abnormal" in labels and len(labels) > 1
+                 else ("independent",))
         rows: list[dict] = []
-        for beam_size in params.beam_sizes:
-            if beam_size == 1:
-                candidates = [(replace(params, method="greedy", beam_size=1),
-                               self.decode(inputs, replace(params, method="greedy")))]
-            else:
-                searched = self.decode(inputs, replace(params, method="beam",
-                                                       beam_size=beam_size))
-                candidates = [(replace(params, method="beam", beam_size=beam_size,
-                                       length_penalty=alpha), rerank(searched, alpha))
-                              for alpha in params.length_penalties]
-            for chosen, decoded in candidates:
-                scores = text_metrics(references, self.texts(decoded))
-                rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
-                             "length_penalty": chosen.length_penalty, **scores})
+        for mode in modes:
+            for beam_size in params.beam_sizes:
+                if beam_size == 1:
+                    greedy = replace(params, method="greedy", beam_size=1, labels=mode)
+                    candidates = [(greedy, self.decode(inputs, greedy))]
+                else:
+                    searched = self.decode(inputs, replace(params, method="beam",
+                                                           beam_size=beam_size, labels=mode))
+                    candidates = [(replace(params, method="beam", beam_size=beam_size,
+                                           length_penalty=alpha, labels=mode),
+                                   rerank(searched, alpha))
+                                  for alpha in params.length_penalties]
+                for chosen, decoded in candidates:
+                    scores = text_metrics(references, self.texts(decoded))
+                    rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
+                                 "length_penalty": chosen.length_penalty, "labels": mode,
+                                 **scores})
         best = max(range(len(rows)), key=lambda i: (rows[i][params.select_metric], -i))
         row = rows[best]
         return replace(params, method=row["method"], beam_size=row["beam_size"],
-                       length_penalty=row["length_penalty"]), rows
+                       length_penalty=row["length_penalty"], labels=row["labels"]), rows, row
 
 
 def _taken(values: dict[str, np.ndarray], network) -> dict[str, np.ndarray]:
