@@ -41,7 +41,11 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     assert {"kind", "parameters", "best_epoch", "val_label_f1", "val_bleu4"} <= set(train)
     selection = json.loads((repo / "metrics/selection.json").read_text())
     assert len(selection["label_thresholds"]) == 14  # condition: findings
-    assert len(selection["decoding"]["candidates"]) == 3  # greedy + 1 beam x 2 penalties
+    # (greedy + 1 beam x 2 penalties) x 2 label modes (independent, consistent)
+    candidates = selection["decoding"]["candidates"]
+    assert [(c["beam_size"], c["length_penalty"], c["labels"]) for c in candidates] == [
+        (1, 0.7, "independent"), (2, 0.0, "independent"), (2, 0.7, "independent"),
+        (1, 0.7, "consistent"), (2, 0.0, "consistent"), (2, 0.7, "consistent")]
     chosen = selection["decoding"]["chosen"]  # selected on validation, used by evaluate
     assert json.loads((repo / "models/decoding.json").read_text()) == chosen
     assert json.loads((repo / "metrics/evaluate.json").read_text())["decode"] == chosen
