@@ -30,7 +30,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -184,6 +184,9 @@ class TrainParams:
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
 
 
+LabelMode = Literal["independent", "consistent"]
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeParams:
     """How captions are decoded. With `select: true` (the default) the train stage chooses
@@ -198,7 +201,7 @@ class DecodeParams:
     # How a conditioned model's predicted labels become the decoder's condition: `independent`,
     # each label on where its probability passes its threshold; `consistent`, then made
     # consistent the way the training labels are (abnormal on exactly when some finding is on).
-    labels: Literal["independent", "consistent"] = "independent"
+    labels: LabelMode = "independent"
     select: bool = True
     beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
     length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
@@ -207,7 +210,7 @@ class DecodeParams:
 
     # What models/decoding.json holds: the settings one decodes with.
     SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram", "labels")
-    LABEL_MODES = ("independent", "consistent")
+    LABEL_MODES = get_args(LabelMode)
 
     def settings(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.SETTINGS}

@@ -39,13 +39,18 @@ class Decoded:
     condition: np.ndarray | None = None  # the 0/1 labels it was written under (conditioned)
 
 
+def has_consistency_rule(names: Sequence[str]) -> bool:
+    """Whether labels `names` hold both `abnormal` and a finding (what `consistent` relates)."""
+    return "abnormal" in names and len(names) > 1
+
+
 def consistent_condition(condition: np.ndarray, probabilities: np.ndarray,
                          thresholds: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Thresholded labels (N, L) made consistent as in training, where `abnormal` is on exactly
     when some finding is (the labeller's definition): the abnormal label decides; an abnormal
     study with no finding on gets the finding likeliest relative to its threshold, and a normal
     study has every finding off. Without both an `abnormal` label and a finding, unchanged."""
-    if "abnormal" not in names or len(names) < 2:
+    if not has_consistency_rule(names):
         return condition
     out = condition.copy()
     abnormal = list(names).index("abnormal")
@@ -282,8 +287,7 @@ class Decoder:
         `consistent` changes nothing, and only `independent` is tried)."""
         from ..evaluation.scoring import text_metrics
 
-        labels = self.model.labels
-        modes = (params.label_modes if "abnormal" in labels and len(labels) > 1
+        modes = (params.label_modes if has_consistency_rule(self.model.labels)
                  else ("independent",))
         rows: list[dict] = []
         for mode in modes:
