@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
             ("--queue-size", int, "studies queued or running before 503"),
             ("--timeout-s", float, "per-request time limit (504 beyond it)"),
             ("--max-upload-mb", float, "request body limit (413 beyond it)"),
-            ("--max-image-side", int, "pixels per image side (413 beyond it)")):
+            ("--max-image-side", int, "pixels per image side (413 beyond it)"),
+            ("--heap-trim-s", float, "give free heap back to the OS at most this often "
+                                      "(0: never)")):
         serve.add_argument(flag, type=kind, help=text)
     scores = commands.add_parser("scores", help="print the model against the baselines")
     scores.add_argument("metrics", nargs="?", default="metrics/evaluate.json", type=Path)

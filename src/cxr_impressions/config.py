@@ -252,6 +252,7 @@ class ServeParams:
     timeout_s: float = at_least(0.1, 60.0)  # per request, upload and queueing included: 504
     max_upload_mb: float = at_least(0.01, 20.0)  # the whole request body; beyond: 413
     max_image_side: int = at_least(32, 4096)  # pixels along either side; beyond: 413
+    heap_trim_s: float = at_least(0.0, 10.0)  # free heap back to the OS this often; 0: never
     token_env: str = "CXR_API_TOKEN"  # the environment variable holding the optional API token
 
 

@@ -119,6 +119,7 @@ class Health(BaseModel):
     studies: int
     largest_batch: int
     dropped: int  # studies whose request timed out (or went away) before their batch ran
+    heap_trims: int  # times the free heap went back to the OS (serve.heap_trim_s)
 
 
 ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
@@ -181,7 +182,7 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
                model_dir: str = "", precision_requested: str = "float32") -> FastAPI:
     """The app around a loaded `predictor`; `token` (if any) guards the /v1 routes."""
     batcher = Batcher(predictor.run, params.max_batch, params.max_wait_ms / 1000,
-                      params.queue_size)
+                      params.queue_size, params.heap_trim_s)
     max_bytes = int(params.max_upload_mb * 1024 * 1024)
     bundle = predictor.bundle
     settings = bundle.config["features"]
@@ -238,7 +239,8 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
         return {"status": "ok", "pending": batcher.pending, "arriving": batcher.on_the_way,
                 "token_required": token is not None,
                 "batches": stats.batches, "studies": stats.studies,
-                "largest_batch": stats.largest, "dropped": stats.dropped}
+                "largest_batch": stats.largest, "dropped": stats.dropped,
+                "heap_trims": stats.heap_trims}
 
     @app.get("/v1/model", response_model=ModelInfo, responses={401: ERRORS[401]})
     async def model(request: Request) -> dict:

@@ -8,6 +8,10 @@ it runs at once, as waiting could only add latency. The queue is bounded: with `
 studies queued or running, `submit` refuses at once (the server's 503) instead of letting
 latency grow without bound. A study whose request has timed out or gone away is dropped from
 its batch before the batch runs.
+
+Every `heap_trim_s` seconds (at most), after a batch, the inference thread gives the heap's free
+pages back to the OS (`heap.release_free_heap`), so that the server's RSS stays flat under a
+long load instead of creeping up with allocator fragmentation.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+from .heap import release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +50,18 @@ class BatchStats:
     studies: int = 0
     dropped: int = 0  # timed out or abandoned before their batch ran
     largest: int = 0
+    heap_trims: int = 0  # times the free heap went back to the OS
 
 
 class Batcher:
     def __init__(self, run: RunBatch, max_batch: int, max_wait_s: float,
-                 queue_size: int) -> None:
+                 queue_size: int, heap_trim_s: float = 0.0) -> None:
         self.run = run
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
+        self.heap_trim_s = heap_trim_s  # 0: never
+        self._last_trim = time.monotonic()
         self.stats = BatchStats()
         self._pending = 0  # queued or running
         self._arriving = 0  # requests being read or decoded, not yet queued
@@ -149,4 +159,11 @@ class Batcher:
                         job.future.set_result(result)
             finally:
                 self._pending -= len(batch)
+            if self._trim_due():  # after the results went out, so no response waits for it
+                if await loop.run_in_executor(self._executor, release_free_heap):
+                    self.stats.heap_trims += 1
+                self._last_trim = time.monotonic()
+
+    def _trim_due(self) -> bool:
+        return bool(self.heap_trim_s) and time.monotonic() - self._last_trim >= self.heap_trim_s
 
