@@ -1,11 +1,12 @@
 """The features stage on Ray: a real two-node Ray cluster on this machine (`ray.cluster_utils`), a
 dozen small images with random weights; the same HDF5 as the local engine, resume after a kill,
-and a Ray address where nothing answers failing fast in one line."""
+and a Ray address where nothing, or something other than Ray, answers failing fast in one line."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,3 +137,21 @@ def test_ray_address_where_nothing_answers_fails_fast(tmp_path: Path) -> None:
     assert line.startswith("error: machine.ray_address 127.0.0.1:"), line
     assert "no Ray cluster answers there" in line and "within 3 s" in line
     assert time.monotonic() - started < 60  # checked before TensorFlow loads
+
+
+def test_ray_address_where_something_else_listens_fails_fast(tmp_path: Path) -> None:
+    """A port that accepts connections but is no Ray head (here a socket that never speaks):
+    `ray.init` alone would wait there for minutes."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        stage_workdir(tmp_path, address)
+        started = time.monotonic()
+        result = run_stage("features.py", *ARGS, cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: machine.ray_address {address}: no Ray cluster answers there (a server listens, "
+        "but no Ray GCS reply within 3 s); start one with `ray start --head` or set "
+        "machine.features_engine: local"), result.stderr
+    assert time.monotonic() - started < 60

@@ -44,14 +44,39 @@ def check_address(address: str, timeout: float) -> None:
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InputError(f"machine.ray_address must be host:port, auto or empty, got {address!r}")
+    hint = "start one with `ray start --head` or set machine.features_engine: local"
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise InputError(f"machine.ray_address {address}: no Ray cluster answers there "
-                         f"({reason} within {timeout:g} s); start one with `ray start --head` "
-                         "or set machine.features_engine: local") from None
+                         f"({reason} within {timeout:g} s); {hint}") from None
+    # Something listens; `ray.init` would wait for minutes on a port that is not a Ray head's.
+    reason = _gcs_silence(f"{host}:{port}", timeout)
+    if reason:
+        raise InputError(f"machine.ray_address {address}: no Ray cluster answers there "
+                         f"({reason}); {hint}")
+
+
+def _gcs_silence(target: str, timeout: float) -> str:
+    """Why the server at `target` is not a Ray head's GCS, or "" when it answers as one: one
+    GCS call (GetClusterId, Ray's first on connecting) with a deadline of `timeout`."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return f"a server listens, but no Ray GCS reply within {timeout:g} s"
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                return "a gRPC server listens, but not Ray's GCS"
+            # Anything else (e.g. a cluster that wants a token) is Ray answering: ray.init says.
+    return ""
 
 
 def preflight(machine: MachineParams) -> None:
