@@ -9,6 +9,7 @@ import pytest
 from cxr_impressions.captioning.studies import LABELS, Studies
 from cxr_impressions.captioning.training import (
     FALLBACK_THRESHOLD,
+    AtomicBackupAndRestore,
     MirrorLive,
     SelectOnValidation,
     backed_up_epochs,
@@ -126,3 +127,32 @@ def test_backed_up_epochs_reads_the_backup(tmp_path: Path) -> None:
     (tmp_path / "backup").mkdir()
     (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
     assert backed_up_epochs(tmp_path / "backup") == 2
+
+
+def test_backup_files_are_replaced_whole_and_a_fit_resumes_from_them(tmp_path: Path) -> None:
+    """Each epoch's backup is renamed into place (no reader ever meets a truncated metadata file,
+    no temporary file stays), and a second fit starts after the backed-up epochs."""
+    import keras
+
+    backup = tmp_path / "backup"
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 1), np.float32)
+    seen: list[int] = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            seen.append(epoch)
+            if (backup / "training_metadata.json").exists():
+                assert backed_up_epochs(backup) == epoch  # the previous epoch's, whole
+
+    def fit(epochs: int) -> None:
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        model.fit(x, y, epochs=epochs, verbose=0, callbacks=[
+            Record(), AtomicBackupAndRestore(str(backup), delete_checkpoint=False)])
+
+    fit(2)
+    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5",
+                                                       "training_metadata.json"]
+    assert backed_up_epochs(backup) == 2
+    fit(3)
+    assert seen == [0, 1, 2] and backed_up_epochs(backup) == 3

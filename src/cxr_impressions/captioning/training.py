@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..atomic import write_json
+from ..atomic import atomic_path, write_json
 from ..config import DecodeParams, ModelParams, TrainParams
 from ..data.tokenizer import Vocabulary
 from ..evaluation.scoring import text_metrics
@@ -153,6 +153,20 @@ class SelectOnValidation(keras.callbacks.Callback):
     @property
     def best_value(self) -> float:
         return self.sign * self.best
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' BackupAndRestore with each file written beside its place, then renamed onto it.
+
+    Keras truncates `training_metadata.json` before writing it, so a kill (or a reader) at that
+    moment met an empty file, and the resume failed on it. Uses the callback's own paths and
+    epoch counters (Keras 3, pinned in requirements.lock)."""
+
+    def _save_model(self) -> None:
+        with atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
+            self.model.save_weights(str(tmp), overwrite=True)
+        write_json(self._training_metadata_path,
+                   {"epoch": self._current_epoch, "batch": self._last_batch_seen})
 
 
 def backed_up_epochs(backup_dir: Path) -> int:
@@ -311,7 +325,7 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
                 selection,
                 DVCLiveCallback(live=live),
                 MirrorLive(live_dir, state_dir),
-                keras.callbacks.BackupAndRestore(str(backup_dir)),
+                AtomicBackupAndRestore(str(backup_dir)),
             ])
     if selection.weights_path.exists():
         model.load_weights(selection.weights_path)
