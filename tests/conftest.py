@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 from pathlib import Path
 
@@ -19,34 +20,49 @@ def sample_copy(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def finished_pipeline(tmp_path_factory) -> Path:
+def finished_pipeline(tmp_path_factory, worker_id: str) -> Path:
     """The sample pipeline run ONCE per test session (small params), committed on `main`.
 
-    The pipeline, team, artifact and comparison tests each take a private copy
-    (`repos.copy_repo`) instead of running the pipeline again: never change this one.
+    Under pytest-xdist every worker asks for it: the first builds it under a lock in the
+    session's shared temporary folder and the others wait for it, so that the modules that use
+    it can run on different workers. The pipeline, team, artifact and comparison tests each take
+    a private copy (`repos.copy_repo`) instead of running the pipeline again: never change it.
     """
     from .repos import DVC, git, sh, small_pipeline_repo
 
-    repo = small_pipeline_repo(tmp_path_factory.mktemp("finished") / "repo")
-    (repo.parent / "repro.log").write_text(sh(DVC, "repro", cwd=repo))  # what a user sees
-    git("add", "-A", cwd=repo)
-    git("commit", "-qm", "pipeline run", cwd=repo)
-    return repo
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # pytest-N/, above popen-gwN/
+    finished = shared / "finished"
+    with open(shared / "finished.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (finished / "done").exists():
+            if finished.exists():  # a worker that failed while building it
+                shutil.rmtree(finished)
+            repo = small_pipeline_repo(finished / "repo")
+            (finished / "repro.log").write_text(sh(DVC, "repro", cwd=repo))  # what a user sees
+            git("add", "-A", cwd=repo)
+            git("commit", "-qm", "pipeline run", cwd=repo)
+            (finished / "done").touch()
+    return finished / "repo"
 
 
-# Under pytest-xdist (scripts/test.sh runs `-n auto --dist loadgroup`) the tests that share an
-# expensive fixture run on one worker, so that it is made once: the session's one pipeline run
-# (the pipeline and team tests), and each module's own module-scoped fixtures. The groups
-# spread over the workers.
-SHARES_THE_PIPELINE_RUN = {"test_pipeline.py", "test_team.py", "test_incremental.py"}
+# Under pytest-xdist (scripts/test.sh runs `-n auto --dist loadgroup --no-loadscope-reorder`)
+# each module is one group on one worker, so that its module fixtures are made once. Groups
+# are handed out in this order, the longest first (measured in a CI run), so that the last
+# ones to start are short; the modules that copy the session's pipeline run come after enough
+# other work that the worker building it is done before another asks for it.
+FIRST = ("test_pipeline.py", "test_ray_engine.py", "test_finetune.py", "test_mimic.py",
+         "test_team.py", "test_incremental.py", "test_features.py", "test_distribute.py",
+         "test_serving.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.path.name
-        group = "sample-pipeline" if module in SHARES_THE_PIPELINE_RUN else module
-        item.add_marker(pytest.mark.xdist_group(group))
-    # The pipeline run's group is the longest chain: schedule it first, so that the other
-    # groups fill the other workers meanwhile instead of leaving it to run alone at the end.
-    items.sort(key=lambda item: item.path.name not in SHARES_THE_PIPELINE_RUN)
+        item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: tests keep their order within a module
