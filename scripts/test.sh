@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv if needed, then run the test suite. Extra arguments go to pytest.
-# The suite runs on every core (pytest-xdist); each module stays on one worker, and the modules
-# go out longest first (tests/conftest.py). `-n 0` after it runs in one process, e.g. for `--pdb`.
+# The suite runs on every core (pytest-xdist); each module (the pipeline-run modules together)
+# stays on one worker, longest first (tests/conftest.py). `-n 0` runs in one process (`--pdb`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/system.sh

@@ -47,22 +47,29 @@ def finished_pipeline(tmp_path_factory, worker_id: str) -> Path:
 
 
 # Under pytest-xdist (scripts/test.sh runs `-n auto --dist loadgroup --no-loadscope-reorder`)
-# each module is one group on one worker, so that its module fixtures are made once. Groups
-# are handed out in this order, the longest first (measured in a CI run), so that the last
-# ones to start are short; the modules that copy the session's pipeline run come after enough
-# other work that the worker building it is done before another asks for it.
-FIRST = ("test_pipeline.py", "test_ray_engine.py", "test_finetune.py", "test_mimic.py",
-         "test_team.py", "test_incremental.py", "test_features.py", "test_distribute.py",
-         "test_serving.py")
+# each module is one group on one worker, so that its module fixtures are made once, except the
+# modules that copy the session's pipeline run, which form one group: on this project's 2-core
+# machines two TensorFlow-heavy workers slow each other down about as much as they gain, and a
+# CI run took 17.5 min with them on one worker (the others beside it) against 19.4 min with
+# them spread over both. Groups are handed out in FIRST's order, longest first (from a CI run's
+# `--durations`), so that the last to start are short.
+SHARES_THE_PIPELINE_RUN = ("test_pipeline.py", "test_team.py", "test_incremental.py")
+FIRST = ("sample-pipeline", "test_ray_engine.py", "test_finetune.py", "test_mimic.py",
+         "test_features.py", "test_distribute.py", "test_serving.py")
+
+
+def xdist_group(item: pytest.Item) -> str:
+    name = item.path.name
+    return "sample-pipeline" if name in SHARES_THE_PIPELINE_RUN else name
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.path.name))
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
 
     def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return FIRST.index(name) if name in FIRST else len(FIRST)
+        group = xdist_group(item)
+        return FIRST.index(group) if group in FIRST else len(FIRST)
 
-    items.sort(key=rank)  # stable: tests keep their order within a module
+    items.sort(key=rank)  # stable: tests keep their order within a group
