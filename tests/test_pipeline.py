@@ -265,6 +265,18 @@ def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path
             browser.close()
 
 
+def test_prompt_oracle_decodes_validation_under_both_conditions(pipeline_repo: Path) -> None:
+    """scripts/prompt_oracle.py on the findings-conditioned sample model."""
+    out = sh(sys.executable, "scripts/prompt_oracle.py", cwd=pipeline_repo)
+    lines = [line for line in out.splitlines() if "macro-F1" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "predicted labels (consistent), greedy", "reference labels (oracle), greedy",
+        "the label head alone (independent thresholds)"], out
+    for line in lines[:2]:
+        abnormal_f1 = float(re.search(r"abnormal F1 (\S+),", line).group(1))
+        assert 0.0 <= abnormal_f1 <= 1.0 and re.search(r"\b\d+ distinct", line), line
+
+
 @needs_shared(SHARED)
 def test_predict_command(pipeline_repo: Path, tmp_path: Path) -> None:
     images = pipeline_repo / "data/sample/images"
