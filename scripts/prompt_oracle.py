@@ -24,7 +24,9 @@ import numpy as np
 
 from cxr_impressions.captioning.bundle import load_bundle
 from cxr_impressions.captioning.decoding import Decoder
-from cxr_impressions.captioning.studies import LABELS, load_split, reference_labels
+from cxr_impressions.captioning.studies import load_split
+from cxr_impressions.data.labeller import label_text
+from cxr_impressions.evaluation.scoring import clinical_scores
 from cxr_impressions.features.store import FeatureStore
 
 
@@ -38,22 +40,13 @@ class OracleDecoder(Decoder):
         return memory
 
 
-def f1(truth: np.ndarray, predicted: np.ndarray) -> float:
-    tp = float((truth & predicted).sum())
-    wrong = float((truth ^ predicted).sum())
-    return 2 * tp / (2 * tp + wrong) if tp else 0.0
-
-
 def summary(tag: str, texts: list[str], references: list[str]) -> str:
-    got = reference_labels(texts).astype(bool)
-    truth = reference_labels(references).astype(bool)
-    findings = [i for i, name in enumerate(LABELS) if name != "abnormal" and truth[:, i].any()]
-    macro = np.mean([f1(truth[:, i], got[:, i]) for i in findings]) if findings else np.nan
-    abnormal = LABELS.index("abnormal")
+    """The labeller's reading of `texts` against that of `references` (evaluate's scores)."""
+    scores = clinical_scores([label_text(r) for r in references], [label_text(t) for t in texts])
     top = Counter(texts).most_common(1)[0][1] / len(texts)
-    return (f"{tag}: findings macro-F1 {macro:.3f} over {len(findings)} findings, abnormal F1 "
-            f"{f1(truth[:, abnormal], got[:, abnormal]):.3f}, {len(set(texts))} distinct, "
-            f"top share {top:.1%}")
+    return (f"{tag}: findings macro-F1 {scores['findings_macro_f1']:.3f} over "
+            f"{len(scores['findings_f1'])} findings, abnormal F1 {scores['abnormal']['f1']:.3f}, "
+            f"{len(set(texts))} distinct, top share {top:.1%}")
 
 
 def main() -> None:
@@ -80,12 +73,11 @@ def main() -> None:
     texts = oracle.texts(oracle.decode({**inputs, "given": given}, greedy))
     print(summary("reference labels (oracle), greedy", texts, val.texts))
     head = predicted.encode(inputs)["condition"] > 0.5
-    truth = given.astype(bool)
-    scored = [f1(truth[:, i], head[:, i]) for i, name in enumerate(names)
-              if name != "abnormal" and truth[:, i].any()]
-    macro = np.mean(scored) if scored else np.nan
-    print(f"the label head alone (independent thresholds): findings macro-F1 {macro:.3f}")
-
+    rows = [dict(zip(names, map(bool, row), strict=True)) for row in given.astype(bool)]
+    scores = clinical_scores(rows, [dict(zip(names, map(bool, row), strict=True))
+                                    for row in head])
+    print(f"the label head alone (independent thresholds): findings macro-F1 "
+          f"{scores['findings_macro_f1']:.3f}")
 
 if __name__ == "__main__":
     main()
