@@ -22,22 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr_impressions.captioning.bundle import load_bundle
-from cxr_impressions.captioning.decoding import Decoder
-from cxr_impressions.captioning.studies import load_split
 from cxr_impressions.data.labeller import label_text
+from cxr_impressions.errors import InputError
 from cxr_impressions.evaluation.scoring import clinical_scores
-from cxr_impressions.features.store import FeatureStore
-
-
-class OracleDecoder(Decoder):
-    """Conditions on the labels given as the input `given`, not on the label head's."""
-
-    def encode(self, inputs: dict[str, np.ndarray],
-               labels: str = "independent") -> dict[str, np.ndarray]:
-        memory = super().encode(inputs, labels)
-        memory["condition"] = np.asarray(inputs["given"], np.float32)
-        return memory
+from cxr_impressions.stage import run_stage
 
 
 def summary(tag: str, texts: list[str], references: list[str]) -> str:
@@ -55,11 +43,26 @@ def main() -> None:
     cli.add_argument("--root", type=Path, default=Path("."), help="the pipeline's workspace")
     cli.add_argument("--features", default="features/xception.h5", help="under --root")
     args = cli.parse_args()
+    # TensorFlow loads here, after run_stage has quietened its logs.
+    from cxr_impressions.captioning.bundle import load_bundle
+    from cxr_impressions.captioning.decoding import Decoder, has_consistency_rule
+    from cxr_impressions.captioning.studies import load_split
+    from cxr_impressions.features.store import FeatureStore
+
+    class OracleDecoder(Decoder):
+        """Conditions on the labels given as the input `given`, not on the label head's."""
+
+        def encode(self, inputs: dict[str, np.ndarray],
+                   labels: str = "independent") -> dict[str, np.ndarray]:
+            memory = super().encode(inputs, labels)
+            memory["condition"] = np.asarray(inputs["given"], np.float32)
+            return memory
+
     bundle = load_bundle(args.root / "models")
     names = tuple(bundle.model.labels)
-    if "abnormal" not in names or len(names) < 2:
-        raise SystemExit(f"error: the model is conditioned on {list(names) or 'nothing'}; "
-                         "this needs model.condition: findings")
+    if not has_consistency_rule(names):
+        raise InputError(f"{args.root / 'models'}: the model is conditioned on "
+                         f"{list(names) or 'nothing'}; this needs model.condition: findings")
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     with FeatureStore(args.root / args.features) as store:
         val = load_split(args.root / "data" / "clean", "val", store, bundle.vocab, grid_pool)
@@ -79,5 +82,6 @@ def main() -> None:
     print(f"the label head alone (independent thresholds): findings macro-F1 "
           f"{scores['findings_macro_f1']:.3f}")
 
+
 if __name__ == "__main__":
-    main()
+    run_stage(main)
