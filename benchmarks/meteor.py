@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from cxr_impressions.data.text import normalise
+from cxr_impressions.evaluation.meteor import MeteorScorer
 from cxr_impressions.evaluation.paraphrase import paraphrase_index
-from cxr_impressions.evaluation.scoring import MeteorScorer
 
 FULL = Path("../shared/iuxray/indiana_reports.csv")
 SAMPLE = Path("data/sample/indiana_reports.csv")

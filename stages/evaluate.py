@@ -36,7 +36,7 @@ def main() -> None:
         study_vectors,
     )
     from cxr_impressions.evaluation.bootstrap import LEVEL
-    from cxr_impressions.evaluation.scoring import MeteorScorer, require_java
+    from cxr_impressions.evaluation.meteor import MeteorScorer, require_java
     from cxr_impressions.evaluation.tables import (
         evaluate_systems,
         headline_scores,
@@ -73,7 +73,7 @@ def main() -> None:
     normal = (mesh == "normal").to_numpy()
     meteor = MeteorScorer()
     try:
-        scores = evaluate_systems(test.texts, systems, normal, meteor, params.bootstrap,
+        scores = evaluate_systems(test.texts, systems, normal, meteor.statistics, params.bootstrap,
                                   params.seed)
     finally:
         meteor.close()

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 
 from cxr_impressions.data.text import normalise
+from cxr_impressions.evaluation.meteor import MeteorScorer
 from cxr_impressions.evaluation.paraphrase import (
     ParaphraseIndex,
     paraphrase_index,
     plain_words,
 )
-from cxr_impressions.evaluation.scoring import MeteorScorer, meteor_score, summable_statistics
+from cxr_impressions.evaluation.scoring import meteor_score, summable_statistics
 
 from .helpers import SAMPLE
 

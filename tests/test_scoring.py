@@ -31,7 +31,7 @@ def test_missing_java_is_one_line_before_any_work(tmp_path, monkeypatch) -> None
     import pytest
 
     from cxr_impressions.errors import InputError
-    from cxr_impressions.evaluation.scoring import MeteorScorer, require_java
+    from cxr_impressions.evaluation.meteor import MeteorScorer, require_java
 
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without java
     with pytest.raises(InputError, match="java not found.*apt-get install"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +14,21 @@ from ..data.labeller import label_text, mesh_labels
 from ..data.text import normalise
 from .bootstrap import significance, study_statistics
 from .scoring import (
-    MeteorScorer,
     clinical_scores,
     labeller_agreement,
     per_study_scores,
     text_metrics,
 )
 
+# Per study, METEOR's sufficient statistics of (references, hypotheses): evaluate passes its
+# `meteor.MeteorScorer().statistics` (Java); None leaves METEOR out.
+MeteorStatistics = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
 LENGTH_BINS = (0, 3, 5, 8, 12, 20, 1000)
 
 
 def evaluate_systems(references: Sequence[str], systems: dict[str, Sequence[str]],
-                     normal: np.ndarray, meteor: MeteorScorer | None, resamples: int,
+                     normal: np.ndarray, meteor: MeteorStatistics | None, resamples: int,
                      seed: int) -> dict[str, object]:
     """Every system on every metric, overall (with its 95% bootstrap interval) and split by
     normal vs abnormal reference; then `model_vs_<baseline>`: the paired bootstrap difference.
@@ -36,7 +39,7 @@ def evaluate_systems(references: Sequence[str], systems: dict[str, Sequence[str]
     reference_labels = [label_text(r) for r in refs]
     for name, hypotheses in systems.items():
         hyps = list(hypotheses)
-        meteor_statistics = None if meteor is None else meteor.statistics(refs, hyps)
+        meteor_statistics = None if meteor is None else meteor(refs, hyps)
         predicted_labels = [label_text(h) for h in hyps]
         statistics[name] = study_statistics(refs, hyps, meteor_statistics, reference_labels,
                                             predicted_labels)
