@@ -36,7 +36,7 @@ def s3(tmp_path_factory) -> SeaweedS3:
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), binary)
     server.start()
     yield server
-    server.stop()
+    server.kill()  # its data is thrown away, and weed takes 10 s to end on SIGTERM
 
 
 def use_remote(repo: Path, s3: SeaweedS3, prefix: str, access_key: str = ACCESS_KEY,
@@ -113,11 +113,8 @@ def test_pulled_features_make_repro_a_no_op(team_repo: Path, s3: SeaweedS3,
     out = sh(DVC, "repro", cwd=b)
     assert ran(out) == set(), out
     assert all(f"Stage '{stage}' didn't change, skipping" in out for stage in STAGES), out
-
-    set_params(b, train={"learning_rate": 0.003})
-    out = sh(DVC, "repro", cwd=b)
-    assert ran(out) == {"train", "evaluate", "report"}, out
-    assert digest(b / "features/xception.h5") == digest(team_repo / "features/xception.h5")
+    # A changed training param in a pulled clone reruns only what it affects: the run-cache
+    # test below does exactly that (and checks that the pulled features stay as they are).
 
 
 def test_push_survives_a_server_stopped_midway(team_repo: Path, s3: SeaweedS3,
@@ -300,6 +297,7 @@ def test_run_cache_through_the_remote(team_repo: Path, s3: SeaweedS3, tmp_path: 
     earlier = yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"]
     set_params(b, train={"learning_rate": earlier * 3})
     assert ran(sh(DVC, "repro", cwd=b)) == {"train", "evaluate", "report"}
+    assert digest(b / "features/xception.h5") == digest(team_repo / "features/xception.h5")
     set_params(b, train={"learning_rate": earlier})  # back to the value main was run with
     out = sh(DVC, "repro", "--pull", cwd=b)
     assert ran(out) == set(), out
