@@ -136,3 +136,14 @@ def test_the_index_is_built_once_and_reused(tmp_path: Path, monkeypatch) -> None
     monkeypatch.undo()
     monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "cache"))
     assert paraphrase_index(table).vocabulary == built.vocabulary
+
+
+def test_an_unwritable_cache_builds_the_index_for_this_run_only(tmp_path: Path, monkeypatch,
+                                                                 caplog) -> None:
+    table = write_table(tmp_path / "table.gz", [(0.5, "no evidence", "no sign")])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CXR_CACHE_DIR", str(blocker / "cache"))  # under a file: can't be made
+    index = paraphrase_index(table)
+    assert sorted(index.vocabulary) == ["evidence", "no", "sign"]
+    assert "building it for this run only" in caplog.text

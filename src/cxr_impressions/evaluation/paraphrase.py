@@ -185,9 +185,15 @@ def paraphrase_index(table: Path | None = None) -> ParaphraseIndex:
     a lock, so that processes starting together build it once."""
     table = table or meteor_directory() / "data" / "paraphrase-en.gz"
     folder = cache_directory()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"meteor-paraphrase-{_fingerprint(table)}-v{INDEX_VERSION}"
-    with open(folder / f"{path.name}.lock", "w") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / f"{path.name}.lock", "w")  # noqa: SIM115 (closed below)
+    except OSError as error:  # a read-only home, say: this run only, without a cache
+        log.warning("METEOR's paraphrase index can't be kept in %s (%s; set %s): building it "
+                    "for this run only", folder, error, CACHE_ENV)
+        return ParaphraseIndex.build(table)
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if path.exists():
             try:
