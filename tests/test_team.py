@@ -40,12 +40,22 @@ def s3(tmp_path_factory) -> SeaweedS3:
 
 
 def use_remote(repo: Path, s3: SeaweedS3, prefix: str, access_key: str = ACCESS_KEY,
-               secret_key: str = SECRET_KEY, endpoint: str | None = None) -> None:
-    """Point the committed `team` remote at the test server, in .dvc/config.local only."""
-    for option, value in (("url", f"s3://{BUCKET}/{prefix}"),
-                          ("endpointurl", endpoint or s3.endpoint),
-                          ("access_key_id", access_key), ("secret_access_key", secret_key)):
-        sh(DVC, "remote", "modify", "--local", "team", option, value, cwd=repo)
+               secret_key: str = SECRET_KEY, endpoint: str | None = None,
+               cli: bool = False) -> None:
+    """Point the committed `team` remote at the test server, in .dvc/config.local only: with
+    `dvc remote modify --local` as the README does (`cli`), else by writing the same file
+    (four DVC processes fewer per clone)."""
+    options = {"url": f"s3://{BUCKET}/{prefix}", "endpointurl": endpoint or s3.endpoint,
+               "access_key_id": access_key, "secret_access_key": secret_key}
+    if cli:
+        for option, value in options.items():
+            sh(DVC, "remote", "modify", "--local", "team", option, value, cwd=repo)
+        return
+    from configobj import ConfigObj
+
+    config = ConfigObj(str(repo / ".dvc" / "config.local"))
+    config.setdefault('remote "team"', {}).update(options)
+    config.write()
 
 
 def commit_all(repo: Path, message: str) -> None:
@@ -82,7 +92,7 @@ def team_repo(tmp_path_factory, s3: SeaweedS3, finished_pipeline: Path) -> Path:
     """Clone A: the pipeline run on the sample (the session's one run), committed on `main`,
     and pushed."""
     repo = copy_repo(finished_pipeline, tmp_path_factory.mktemp("team") / "a")
-    use_remote(repo, s3, "shared")
+    use_remote(repo, s3, "shared", cli=True)
     sh(DVC, "push", cwd=repo)
     return repo
 
@@ -246,7 +256,7 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
         if "Queued" not in status and "Running" not in status:
             break
         assert time.monotonic() < deadline, status
-        time.sleep(5)
+        time.sleep(1)
     failed = [line.split()[0] for line in status.splitlines() if "Failed" in line]
     assert not failed, status + "".join(run(DVC, "queue", "logs", task, cwd=repo).stdout
                                         for task in failed)
