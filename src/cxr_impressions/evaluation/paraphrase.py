@@ -4,7 +4,7 @@ Meteor 1.5 spends about 10 of its 11 seconds of start-up parsing `paraphrase-en.
 million phrase pairs). A paraphrase pair can only match when every word of both phrases occurs
 in the texts scored, so a table holding just those pairs gives the same statistics, and Java
 starts in about a second. Picking those pairs quickly needs an index of the table (its words as
-integer ids); it is built once per machine, in about 20 s, and kept in the user's cache folder
+integer ids); it is built once per machine, in about half a minute, and kept in the cache folder
 (`CXR_CACHE_DIR`, else `$XDG_CACHE_HOME/cxr-impressions`, else `~/.cache/cxr-impressions`).
 """
 
