@@ -65,6 +65,8 @@ class SeaweedS3:
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={identities}",
             "-master.volumeSizeLimitMB=64", "-volume.max=0",
+            # One master: no election to wait for (the 10 s default delays every restart).
+            "-master.electionTimeout=2s",
         ]
         log = (self.root / "weed.log").open("ab")
         # Its own session: a Ctrl-C aimed at pytest doesn't reach it before `stop` does.

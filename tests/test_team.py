@@ -141,8 +141,10 @@ def test_push_survives_a_server_stopped_midway(team_repo: Path, s3: SeaweedS3,
         (bulk / f"{i:02}.bin").write_bytes(rng.randbytes(1 << 20))
     sh(DVC, "add", "data/bulk", cwd=a)
     use_remote(a, s3, "faults")
-    push = subprocess.Popen([DVC, "push"], cwd=a, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    # botocore's own setting, two tries per request (its default, five with backoff, only
+    # makes the failure take a minute longer to arrive).
+    push = subprocess.Popen([DVC, "push"], cwd=a, env={**env(), "AWS_MAX_ATTEMPTS": "2"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         while not any(k.startswith("faults/") for k in s3.objects()):
@@ -150,7 +152,7 @@ def test_push_survives_a_server_stopped_midway(team_repo: Path, s3: SeaweedS3,
             assert time.monotonic() < deadline
             time.sleep(0.05)
         s3.kill()  # as a crash would: no goodbye to the client
-        # Each file left fails after botocore's retries: DVC gives up, it doesn't hang.
+        # Each file left fails after botocore's retry: DVC gives up, it doesn't hang.
         output, _ = push.communicate(timeout=600)
     finally:
         if push.poll() is None:
