@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv if needed, then run the test suite. Extra arguments go to pytest.
-# The suite runs on every core, plus one worker (pytest-xdist); each module (the pipeline-run modules together)
+# The suite runs on every core (pytest-xdist); each module (the pipeline-run modules together)
 # stays on one worker, longest first (tests/conftest.py). `-n 0` runs in one process (`--pdb`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,4 @@ need_chromium
 bash scripts/setup.sh
 source .venv/bin/activate
 ruff check .
-# One worker more than the cores: the tests' waits (servers starting, retries, polling a
-# subprocess) would otherwise leave a core idle; a CI run measured it (README "Development").
-pytest -n "$(( $(nproc) + 1 ))" --dist loadgroup --no-loadscope-reorder "$@"
+pytest -n auto --dist loadgroup --no-loadscope-reorder "$@"

@@ -46,19 +46,21 @@ def finished_pipeline(tmp_path_factory, worker_id: str) -> Path:
     return finished / "repo"
 
 
-# Under pytest-xdist (scripts/test.sh runs `--dist loadgroup --no-loadscope-reorder`) each
-# module is one group on one worker, so that its module fixtures are made once. The pipeline
-# and incremental tests form one group (they start from the session's pipeline run, which the
-# first of them builds); the team tests, which copy the same run, are another. Groups are handed
-# out in FIRST's order, longest first (from a CI run's `--durations`), so that the last to
-# start are short; the team group comes after the Ray test, by when the pipeline run is built.
-GROUPS = {"test_pipeline.py": "pipeline-run", "test_incremental.py": "pipeline-run"}
-FIRST = ("pipeline-run", "test_ray_engine.py", "test_team.py", "test_finetune.py",
-         "test_mimic.py", "test_features.py", "test_distribute.py", "test_serving.py")
+# Under pytest-xdist (scripts/test.sh runs `-n auto --dist loadgroup --no-loadscope-reorder`)
+# each module is one group on one worker, so that its module fixtures are made once, except the
+# modules that copy the session's pipeline run, which form one group: on this project's 2-core
+# machines two TensorFlow-heavy workers slow each other down about as much as they gain, and a
+# CI run took 17.5 min with them on one worker (the others beside it) against 19.4 min with
+# them spread over both. Groups are handed out in FIRST's order, longest first (from a CI run's
+# `--durations`), so that the last to start are short.
+SHARES_THE_PIPELINE_RUN = ("test_pipeline.py", "test_team.py", "test_incremental.py")
+FIRST = ("sample-pipeline", "test_ray_engine.py", "test_finetune.py", "test_mimic.py",
+         "test_features.py", "test_distribute.py", "test_serving.py")
 
 
 def xdist_group(item: pytest.Item) -> str:
-    return GROUPS.get(item.path.name, item.path.name)
+    name = item.path.name
+    return "sample-pipeline" if name in SHARES_THE_PIPELINE_RUN else name
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids

@@ -1,5 +1,5 @@
 """The suite's xdist grouping (tests/conftest.py) takes effect: every test of a module runs on
-one worker, and the pipeline and incremental modules are one group. (With pytest 9
+one worker, and the modules that share the session's pipeline run are one group. (With pytest 9
 and pytest-xdist 3.8 the groups were silently ignored: pyproject.toml pins pytest < 9.)"""
 
 from __future__ import annotations
@@ -38,5 +38,5 @@ def test_each_module_and_the_pipeline_group_run_on_one_worker(tmp_path: Path) ->
         workers[entry["test"]].add(entry["worker"])
     assert set(workers) == set(modules)
     assert all(len(ran_on) == 1 for ran_on in workers.values()), dict(workers)
-    assert workers["test_pipeline"] == workers["test_incremental"]
+    assert workers["test_pipeline"] == workers["test_team"] == workers["test_incremental"]
     assert {w for ran_on in workers.values() for w in ran_on} == {"gw0", "gw1"}
