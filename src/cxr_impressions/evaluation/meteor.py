@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from .paraphrase import meteor_directory, paraphrase_index, plain_words, write_paraphrases_for
+from .paraphrase import ParaphraseIndex, meteor_directory, paraphrase_index, plain_words
 from .scoring import meteor_score, summable_statistics
 
 JAVA_MISSING = ("java not found: METEOR needs a Java runtime (Debian/Ubuntu: "
@@ -43,6 +43,7 @@ class MeteorScorer:
         self.starts = 0  # Java processes started (tests check the restarts)
         self._process: subprocess.Popen | None = None
         self._words: set[str] = set()
+        self._index: ParaphraseIndex | None = None  # loaded at the first start, kept for restarts
         self._folder = tempfile.TemporaryDirectory(prefix="cxr-meteor-")
 
     def _ensure_covers(self, texts: Sequence[str]) -> None:
@@ -58,7 +59,8 @@ class MeteorScorer:
         else:
             self._words |= words
             table = Path(self._folder.name) / f"paraphrase-{self.starts}.gz"
-            write_paraphrases_for(self._words, table, paraphrase_index())
+            self._index = self._index or paraphrase_index()
+            self._index.write_table(self._index.pairs_within(self._words), table)
             command += ["-a", str(table)]
         self._process = subprocess.Popen(command, cwd=meteor_directory(), stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

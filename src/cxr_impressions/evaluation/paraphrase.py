@@ -60,6 +60,15 @@ def plain_words(texts: Iterable[str]) -> set[str] | None:
     return None
 
 
+def _gather(flat: np.ndarray, starts: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray,
+                                                                               np.ndarray]:
+    """The slices `flat[starts[p]:starts[p + 1]]` of `pairs`, concatenated, and their lengths."""
+    begins = starts[pairs]
+    counts = starts[pairs + 1] - begins
+    offsets = begins - np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.asarray(flat[np.arange(counts.sum()) + np.repeat(offsets, counts)]), counts
+
+
 class ParaphraseIndex:
     """The table as arrays, grouped for quick lookup.
 
@@ -106,16 +115,11 @@ class ParaphraseIndex:
         starts = np.concatenate([[0], np.cumsum(pair_lengths.sum(axis=1, dtype=np.int64))])
         rarest = np.maximum.reduceat(ranked, starts[:-1])
         order = np.argsort(rarest, kind="stable")
-        # The pairs' words in the new pair order: each pair's slice, concatenated.
-        counts = pair_lengths.sum(axis=1, dtype=np.int64)[order]
-        offsets = np.repeat(starts[:-1][order] - np.concatenate([[0], np.cumsum(counts)[:-1]]),
-                            counts)
-        reordered = ranked[np.arange(counts.sum()) + offsets]
+        reordered, _ = _gather(ranked, starts, order)  # the pairs' words in the new order
         group_starts = np.searchsorted(rarest[order], np.arange(len(ids) + 1)).astype(np.int64)
         vocabulary = [word for word, _ in sorted(ids.items(), key=lambda item: rank[item[1]])]
         return cls(vocabulary, reordered, pair_lengths[order],
                    np.frombuffer(probabilities, dtype=np.float64)[order], group_starts)
-
 
     def save(self, folder: Path) -> None:
         """Into a new folder, renamed into place whole."""
@@ -136,11 +140,8 @@ class ParaphraseIndex:
 
     def _words_of(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The word ids of these pairs, concatenated, and each pair's number of words."""
-        starts = self.pair_starts[pairs]
-        counts = self.pair_starts[pairs + 1] - starts
-        positions = np.arange(counts.sum()) + np.repeat(
-            starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-        return np.asarray(self.word_ids[positions], dtype=np.int64), counts
+        word_ids, counts = _gather(self.word_ids, self.pair_starts, pairs)
+        return word_ids.astype(np.int64), counts
 
     def pairs_within(self, words: set[str]) -> np.ndarray:
         """The indices of the pairs whose every word is in `words`, in table order."""
@@ -205,10 +206,3 @@ def paraphrase_index(table: Path | None = None) -> ParaphraseIndex:
         index = ParaphraseIndex.build(table)
         index.save(path)
         return ParaphraseIndex.load(path)
-
-
-def write_paraphrases_for(words: set[str], path: Path, index: ParaphraseIndex) -> int:
-    """Write the table of the pairs that `words` can match to `path`; return how many."""
-    pairs = index.pairs_within(words)
-    index.write_table(pairs, path)
-    return len(pairs)
