@@ -26,7 +26,7 @@ from cxr_impressions.captioning.distribute import Task, parse_tf_config, worker_
 from cxr_impressions.captioning.training import backed_up_epochs
 from cxr_impressions.errors import InputError
 
-from .helpers import REPO, run_stage, write_params
+from .helpers import run_stage, write_params
 from .repos import env
 from .seaweed import free_port
 
@@ -38,12 +38,24 @@ RTOL = 0.01
 
 
 def launch(out: Path, *args: str, tf_config: dict | None = None) -> subprocess.Popen:
+    """Run the script in `out`, made a DVC root as a stage's folder would be: DVCLive writes its
+    per-step signal file there (and not in this checkout's `.dvc`)."""
+    (out / ".dvc").mkdir(exist_ok=True)
     variables = env()
     if tf_config is not None:
         variables["TF_CONFIG"] = json.dumps(tf_config)
     return subprocess.Popen([sys.executable, SCRIPT, "--out", str(out), "--epochs", str(EPOCHS),
-                             *args], cwd=REPO, env=variables, stdout=subprocess.PIPE,
+                             *args], cwd=out, env=variables, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def step_signal_writer(out: Path) -> int | None:
+    """The pid in DVCLive's per-step signal file, None while there is none (or half-written)."""
+    try:
+        return json.loads((out / ".dvc" / "tmp" / "exps" / "run" / "DVCLIVE_STEP_COMPLETED")
+                          .read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def finish(process: subprocess.Popen, timeout: float = 900) -> str:
@@ -90,11 +102,14 @@ def test_multi_worker_killed_then_resumed(single_device, tmp_path: Path) -> None
     chief_state = tmp_path / "models" / ".train-state"
     backups = [chief_state / "backup", worker_state_dir(Task(index=1), chief_state) / "backup"]
     deadline = time.monotonic() + 900
+    signal_writers = set()
     try:
         while not all(backed_up_epochs(b) >= 1 for b in backups):
             assert all(w.poll() is None for w in workers), workers[0].stdout.read()[-3000:]
             assert time.monotonic() < deadline
+            signal_writers.add(step_signal_writer(tmp_path))
             time.sleep(0.05)
+        signal_writers.add(step_signal_writer(tmp_path))
         workers[1].send_signal(signal.SIGKILL)
     finally:
         for worker in workers:
@@ -103,6 +118,8 @@ def test_multi_worker_killed_then_resumed(single_device, tmp_path: Path) -> None
             worker.communicate(timeout=60)
     assert 1 <= backed_up_epochs(backups[0]) < EPOCHS
     assert not (tmp_path / "train.json").exists()
+    # Only the chief logs to DVCLive: two writers of its one signal file raced to delete it.
+    assert signal_writers - {None} == {workers[0].pid}
     # DVCLive's folder as DVC leaves it before rerunning the stage: its declared outputs deleted.
     shutil.rmtree(tmp_path / "live")
 
@@ -113,7 +130,7 @@ def test_multi_worker_killed_then_resumed(single_device, tmp_path: Path) -> None
     assert "Epoch 1/" not in outputs[0] and f"Epoch {EPOCHS}/" in outputs[0]
     assert_same_curve(losses(tmp_path), single_device)
     # Only the chief wrote: one DVCLive folder, one metrics file, the worker's state removed.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["live", "models", "train.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dvc", "live", "models", "train.json"]
     assert not worker_state_dir(Task(index=1), chief_state).exists()
 
 

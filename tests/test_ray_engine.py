@@ -31,7 +31,8 @@ ATTEMPTS = 3  # a node that misses Ray's fixed 30 s registration window is start
 NODE = {"num_cpus": 2, "object_store_memory": 80 * 1024 ** 2}
 
 
-def stage_workdir(workdir: Path, address: str) -> Path:
+def stage_workdir(workdir: Path, address: str, actors: int = 2,
+                  actor_start_timeout: float = 600) -> Path:
     ids, paths = sample_images(N_IMAGES)
     pd.DataFrame({"uid": [int(i.split("_")[0]) for i in ids], "image_id": ids, "path": paths,
                   "exists": True}).to_parquet(workdir / "images.parquet")
@@ -42,9 +43,10 @@ def stage_workdir(workdir: Path, address: str) -> Path:
 machine:
   features_engine: ray
   ray_address: "{address}"
-  ray_actors: 2
+  ray_actors: {actors}
   ray_cpus_per_actor: 1.5
   ray_connect_timeout: 3
+  ray_actor_start_timeout: {actor_start_timeout}
 """)
     return workdir / "features" / "xception.h5"
 
@@ -112,9 +114,10 @@ def test_ray_engine_on_two_nodes_matches_local_and_resumes(cluster, tmp_path: Pa
     done = len(list(partial_dir(out).glob("[0-9]*.npz")))
     assert 0 < done < N_IMAGES
 
+    # Right after the kill, its actors may still hold their CPUs: the engine waits for room.
     resumed = run_stage("features.py", *ARGS, cwd=tmp_path)
     assert "resuming after" in resumed.stderr
-    assert "by 2 actors on 2 Ray nodes" in resumed.stderr, resumed.stderr[-3000:]
+    assert "by 2 of 2 actors on 2 Ray nodes" in resumed.stderr, resumed.stderr[-3000:]
     assert not partial_dir(out).exists()
 
     ids, paths = sample_images(N_IMAGES)
@@ -124,6 +127,18 @@ def test_ray_engine_on_two_nodes_matches_local_and_resumes(cluster, tmp_path: Pa
     assert_same_content(out, local)
     data, attrs = read_all(out)
     assert [i.decode() for i in data["ids"]] == ids and attrs["n_images"] == N_IMAGES
+
+
+def test_actor_pool_without_room_fails_in_one_line(cluster, tmp_path: Path) -> None:
+    """A third actor of 1.5 CPUs fits on neither 2-CPU node: Ray Data alone would wait forever."""
+    out = stage_workdir(tmp_path, cluster.address, actors=3, actor_start_timeout=5)
+    result = run_stage("features.py", *ARGS, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: machine.ray_actors: the Ray cluster at "), result.stderr[-3000:]
+    assert "has no room for 3 actor(s) of 1.5 CPU(s)" in last and "(5 s)" in last
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
 
 
 def test_ray_address_where_nothing_answers_fails_fast(tmp_path: Path) -> None:

@@ -133,6 +133,7 @@ class MachineParams:
     ray_cpus_per_actor: float = at_least(0.0, 1.0)
     ray_gpus_per_actor: float = at_least(0.0, 0.0)
     ray_connect_timeout: float = at_least(0.1, 10.0)  # seconds before an address fails
+    ray_actor_start_timeout: float = at_least(1.0, 600.0)  # seconds for the pool to start
     # train.strategy: multi_worker: seconds a worker waits on a lost peer before failing
     collective_timeout: float = at_least(0.0, 600.0)
 

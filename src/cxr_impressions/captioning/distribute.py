@@ -129,10 +129,12 @@ def make_strategy(strategy_name: str, collective_timeout: float = 0.0) -> object
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where this process writes: the real paths for the chief, temporary ones for the others."""
+    """Where this process writes: the real paths for the chief, temporary ones for the others.
+    Only the chief logs to DVCLive (`live` is None for the others): DVCLive signals each step in
+    the DVC repo's own `.dvc/tmp`, and workers sharing a host raced on that one file."""
 
     out: Path
-    live: Path
+    live: Path | None
     metrics: Path
     state: Path
     scratch: Path | None  # a non-chief's temporary folder for outputs, removed at the end
@@ -146,7 +148,7 @@ def run_paths(task: Task, out: Path, live: Path, metrics: Path, state: Path) -> 
     if task.is_chief:
         return RunPaths(out, live, metrics, state, None)
     scratch = Path(tempfile.mkdtemp(prefix=f"cxr-train-{task.type}-{task.index}-"))
-    return RunPaths(scratch / "models", scratch / "live", scratch / "train.json",
+    return RunPaths(scratch / "models", None, scratch / "train.json",
                     worker_state_dir(task, state), scratch)
 
 

@@ -11,6 +11,7 @@ the DVCLive curves are cut back to it, and DVCLive continues at that step. An in
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -290,12 +291,27 @@ def compile_for_training(caption_model: CaptionModel, learning_rate: float) -> N
         metrics=metrics, jit_compile=False)
 
 
-def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, val_set: Studies,
-          params: TrainParams, state_dir: Path, live_dir: Path) -> dict[str, object]:
-    """Fit with teacher forcing; leave the best validation epoch's weights in the model."""
+@contextlib.contextmanager
+def live_logging(live_dir: Path | None, state_dir: Path, resuming: bool,
+                 first_epoch: int) -> Iterator[list[keras.callbacks.Callback]]:
+    """The DVCLive callbacks for `fit` (none when `live_dir` is None), inside DVCLive's run."""
+    if live_dir is None:
+        yield []
+        return
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
+    with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None) as live:
+        # DVCLive's own resume adds 1 to the step it read except to step 0, so after one epoch
+        # it would log the second at step 0 again: the backup's epoch count is the step.
+        live.step = first_epoch
+        yield [DVCLiveCallback(live=live), MirrorLive(live_dir, state_dir)]
+
+
+def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, val_set: Studies,
+          params: TrainParams, state_dir: Path, live_dir: Path | None) -> dict[str, object]:
+    """Fit with teacher forcing; leave the best validation epoch's weights in the model.
+    `live_dir` None logs nothing to DVCLive (a multi-worker job's non-chief tasks)."""
     model = caption_model.train_model
     log.info("training on %d replica(s) (train.strategy: %s)",
              tf.distribute.get_strategy().num_replicas_in_sync, params.strategy)
@@ -307,14 +323,12 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     selection = SelectOnValidation(params.monitor, params.patience, state_dir, first_epoch)
     if resuming:
         log.info("resuming after epoch %d", first_epoch)
-        restore_live(state_dir, live_dir, first_epoch)
+        if live_dir is not None:
+            restore_live(state_dir, live_dir, first_epoch)
     train_data = make_dataset(train_set, caption_model, params.batch_size, True, params.seed,
                               first_epoch=first_epoch)
     val_data = make_dataset(val_set, caption_model, params.batch_size, False, params.seed)
-    with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None) as live:
-        # DVCLive's own resume adds 1 to the step it read except to step 0, so after one epoch
-        # it would log the second at step 0 again: the backup's epoch count is the step.
-        live.step = first_epoch
+    with live_logging(live_dir, state_dir, resuming, first_epoch) as live_callbacks:
         model.fit(
             train_data, validation_data=val_data, epochs=params.epochs, verbose=2,
             shuffle=False,  # make_dataset shuffles, seeded (Keras ignores this for a Dataset)
@@ -323,8 +337,7 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
             callbacks=[
                 ValidationBleu(caption_model, vocab, val_set),
                 selection,
-                DVCLiveCallback(live=live),
-                MirrorLive(live_dir, state_dir),
+                *live_callbacks,
                 AtomicBackupAndRestore(str(backup_dir)),
             ])
     if selection.weights_path.exists():

@@ -143,15 +143,43 @@ class BackboneActor:
                                precision=precision)
         forward = tf.function(lambda x: model(x, training=False), autograph=False)
         self.run = lambda images: stored_arrays(forward(images), self.params.grid)
-        self.node = ray.get_runtime_context().get_node_id()
+        context = ray.get_runtime_context()
+        self.node, self.actor = context.get_node_id(), context.get_actor_id()
         size = self.params.image_size
         self.empty = {k: v[:0] for k, v in
                       self.run(np.zeros((1, size, size, 3), np.float32)).items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.run(batch["image"]) if len(batch["index"]) else self.empty
+        rows = len(batch["index"])
         return {"index": batch["index"], **outputs,
-                "node": np.array([self.node] * len(batch["index"]), dtype=object)}
+                "node": np.array([self.node] * rows, dtype=object),
+                "actor": np.array([self.actor] * rows, dtype=object)}
+
+
+def wait_for_room(machine: MachineParams) -> None:
+    """Wait until the cluster has room for the whole actor pool at once, or fail in one line
+    after `machine.ray_actor_start_timeout`. Ray Data alone would start whichever actors fit and
+    wait for the rest forever; and a killed run's actors hold their CPUs until Ray notices the
+    driver is gone, so a rerun at once would start with fewer actors than it asks."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {k: v for k, v in (("CPU", machine.ray_cpus_per_actor),
+                                ("GPU", machine.ray_gpus_per_actor)) if v > 0}
+    if not bundle:
+        return
+    group = placement_group([bundle] * machine.ray_actors)
+    try:
+        if not group.wait(timeout_seconds=machine.ray_actor_start_timeout):
+            raise InputError(
+                f"machine.ray_actors: the Ray cluster at {machine.ray_address or '(local)'} has "
+                f"no room for {machine.ray_actors} actor(s) of "
+                f"{machine.ray_cpus_per_actor:g} CPU(s) and {machine.ray_gpus_per_actor:g} "
+                f"GPU(s) within machine.ray_actor_start_timeout "
+                f"({machine.ray_actor_start_timeout:g} s); ask for fewer or smaller actors, "
+                "or add nodes")
+    finally:
+        remove_placement_group(group)
 
 
 def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: FeaturesParams,
@@ -160,6 +188,7 @@ def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: Fea
     """`shards.compute_shards` on the Ray cluster at `machine.ray_address`: the same shards in
     `folder`, the same resume."""
     nodes: set[str] = set()
+    actors: set[str] = set()  # those that computed a batch: fewer than asked if some never started
 
     def ray_batches(start: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         ray = connect(machine)
@@ -182,8 +211,10 @@ def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: Fea
                 batch_size=params.batch_size, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=machine.ray_actors),
                 num_cpus=machine.ray_cpus_per_actor, num_gpus=machine.ray_gpus_per_actor)
+            wait_for_room(machine)
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 nodes.update(batch["node"].tolist())
+                actors.update(batch["actor"].tolist())
                 yield (np.asarray(batch["index"], np.int64),
                        {k: batch[k] for k in ("pooled", "grid") if k in batch})
         finally:
@@ -191,6 +222,6 @@ def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: Fea
 
     run = write_shards(folder, fingerprint, len(paths), ray_batches, progress, desc)
     if nodes:
-        log.info("features computed by %d actors on %d Ray nodes", machine.ray_actors,
-                 len(nodes))
+        log.info("features computed by %d of %d actors on %d Ray nodes", len(actors),
+                 machine.ray_actors, len(nodes))
     return run
