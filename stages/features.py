@@ -30,9 +30,10 @@ def main() -> None:
         from cxr_impressions.features.ray_engine import preflight
 
         preflight(machine)  # Ray missing, or no cluster at the address: one line, at once
-    from cxr_impressions.features.extraction import configure_threads
+    else:  # the Ray driver runs no model: TensorFlow loads in the actors only
+        from cxr_impressions.features.extraction import configure_threads
 
-    configure_threads(machine.threads)
+        configure_threads(machine.threads)
     from cxr_impressions.features.backbones import get_spec, resolve_weights
     from cxr_impressions.features.extraction import extract_features
 

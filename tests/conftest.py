@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,19 @@ FIRST = ("sample-pipeline", "test_ray_engine.py", "test_finetune.py", "test_mimi
 def xdist_group(item: pytest.Item) -> str:
     name = item.path.name
     return "sample-pipeline" if name in SHARES_THE_PIPELINE_RUN else name
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Index METEOR's paraphrase table in the background, once per machine, as the session
+    starts (in the controller, not in each xdist worker). The first `evaluate` would otherwise
+    wait ~30 s for it, in the session's one pipeline run, on the suite's longest path. Left to
+    finish if the session ends first (a short run): the next one then finds it built."""
+    if hasattr(config, "workerinput"):
+        return
+    subprocess.Popen(
+        [sys.executable, "-c", "from cxr_impressions.evaluation.paraphrase import "
+         "index_location, paraphrase_index\nif not index_location().exists(): paraphrase_index()"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into node ids

@@ -26,12 +26,12 @@ def needs_shared(path: Path) -> pytest.MarkDecorator:
 
 
 def run_stage(
-    script: str, *args: str, cwd: Path, check: bool = True
+    script: str, *args: str, cwd: Path, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run one stage script as DVC would, with `cwd` holding its params.yaml."""
     result = subprocess.run(
         [sys.executable, str(REPO / "stages" / script), *args],
-        cwd=cwd, capture_output=True, text=True, timeout=1200,
+        cwd=cwd, capture_output=True, text=True, timeout=1200, env=env,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stderr[-3000:]}")

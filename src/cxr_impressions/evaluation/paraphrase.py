@@ -181,12 +181,18 @@ def _fingerprint(path: Path) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def index_location(table: Path | None = None) -> Path:
+    """Where the index of `table` (default: Meteor's English one) is kept on this machine."""
+    table = table or meteor_directory() / "data" / "paraphrase-en.gz"
+    return cache_directory() / f"meteor-paraphrase-{_fingerprint(table)}-v{INDEX_VERSION}"
+
+
 def paraphrase_index(table: Path | None = None) -> ParaphraseIndex:
     """The index of `table` (default: Meteor's English one), built on first use and cached under
     a lock, so that processes starting together build it once."""
     table = table or meteor_directory() / "data" / "paraphrase-en.gz"
-    folder = cache_directory()
-    path = folder / f"meteor-paraphrase-{_fingerprint(table)}-v{INDEX_VERSION}"
+    path = index_location(table)
+    folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
         lock = open(folder / f"{path.name}.lock", "w")  # noqa: SIM115 (closed below)

@@ -14,14 +14,16 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # keras (TensorFlow) loads when a model is built: a Ray driver never does
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-application
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    build: Callable[..., keras.Model]
+    application: str  # the constructor's name in keras.applications (imported when building)
     weights_file: str  # the standard Keras file name of the no-top ImageNet weights
     url_path: str
     native_size: int
@@ -43,14 +45,14 @@ class BackboneSpec:
 
 BACKBONES = {
     "xception": BackboneSpec(
-        "xception", keras.applications.Xception,
+        "xception", "Xception",
         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception", 299, "tf",
         "block13_sepconv1_act"),
     "inceptionv3": BackboneSpec(
-        "inceptionv3", keras.applications.InceptionV3,
+        "inceptionv3", "InceptionV3",
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "inception_v3", 299, "tf"),
     "densenet121": BackboneSpec(
-        "densenet121", keras.applications.DenseNet121,
+        "densenet121", "DenseNet121",
         "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "densenet", 224, "torch",
         "pool4_bn"),
 }
@@ -107,6 +109,8 @@ def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
     local = Path(weights_dir) / spec.weights_file
     if local.is_file():
         return str(local)
+    import keras
+
     cached = Path(keras.config.keras_home() if hasattr(keras.config, "keras_home")
                   else Path.home() / ".keras") / "models" / spec.weights_file
     if cached.is_file():
@@ -172,6 +176,8 @@ def resolve_precision(requested: str) -> str:
 
 def preprocess(name: str, images: keras.KerasTensor) -> keras.KerasTensor:
     """The backbone's own input scaling, as layers, from [0, 255] images."""
+    import keras
+
     if get_spec(name).mode == "tf":
         return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(images)
     x = keras.layers.Rescaling(1 / 255.0, name="scale")(images)
@@ -183,11 +189,14 @@ def preprocess(name: str, images: keras.KerasTensor) -> keras.KerasTensor:
 def build_base(name: str, weights_path: str | None, input_size: int,
                seed: int = 0) -> keras.Model:
     """The Keras application itself (preprocessed images in, feature map out), weights loaded."""
+    import keras
+
     spec = get_spec(name)
     keras.utils.set_random_seed(seed)  # `weights: none` gives the same random net every run
     try:
-        base = spec.build(include_top=False, weights=None, input_tensor=None,
-                          input_shape=(input_size, input_size, 3))
+        application = getattr(keras.applications, spec.application)
+        base = application(include_top=False, weights=None, input_tensor=None,
+                           input_shape=(input_size, input_size, 3))
     except ValueError as exc:
         raise InputError(f"features.image_size {input_size} is too small for {name} "
                          f"({str(exc).splitlines()[0]})") from None
@@ -207,6 +216,8 @@ def build_backbone(name: str, weights_path: str | None, input_size: int, seed: i
     `precision: bfloat16` builds the CNN under Keras' `mixed_bfloat16` policy (bf16 compute,
     float32 weights); the pooling runs in float32, so the stored vectors are float32 either
     way. Callers pass the result of `resolve_precision`, which checks the hardware."""
+    import keras
+
     if precision not in ("float32", "bfloat16"):
         raise InputError(f"precision must be float32 or bfloat16, got {precision!r}")
     previous = keras.config.dtype_policy()
@@ -238,6 +249,8 @@ def split_base(base: keras.Model, cut: str) -> tuple[keras.Model, keras.Model]:
 
     Both share `base`'s layers, so training `top` adapts `base` in place.
     """
+    import keras
+
     try:
         tensor = base.get_layer(cut).input
     except ValueError:

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..atomic import atomic_path
@@ -42,11 +41,13 @@ def configure_threads(threads: int) -> None:
 
 
 def package_versions() -> dict[str, str]:
-    import keras
-    import tensorflow as tf
+    """From the installed distributions' metadata (`tensorflow` may come as `tensorflow-cpu`):
+    importing TensorFlow for its version would cost a Ray driver, which runs no model, seconds."""
+    from importlib import metadata
 
-    return {"tensorflow": tf.__version__, "keras": keras.__version__,
-            "h5py": h5py.__version__, "numpy": np.__version__}
+    owners = metadata.packages_distributions()
+    return {module: metadata.version(owners[module][0])
+            for module in ("tensorflow", "keras", "h5py", "numpy")}
 
 
 def decode_ahead(dataset: object, batch_size: int) -> object:
