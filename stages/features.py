@@ -30,16 +30,18 @@ def main() -> None:
         from cxr_impressions.features.ray_engine import preflight
 
         preflight(machine)  # Ray missing, or no cluster at the address: one line, at once
-    else:  # the Ray driver runs no model: TensorFlow loads in the actors only
-        from cxr_impressions.features.extraction import configure_threads
-
-        configure_threads(machine.threads)
     from cxr_impressions.features.backbones import get_spec, resolve_weights
-    from cxr_impressions.features.extraction import extract_features
 
+    # Before TensorFlow loads: a missing weights file is one line at once.
     weights = resolve_weights(get_spec(params.backbone), params.weights,
                               str(project_path(machine.weights_dir)), machine.allow_download,
                               finetuned=args.finetuned)
+    if machine.features_engine != "ray":  # the Ray driver runs no model; the actors load TF
+        from cxr_impressions.features.extraction import configure_threads
+
+        configure_threads(machine.threads)
+    from cxr_impressions.features.extraction import extract_features
+
     images = pd.read_parquet(args.images)
     images = images[images["exists"]].sort_values(["uid", "image_id"])
     stats = extract_features(images["image_id"].tolist(), images["path"].tolist(), args.out,

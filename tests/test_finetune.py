@@ -1,4 +1,6 @@
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -210,8 +212,9 @@ def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) ->
     write_params(work, "features:\n  weights: finetuned\n  image_size: 71\n")
     result = run_stage("features.py", "--images", "images.parquet", "--out", "x.h5",
                        "--metrics", "x.json", "--finetuned", "nope.weights.h5", cwd=work,
-                       check=False)
+                       check=False, env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 2
+    assert not re.search(r"\| tensorflow$", result.stderr, re.M)  # stops before it loads
     assert result.stderr.strip().splitlines()[-1] == (
         "error: nope.weights.h5: fine-tuned xception weights not found "
         "(features.weights: finetuned; run `dvc repro finetune`)")
