@@ -151,8 +151,41 @@ def test_backup_files_are_replaced_whole_and_a_fit_resumes_from_them(tmp_path: P
             Record(), AtomicBackupAndRestore(str(backup), delete_checkpoint=False)])
 
     fit(2)
-    assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5",
+    # One weights file, the one the metadata names (an older epoch's goes after the metadata).
+    assert sorted(p.name for p in backup.iterdir()) == ["epoch2.batch0.weights.h5",
                                                        "training_metadata.json"]
     assert backed_up_epochs(backup) == 2
     fit(3)
     assert seen == [0, 1, 2] and backed_up_epochs(backup) == 3
+
+
+def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    """Dropout draws its masks from Keras seed generators, whose state the weights file does
+    not hold: the backup keeps it, so a fit resumed after its first epoch ends with the weights
+    of an uninterrupted fit, bit for bit (the optimizer's state comes back with the weights).
+    A later epoch's weights file that a kill left without its metadata is not used."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = rng.normal(size=(32, 1)).astype(np.float32)
+    backup = tmp_path / "backup"
+
+    def fit(epochs: int, backed_up: bool) -> keras.Model:
+        keras.utils.set_random_seed(0)  # as stages/train.py does in each process
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.5), keras.layers.Dense(1)])
+        model.compile(keras.optimizers.Adam(0.01), "mse")
+        callbacks = [AtomicBackupAndRestore(str(backup), delete_checkpoint=False)]
+        model.fit(x, y, epochs=epochs, batch_size=8, shuffle=False, verbose=0,
+                  callbacks=callbacks if backed_up else [])
+        return model
+
+    uninterrupted = fit(3, backed_up=False)
+    fit(1, backed_up=True)  # a run stopped after its first epoch's backup
+    assert backed_up_epochs(backup) == 1
+    uninterrupted.save_weights(backup / "epoch2.batch0.weights.h5")  # renamed, then the kill
+    resumed = fit(3, backed_up=True)
+    assert backed_up_epochs(backup) == 3
+    for ours, theirs in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)

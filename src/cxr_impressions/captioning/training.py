@@ -157,17 +157,58 @@ class SelectOnValidation(keras.callbacks.Callback):
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras' BackupAndRestore with each file written beside its place, then renamed onto it.
+    """Keras' BackupAndRestore, made whole at any kill and exact on resume.
 
-    Keras truncates `training_metadata.json` before writing it, so a kill (or a reader) at that
-    moment met an empty file, and the resume failed on it. Uses the callback's own paths and
-    epoch counters (Keras 3, pinned in requirements.lock)."""
+    - Keras truncates `training_metadata.json` before writing it, so a kill (or a reader) at
+      that moment met an empty file, and the resume failed on it: each file is written beside
+      its place, then renamed onto it.
+    - Keras writes the weights (with the optimizer's variables) to one fixed name, then the
+      metadata: a kill between the two left one epoch's weights under the previous epoch's
+      count, and the resume ran that epoch again from them. Each backup's weights get their
+      own name (`epoch<E>.batch<B>.weights.h5`), the metadata written after them names the
+      file, and older files go only then, so the metadata always describes a whole backup.
+    - The weights file does not hold the state of the `SeedGenerator`s (Keras saves a layer's
+      weights, not `layer.variables`' random seeds): a resumed process rebuilt them at their
+      initial state, so every Dropout (and attention dropout) drew epoch 1's masks again, and
+      the resumed run ended with other weights than an uninterrupted one. Their states (a
+      (seed, counter) pair each) go into the metadata, and are put back on resume, so the
+      masks continue where they stopped.
+    Uses the callback's own paths and epoch counters (Keras 3, pinned in requirements.lock)."""
+
+    def _seed_states(self) -> list[keras.Variable]:
+        # `variables` is `weights` plus the seed generators' states (and no metric state), in
+        # the model's build order: the same in every process that builds the model, unlike the
+        # generators' auto-numbered names, so the states are matched by position.
+        weights = {id(v) for v in self.model.weights}
+        return [v for v in self.model.variables if id(v) not in weights]
 
     def _save_model(self) -> None:
-        with atomic_path(self._weights_path, suffix=".weights.h5") as tmp:
+        backup = Path(self.backup_dir)
+        name = f"epoch{self._current_epoch}.batch{self._last_batch_seen}.weights.h5"
+        with atomic_path(backup / name, suffix=".weights.h5") as tmp:
             self.model.save_weights(str(tmp), overwrite=True)
-        write_json(self._training_metadata_path,
-                   {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        write_json(self._training_metadata_path, {
+            "epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name,
+            "seed_generators": [np.asarray(v.numpy()).tolist() for v in self._seed_states()]})
+        for old in backup.glob("*.weights.h5"):
+            if old.name != name:
+                old.unlink()
+
+    def _load_model(self) -> None:
+        metadata_path = Path(self._training_metadata_path)
+        metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+        if "weights" in metadata:
+            self._weights_path = str(Path(self.backup_dir) / metadata["weights"])
+        super()._load_model()
+        if not metadata:
+            return
+        states, saved = self._seed_states(), metadata.get("seed_generators")
+        if saved is None or len(saved) != len(states):
+            log.warning("the backup holds no matching random-seed state; the resumed run's "
+                        "dropout differs from an uninterrupted run's")
+            return
+        for variable, value in zip(states, saved, strict=True):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 def backed_up_epochs(backup_dir: Path) -> int:
