@@ -33,7 +33,7 @@ from .seaweed import free_port
 pytestmark = pytest.mark.timeout(1500)
 
 SCRIPT = str(Path(__file__).with_name("distributed_train.py"))
-EPOCHS = 3
+EPOCHS = 2  # the multi-worker job is killed in the second, so the resume runs the last
 RTOL = 0.01
 
 
