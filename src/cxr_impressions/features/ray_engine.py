@@ -150,8 +150,8 @@ class BackboneActor:
                       self.run(np.zeros((1, size, size, 3), np.float32)).items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.run(batch["image"]) if len(batch["index"]) else self.empty
         rows = len(batch["index"])
+        outputs = self.run(batch["image"]) if rows else self.empty
         return {"index": batch["index"], **outputs,
                 "node": np.array([self.node] * rows, dtype=object),
                 "actor": np.array([self.actor] * rows, dtype=object)}

@@ -11,6 +11,7 @@ absent from every shard.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import signal
@@ -40,6 +41,7 @@ def configure_threads(threads: int) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+@functools.cache  # scanning every installed distribution takes ~0.3 s; asked twice a run
 def package_versions() -> dict[str, str]:
     """From the installed distributions' metadata (`tensorflow` may come as `tensorflow-cpu`):
     importing TensorFlow for its version would cost a Ray driver, which runs no model, seconds."""
