@@ -44,3 +44,46 @@ def test_a_stage_writes_its_timings_outside_the_metrics(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr == "error: x.csv: no column uid\n"
     assert not (tmp_path / "timings" / "bad.json").exists()  # only finished stages
+
+
+LOADS_TENSORFLOW = """
+import sys
+import cxr_impressions.stage
+print("before", file=sys.stderr, flush=True)
+import tensorflow as tf
+print("after", tf.constant(2.0).numpy(), file=sys.stderr)
+"""
+
+
+def test_tensorflow_loads_without_its_cxx_chatter() -> None:
+    """On CPUs with AVX512_VNNI, AVX512_BF16 or AMX, TensorFlow turns oneDNN's custom operations
+    on and says so while it loads, with absl's banner, whatever TF_CPP_MIN_LOG_LEVEL says; on
+    others it prints nothing. Either way the load leaves stderr as the process wrote it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "CXR_VERBOSE")}
+    quiet = subprocess.run([sys.executable, "-c", LOADS_TENSORFLOW], env=env, capture_output=True,
+                           text=True, check=True, timeout=120)
+    assert quiet.stderr == "before\nafter 2.0\n"
+
+
+DROPS_LOAD_CHATTER = r"""
+import os, sys
+from cxr_impressions.stage import _load_chatter_dropped
+with _load_chatter_dropped():
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written "
+                b"to STDERR\n"
+                b"I0000 00:00:1796207246.480347    4920 port.cc:153] oneDNN custom operations\n"
+                b"W0000 00:00:1796207246.5    4920 cpu_feature_guard.cc:227] optimized for\n"
+                b"E0000 00:00:1796207246.6    4920 loader.cc:12] a real error\n"
+                b"a plain line\n")
+    print("from Python", file=sys.stderr)
+print("after", file=sys.stderr)
+"""
+
+
+def test_only_the_load_chatter_is_dropped() -> None:
+    """Errors and everything else written while TensorFlow loads still reach stderr, in order."""
+    result = subprocess.run([sys.executable, "-c", DROPS_LOAD_CHATTER], capture_output=True,
+                            text=True, check=True, timeout=60)
+    assert result.stderr.splitlines() == [
+        "E0000 00:00:1796207246.6    4920 loader.cc:12] a real error", "a plain line",
+        "from Python", "after"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 VERBOSE_ENV = "CXR_VERBOSE"
@@ -23,6 +29,65 @@ def note_timing(name: str, value: float) -> None:
     _timings[name] = round(float(value), 3)
 
 
+# What TensorFlow's C++ libraries print while they load, whatever TF_CPP_MIN_LOG_LEVEL says: absl's
+# banner, then its INFO and WARNING lines (on CPUs with AVX512_VNNI, AVX512_BF16 or AMX, where
+# oneDNN's custom operations are on by default: "oneDNN custom operations are on ...").
+_LOAD_CHATTER = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] )")
+
+
+@contextlib.contextmanager
+def _load_chatter_dropped() -> Iterator[None]:
+    """Collect what is written to file descriptor 2 (C++ code writes there directly) and write it
+    back without the load chatter: errors and anything else still show."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as collected:
+        os.dup2(collected.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            collected.seek(0)
+            lines = collected.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _LOAD_CHATTER.match(line)))
+            sys.stderr.flush()
+
+
+class _QuietTensorFlowLoader(importlib.abc.Loader):
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> object:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: object) -> None:
+        with _load_chatter_dropped():
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> object:  # get_resource_reader, is_package, ...
+        return getattr(self._loader, name)
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """Loads the `tensorflow` package, whoever imports it first, with its load chatter dropped.
+    A hook, not an import here: processes that never need TensorFlow (the Ray driver, `cxr
+    scores`) must not pay its seconds of loading."""
+
+    def find_spec(self, name: str, path: object, target: object = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietTensorFlowLoader(spec.loader)
+        return spec
+
+
 def quiet_logs() -> None:
     """Hide TensorFlow's and Keras' chatter (C++ oneDNN and absl lines, their Python loggers'
     warnings, deprecation notices), which buries the progress bars, the stages' own messages
@@ -30,6 +95,9 @@ def quiet_logs() -> None:
     if os.environ.get(VERBOSE_ENV) == "1":
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(finder, _QuietTensorFlowFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowFinder())
     for name in ("tensorflow", "absl", "keras", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for module in ("tensorflow", "keras", "tf_keras", "absl", "h5py", "google.protobuf"):
