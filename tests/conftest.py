@@ -49,19 +49,20 @@ def finished_pipeline(tmp_path_factory, worker_id: str) -> Path:
 
 
 # Under pytest-xdist (scripts/test.sh runs `-n auto --dist loadgroup --no-loadscope-reorder`)
-# each module is one group on one worker, so that its module fixtures are made once, and the
-# modules that copy the session's pipeline run form one group. (pytest < 9: with pytest 9,
-# xdist 3.8 ignores every group; tests/test_grouping.py checks that they hold.) Groups are handed
-# out in FIRST's order, longest first (from a CI run's `--durations`), so that the last to start
-# are short. Splitting the pipeline group in two and a third worker measured no faster.
-SHARES_THE_PIPELINE_RUN = ("test_pipeline.py", "test_team.py", "test_incremental.py")
-FIRST = ("sample-pipeline", "test_ray_engine.py", "test_finetune.py", "test_mimic.py",
-         "test_features.py", "test_distribute.py", "test_serving.py")
+# each module is one group on one worker, so that its module fixtures are made once. (pytest < 9:
+# with pytest 9, xdist 3.8 ignores every group; tests/test_grouping.py checks that they hold.)
+# Groups are handed out in FIRST's order, roughly longest first (from a CI run's `--durations`),
+# so that the last to start are short and both workers end together. The modules that copy the
+# session's one pipeline run (conftest.finished_pipeline) are groups of their own, so that they
+# can run on either worker: test_pipeline.py starts first and builds it, and the next two
+# (the Ray engine's tests, which don't need it, are between) find it built or nearly.
+FIRST = ("test_pipeline.py", "test_ray_engine.py", "test_team.py", "test_finetune.py",
+         "test_mimic.py", "test_incremental.py", "test_features.py", "test_distribute.py",
+         "test_serving.py")
 
 
 def xdist_group(item: pytest.Item) -> str:
-    name = item.path.name
-    return "sample-pipeline" if name in SHARES_THE_PIPELINE_RUN else name
+    return item.path.name
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -139,14 +139,23 @@ def test_only_affected_stages_rerun(pipeline_repo: Path) -> None:
     (repo / "params.yaml").write_text(params)
     sh(DVC, "checkout", cwd=repo)  # DVC removed the stage's outputs before running it
     assert "up to date" in sh(DVC, "status", cwd=repo)
+    # A clean param: clean and embeddings run for real (the vocabulary changes); then `--dry`,
+    # which decides from the real hashes, shows what the new clean outputs make stale: train
+    # (and, below it, evaluate and report), never finetune or the features. (`--dry` alone
+    # could not tell: without running clean it cannot know which of its outputs change.)
     set_params(repo, clean={"min_count": 1})
-    out = sh(DVC, "repro", cwd=repo)
+    out = sh(DVC, "repro", "embeddings", cwd=repo)
     assert "Running stage 'clean'" in out and "Running stage 'embeddings'" in out
     assert "Running stage 'parse'" not in out
-    assert "Running stage 'features'" not in out  # clean params never touch the features
-    # A features param: what DVC would run (`--dry` decides as repro does, without the
-    # minutes of finetune, features and everything below them, which the run above showed).
-    params = (repo / "params.yaml").read_text()
+    out = sh(DVC, "repro", "--dry", cwd=repo)
+    assert "Running stage 'train'" in out
+    for stage in ("parse", "clean", "finetune", "features", "embeddings"):
+        assert f"Stage '{stage}' didn't change, skipping" in out, (stage, out)
+    (repo / "params.yaml").write_text(params)
+    out = sh(DVC, "repro", cwd=repo)  # back: clean and embeddings come from the run-cache
+    assert "Running stage" not in out, out
+    # A features param: what DVC would run (`--dry`, without the minutes of finetune, features
+    # and everything below them).
     set_params(repo, features={"resize": "pad"})
     out = sh(DVC, "repro", "--dry", cwd=repo)
     assert "Running stage 'features'" in out and "Running stage 'clean'" not in out
