@@ -155,6 +155,20 @@ def test_actor_pool_without_room_fails_in_one_line(cluster, tmp_path: Path) -> N
     assert not out.exists()
 
 
+def test_actors_slower_to_load_than_the_timeout_fail_in_one_line(cluster, tmp_path: Path) -> None:
+    """The pool fits, but no actor loads TensorFlow and its backbone within 1 s: the stage waits
+    for every actor before dispatching (or the first ready could take every batch), and says so
+    in one line when they don't all come."""
+    out = stage_workdir(tmp_path, cluster.address, actors=2, actor_start_timeout=1)
+    result = run_stage("features.py", *ARGS, cwd=tmp_path, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: machine.ray_actor_start_timeout: the 2 actor(s) did not all load the backbone "
+        f"within 1 s on the Ray cluster at {cluster.address}"), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 def test_ray_address_where_nothing_answers_fails_fast(tmp_path: Path) -> None:
     stage_workdir(tmp_path, f"127.0.0.1:{free_port()}")
     started = time.monotonic()

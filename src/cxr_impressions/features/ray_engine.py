@@ -17,7 +17,9 @@ node).
 from __future__ import annotations
 
 import logging
+import math
 import socket
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -157,6 +159,13 @@ class BackboneActor:
                 "actor": np.array([self.actor] * rows, dtype=object)}
 
 
+def _not_an_actor_start_timeout(record: logging.LogRecord) -> bool:
+    """A log filter: False while the exception being handled is Ray's GetTimeoutError."""
+    import ray.exceptions
+
+    return not isinstance(sys.exc_info()[1], ray.exceptions.GetTimeoutError)
+
+
 def wait_for_room(machine: MachineParams) -> None:
     """Wait until the cluster has room for the whole actor pool at once, or fail in one line
     after `machine.ray_actor_start_timeout`. Ray Data alone would start whichever actors fit and
@@ -199,6 +208,9 @@ def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: Fea
             context.enable_progress_bars = False
             # In input order, so that a killed run resumes after its last shard.
             context.execution_options.preserve_order = True
+            # Dispatch only once every actor has loaded its backbone: otherwise the first one
+            # ready (on a loaded machine, a minute before the others) may take every batch.
+            context.wait_for_min_actors_s = max(1, math.ceil(machine.ray_actor_start_timeout))
             items = [{"index": i, "path": str(paths[i])} for i in range(start, len(paths))]
             dataset = ray.data.from_items(items).map_batches(
                 _decode, fn_kwargs={"size": params.image_size, "resize": params.resize},
@@ -212,11 +224,23 @@ def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: Fea
                 compute=ray.data.ActorPoolStrategy(size=machine.ray_actors),
                 num_cpus=machine.ray_cpus_per_actor, num_gpus=machine.ray_gpus_per_actor)
             wait_for_room(machine)
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                nodes.update(batch["node"].tolist())
-                actors.update(batch["actor"].tolist())
-                yield (np.asarray(batch["index"], np.int64),
-                       {k: batch[k] for k in ("pooled", "grid") if k in batch})
+            # Ray Data logs its actor-start timeout as an internal error, with a traceback:
+            # the one line below says what happened.
+            ray_data_errors = logging.getLogger("ray.data.exceptions")
+            ray_data_errors.addFilter(_not_an_actor_start_timeout)
+            try:
+                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    nodes.update(batch["node"].tolist())
+                    actors.update(batch["actor"].tolist())
+                    yield (np.asarray(batch["index"], np.int64),
+                           {k: batch[k] for k in ("pooled", "grid") if k in batch})
+            except ray.exceptions.GetTimeoutError as exc:
+                raise InputError(
+                    f"machine.ray_actor_start_timeout: the {machine.ray_actors} actor(s) did not "
+                    f"all load the backbone within {machine.ray_actor_start_timeout:g} s on the "
+                    f"Ray cluster at {machine.ray_address or '(local)'}") from exc
+            finally:
+                ray_data_errors.removeFilter(_not_an_actor_start_timeout)
         finally:
             ray.shutdown()
 
