@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -142,46 +143,37 @@ def test_only_the_layers_above_the_cut_change(reference: Path) -> None:
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in changed)
 
 
-def test_killed_during_cache_resumes_to_identical_outputs(tmp_path: Path, clean_dir: Path,
-                                                          reference: Path) -> None:
-    work = _workdir(tmp_path / "w", clean_dir)
-    process = _stage(work)
+def _kill_when(process: subprocess.Popen, ready: Callable[[], bool]) -> None:
     deadline = time.monotonic() + 600
-    while len(list((work / CACHE / "xception").glob("*.npz"))) < 3:
+    while not ready():
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    assert not (work / OUT).exists()
-    assert not (work / CACHE / "xception" / "activations.npy").exists()
-    stderr = _finish(_stage(work))
-    assert "resuming after" in stderr
-    assert results_of(work) == results_of(reference)
-    ours, theirs = weights_of(work / OUT), weights_of(reference / OUT)
-    assert ours.keys() == theirs.keys()
-    for name in theirs:
-        np.testing.assert_array_equal(ours[name], theirs[name])
 
 
-def test_killed_during_training_resumes_to_identical_outputs(tmp_path: Path, clean_dir: Path,
-                                                             reference: Path) -> None:
+def test_killed_during_cache_then_training_resumes_to_identical_outputs(
+        tmp_path: Path, clean_dir: Path, reference: Path) -> None:
+    """kill -9 while the activation cache is built, then again in training's second epoch: the
+    third run resumes both and ends with the uninterrupted run's weights and AUCs exactly."""
     work = _workdir(tmp_path / "w", clean_dir)
-    shutil.copytree(reference / CACHE, work / CACHE)  # the cache is done: training runs first
+    shards = work / CACHE / "xception"
     process = _stage(work)
-    deadline = time.monotonic() + 600
-    while not (work / STATE / "progress.json").exists():
-        assert process.poll() is None, process.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    _kill_when(process, lambda: len(list(shards.glob("*.npz"))) >= 3)
     assert not (work / OUT).exists()
+    assert not (shards / "activations.npy").exists()
+    process = _stage(work)
+    _kill_when(process, lambda: (work / STATE / "progress.json").exists())
+    assert "resuming after" in process.stderr.read()  # the cache's shards
+    assert not (work / OUT).exists()
+    assert (shards / "activations.npy").exists()
     stderr = _finish(_stage(work))
     assert "resuming training after epoch 1" in stderr
     assert "activation cache complete" in stderr
     assert results_of(work) == results_of(reference)
     ours, theirs = weights_of(work / OUT), weights_of(reference / OUT)
+    assert ours.keys() == theirs.keys()
     for name in theirs:
         np.testing.assert_array_equal(ours[name], theirs[name])
 
