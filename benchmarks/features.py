@@ -100,8 +100,9 @@ def main() -> None:
     features_params = build_section("features", FeaturesParams, params)
 
     def stage_round(workdir: Path) -> float:
-        stats = extract_features(ids, paths, workdir / "out.h5", features_params, weights,
-                                 progress=False)
+        # A new file each round: the stage reuses what an existing one holds (incremental).
+        out = Path(tempfile.mkdtemp(dir=workdir)) / "out.h5"
+        stats = extract_features(ids, paths, out, features_params, weights, progress=False)
         return float(stats["images_per_second"])
 
     decoded = tf.stack([load_image(p, args.image_size) for p in files])
