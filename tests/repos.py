@@ -35,9 +35,10 @@ def env() -> dict:
     return variables
 
 
-def run(*args: str, cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+def run(*args: str, cwd: Path, timeout: float = 1800, extra_env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env())
+                          env={**env(), **(extra_env or {})})
 
 
 def sh(*args: str, cwd: Path, timeout: float = 1800) -> str:

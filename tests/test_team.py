@@ -24,6 +24,9 @@ from .seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, free_port, weed_
 pytestmark = [needs_shared(SHARED), pytest.mark.timeout(2400)]
 
 STAGES = ("parse", "clean", "features", "embeddings", "train", "evaluate", "report")
+# botocore's own setting, two tries per request: its default, five with backoff, only makes a
+# failure take a minute longer to arrive.
+TWO_S3_TRIES = {"AWS_MAX_ATTEMPTS": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +144,7 @@ def test_push_survives_a_server_stopped_midway(team_repo: Path, s3: SeaweedS3,
         (bulk / f"{i:02}.bin").write_bytes(rng.randbytes(1 << 20))
     sh(DVC, "add", "data/bulk", cwd=a)
     use_remote(a, s3, "faults")
-    # botocore's own setting, two tries per request (its default, five with backoff, only
-    # makes the failure take a minute longer to arrive).
-    push = subprocess.Popen([DVC, "push"], cwd=a, env={**env(), "AWS_MAX_ATTEMPTS": "2"},
+    push = subprocess.Popen([DVC, "push"], cwd=a, env={**env(), **TWO_S3_TRIES},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -188,10 +189,7 @@ def test_unreachable_endpoint_fails_within_bounded_time(team_repo: Path, s3: Sea
     b = clone(team_repo, tmp_path / "unreachable")
     use_remote(b, s3, "shared", endpoint=f"http://127.0.0.1:{free_port()}")
     started = time.monotonic()
-    # Two tries, as in the push-fault test: botocore's default five, with backoff, only make
-    # the same error arrive ~30 s later.
-    result = subprocess.run([DVC, "pull"], cwd=b, capture_output=True, text=True, timeout=300,
-                            env={**env(), "AWS_MAX_ATTEMPTS": "2"})
+    result = run(DVC, "pull", cwd=b, timeout=300, extra_env=TWO_S3_TRIES)
     elapsed = time.monotonic() - started
     assert result.returncode != 0
     message = result.stdout + result.stderr
