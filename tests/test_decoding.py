@@ -133,6 +133,32 @@ def test_decoding_settings_are_selected_on_the_given_split() -> None:
                                  "labels": "independent"}
 
 
+def test_selection_on_a_clinical_metric_scores_the_labellers_reading() -> None:
+    from collections import Counter
+
+    from cxr_impressions.data.labeller import label_text
+    from cxr_impressions.evaluation.scoring import clinical_scores
+
+    model, vocab = tiny("merge", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(6, seed=5)
+    references = ["no effusion .", "effusion .", "effusion .", "no .", "effusion", "."]
+    params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.0, 2.0),
+                          select_metric="findings_macro_f1")
+    chosen, rows, row = decoder.select(inputs, references, params)
+    assert row["findings_macro_f1"] == max(r["findings_macro_f1"] for r in rows)
+    for r in rows:  # each row's clinical figures are the labeller's, on that row's captions
+        settings = DecodeParams(method=r["method"], beam_size=r["beam_size"],
+                                length_penalty=r["length_penalty"], labels=r["labels"])
+        texts = decoder.texts(decoder.decode(inputs, settings))
+        clinical = clinical_scores([label_text(t) for t in references],
+                                   [label_text(t) for t in texts])
+        assert r["findings_macro_f1"] == clinical["findings_macro_f1"]
+        assert r["abnormal_f1"] == clinical["abnormal"]["f1"]
+        assert r["top_share"] == round(Counter(texts).most_common(1)[0][1] / len(texts), 4)
+    assert chosen.beam_size == row["beam_size"]
+
+
 def test_consistent_labels_follow_the_training_labels_definition() -> None:
     names = ("cardiomegaly", "effusion", "abnormal")
     thresholds = np.array([0.4, 0.1, 0.3])

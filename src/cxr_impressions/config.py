@@ -207,7 +207,8 @@ class DecodeParams:
     beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
     length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
     label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
-    select_metric: Literal["bleu4", "cider", "rouge_l"] = "bleu4"
+    select_metric: Literal["bleu4", "cider", "rouge_l", "abnormal_f1",
+                           "findings_macro_f1"] = "bleu4"
 
     # What models/decoding.json holds: the settings one decodes with.
     SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram", "labels")

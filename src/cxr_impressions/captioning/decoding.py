@@ -17,6 +17,7 @@ never saw in training, and under which it falls back to the most frequent normal
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -279,14 +280,18 @@ class Decoder:
                params: DecodeParams) -> tuple[DecodeParams, list[dict], dict]:
         """The decoding settings, among `params.beam_sizes` x `params.length_penalties` x
         `params.label_modes`, whose captions of the given studies (the validation split: never
-        the test split) score best on `params.select_metric`; ties go to the earlier candidate
-        (the smaller beam). Also a row per candidate with its scores, and the chosen row. Each
-        beam size is searched once per label mode; its length penalties only re-rank the
-        finished hypotheses. Beam 1 is greedy decoding, for which the length penalty changes
-        nothing. Label modes apply to models conditioned on findings and abnormal (elsewhere
-        `consistent` changes nothing, and only `independent` is tried)."""
-        from ..evaluation.scoring import text_metrics
+        the test split) score best on `params.select_metric` (a text metric, or the labeller's
+        abnormal F1 or findings macro-F1 on the captions against that on the references); ties
+        go to the earlier candidate (the smaller beam). Also a row per candidate with its
+        scores, and the chosen row. Each beam size is searched once per label mode; its length
+        penalties only re-rank the finished hypotheses. Beam 1 is greedy decoding, for which
+        the length penalty changes nothing. Label modes apply to models conditioned on findings
+        and abnormal (elsewhere `consistent` changes nothing, and only `independent` is
+        tried)."""
+        from ..data.labeller import label_text
+        from ..evaluation.scoring import clinical_scores, text_metrics
 
+        reference_labels = [label_text(r) for r in references]
         modes = (params.label_modes if has_consistency_rule(self.model.labels)
                  else ("independent",))
         rows: list[dict] = []
@@ -303,10 +308,15 @@ class Decoder:
                                    rerank(searched, alpha))
                                   for alpha in params.length_penalties]
                 for chosen, decoded in candidates:
-                    scores = text_metrics(references, self.texts(decoded))
+                    texts = self.texts(decoded)
+                    clinical = clinical_scores(reference_labels, [label_text(t) for t in texts])
                     rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
                                  "length_penalty": chosen.length_penalty, "labels": mode,
-                                 **scores})
+                                 **text_metrics(references, texts),
+                                 "abnormal_f1": clinical["abnormal"]["f1"],
+                                 "findings_macro_f1": clinical["findings_macro_f1"],
+                                 "top_share": round(Counter(texts).most_common(1)[0][1]
+                                                    / len(texts), 4)})
         best = max(range(len(rows)), key=lambda i: (rows[i][params.select_metric], -i))
         row = rows[best]
         return replace(params, method=row["method"], beam_size=row["beam_size"],
