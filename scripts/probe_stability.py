@@ -44,7 +44,7 @@ def main() -> None:
     results = {}
     for name, per_image in variants.items():
         began = time.perf_counter()
-        results[name] = fit_probes(*(study_vectors(per_image, data, s)
+        results[name], _ = fit_probes(*(study_vectors(per_image, data, s)
                                      for s in ("train", "val", "test")))
         print(f"{name:>20}: fitted in {time.perf_counter() - began:.0f} s")
     base = results["as stored"]

@@ -32,6 +32,7 @@ def main() -> None:
     configure_threads(machine.threads)
     import tensorflow as tf
 
+    from cxr_impressions.evaluation.bootstrap import finetune_intervals
     from cxr_impressions.features.backbones import FINETUNED, get_spec, resolve_weights
     from cxr_impressions.features.finetune import finetune
 
@@ -45,8 +46,11 @@ def main() -> None:
                               machine.allow_download)
     examples = pd.read_parquet(f"{args.clean}/examples.parquet")
     images = pd.read_parquet(f"{args.clean}/images.parquet")
-    metrics, timings = finetune(examples, images, args.out, args.cache, params, features,
-                                weights)
+    metrics, timings, test = finetune(examples, images, args.out, args.cache, params, features,
+                                      weights)
+    metrics["summary"]["test_ci95"] = finetune_intervals(
+        test.labels, test.systems, metrics["summary"]["findings_with_enough_test_positives"],
+        params.seed)
     write_json(args.metrics, metrics)
     for name, value in timings.items():  # timings/finetune.json: git-ignored, never compared
         note_timing(name, value)

@@ -159,3 +159,19 @@ def test_different_numbers_of_studies_are_refused(pool: dict) -> None:
         empty = StudyStatistics(bleu=np.zeros((0, 10)), rouge_l=np.zeros(0), cider=np.zeros(0),
                                 labels=np.zeros((0, 3, 14)))
         significance({"model": empty}, 10, 0)
+
+
+def test_weighted_auc_matches_the_auc_of_the_drawn_studies() -> None:
+    from cxr_impressions.evaluation.bootstrap import auc_values, resample_counts
+    from cxr_impressions.features.finetune import auc
+
+    rng = np.random.default_rng(4)
+    labels = rng.random(40) < 0.4
+    scores = np.round(rng.normal(size=40), 1)  # ties, which count half
+    counts = resample_counts(40, 5, seed=1)
+    values = auc_values(labels, scores, counts)
+    for row, value in zip(counts.astype(int), values, strict=True):
+        drawn = np.repeat(np.arange(40), row)  # the resample, study by study
+        assert value == pytest.approx(auc(labels[drawn], scores[drawn]))
+    assert auc_values(labels, scores, np.ones(40))[0] == pytest.approx(auc(labels, scores))
+    assert np.isnan(auc_values(np.zeros(40, bool), scores, np.ones(40))[0])

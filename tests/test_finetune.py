@@ -15,7 +15,12 @@ import pytest
 
 from cxr_impressions.errors import InputError
 from cxr_impressions.features.backbones import build_base, sha256_of, split_base
-from cxr_impressions.features.finetune import TARGETS, auc, fit_probes, logistic_newton
+from cxr_impressions.features.finetune import (
+    TARGETS,
+    auc,
+    fit_probes,
+    logistic_newton,
+)
 
 from .helpers import REPO, SAMPLE, run_stage, write_params
 
@@ -271,10 +276,12 @@ def test_probes_find_a_linear_signal() -> None:
     y[:, 0] = x[:, 0] + 0.3 * rng.normal(size=n) > 0  # abnormal: a signal in one dimension
     y[:, 1:] = rng.random((n, len(TARGETS) - 1)) < 0.3  # the rest: noise
     parts = [(x[i::3], y[i::3]) for i in range(3)]
-    out = fit_probes(*parts)
+    out, scores = fit_probes(*parts)
+    assert scores.shape == (len(parts[2][0]), len(TARGETS))
+    assert round(auc(parts[2][1][:, 0], scores[:, 0]), 4) == out["test"]["abnormal"]
     assert out["test"]["abnormal"] > 0.85
     assert abs(np.mean([out["test"][t] for t in TARGETS[1:]]) - 0.5) < 0.1
-    assert out == fit_probes(*parts)  # deterministic
+    assert out == fit_probes(*parts)[0]  # deterministic
 
 
 def test_probe_fits_are_converged_so_rounding_the_vectors_barely_moves_them() -> None:
@@ -288,7 +295,7 @@ def test_probe_fits_are_converged_so_rounding_the_vectors_barely_moves_them() ->
     y[:, :] = (x[:, :len(TARGETS)] + 1.5 * rng.normal(size=(n, len(TARGETS)))) > 0.5
     parts = [(x[i::3].astype(np.float32), y[i::3]) for i in range(3)]
     rounded = [(v.astype(np.float16).astype(np.float32), t) for v, t in parts]
-    out, again = fit_probes(*parts), fit_probes(*rounded)
+    (out, _), (again, _) = fit_probes(*parts), fit_probes(*rounded)
     for split in ("val", "test"):
         for target in TARGETS:
             assert abs(out[split][target] - again[split][target]) < 0.005, (split, target)
@@ -299,6 +306,28 @@ def test_probe_fits_are_converged_so_rounding_the_vectors_barely_moves_them() ->
     p = 1.0 / (1.0 + np.exp(-(design @ w)))
     gradient = design.T @ (p - target) / len(target) + 0.01 * np.append(w[:-1], 0.0)
     assert np.max(np.abs(gradient)) < 1e-6
+
+
+def test_intervals_contain_the_test_auc_and_pair_the_gain() -> None:
+    from cxr_impressions.evaluation.bootstrap import finetune_intervals
+
+    rng = np.random.default_rng(3)
+    n = 300
+    labels = (rng.random((n, len(TARGETS))) < 0.3).astype(np.float32)
+    noise = rng.normal(size=(n, len(TARGETS)))
+    scores = {"frozen": labels + 1.2 * noise, "head": labels + 2.0 * noise,
+              "adapted": labels + 1.2 * noise + 0.6 * labels}  # the frozen one, plus signal
+    scores["adapted"][:, -1] = np.nan  # a target the probe could not fit
+    out = finetune_intervals(labels, scores, ["cardiomegaly", "pleural_effusion"], seed=0)
+    for name in ("frozen", "adapted", "head"):
+        low, high = out[f"{name}_abnormal_auc"]
+        assert low <= auc(labels[:, 0], scores[name][:, 0]) <= high
+    # Paired: the adapted scores are the frozen ones plus signal, so every resample gains.
+    assert out["gain_abnormal_auc"][0] > 0 and out["gain_findings_mean_auc"][0] > 0
+    gain = auc(labels[:, 0], scores["adapted"][:, 0]) - auc(labels[:, 0], scores["frozen"][:, 0])
+    assert out["gain_abnormal_auc"][0] <= gain <= out["gain_abnormal_auc"][1]
+    assert out == finetune_intervals(labels, scores, ["cardiomegaly", "pleural_effusion"], seed=0)
+    assert finetune_intervals(labels, scores, [], seed=0)["adapted_findings_mean_auc"] is None
 
 
 def test_train_from_all_adapts_the_whole_backbone(tmp_path: Path, clean_dir: Path) -> None:

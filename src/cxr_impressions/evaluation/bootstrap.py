@@ -17,6 +17,7 @@ texts than the test split and the bootstrap distribution would not be centred on
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -29,7 +30,7 @@ from .scoring import BLEU_WEIGHTS, cider_per_study, meteor_score, rouge_l_per_st
 LEVEL = 0.95
 TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
 CLINICAL_METRICS = ("abnormal_precision", "abnormal_recall", "abnormal_f1", "findings_macro_f1")
-LABELS = ("abnormal", *FINDINGS)
+LABELS = ("abnormal", *FINDINGS)  # also the columns of the finetune head and probes
 # nltk's smoothing-free BLEU replaces a precision with no match by the smallest float.
 _TINY = np.finfo(np.float64).tiny
 
@@ -116,6 +117,23 @@ def resample_counts(studies: int, resamples: int, seed: int) -> np.ndarray:
         resamples, studies).astype(np.float64)
 
 
+def auc_values(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """ROC AUC (ties count half) of `scores` for the 0/1 `labels` under each row of `counts`
+    (weights per study, as `resample_counts`; all ones: the plain AUC). NaN where a row weighs
+    no positive or no negative. One sort serves every row."""
+    counts = np.atleast_2d(counts)
+    order = np.argsort(scores, kind="stable")
+    positive = np.asarray(labels, bool)[order]
+    weights = counts[:, order]
+    starts = np.flatnonzero(np.r_[True, np.diff(np.asarray(scores)[order]) != 0])
+    pos = np.add.reduceat(weights * positive, starts, axis=1)  # per group of tied scores
+    neg = np.add.reduceat(weights * ~positive, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
+
+
 def metric_values(stats: StudyStatistics, counts: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric for each row of `counts` (weights per study; all ones: the full split)."""
     counts = np.atleast_2d(counts)
@@ -144,9 +162,10 @@ def metric_values(stats: StudyStatistics, counts: np.ndarray) -> dict[str, np.nd
     return values
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
+def interval(samples: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap samples (NaNs, undefined resamples, left out)."""
     tail = (1 - LEVEL) / 2 * 100
-    low, high = np.percentile(samples, [tail, 100 - tail])
+    low, high = np.nanpercentile(samples, [tail, 100 - tail])
     return float(low), float(high)
 
 
@@ -170,12 +189,12 @@ def significance(systems: Mapping[str, StudyStatistics], resamples: int, seed: i
         bounds = {}
         for metric, sample in values.items():
             bounds[f"{metric}_low"], bounds[f"{metric}_high"] = (
-                round(b, 4) for b in _interval(sample))
+                round(b, 4) for b in interval(sample))
         result[name] = {"ci95": bounds}
     for other in (n for n in systems if n != reference):
         paired = {}
         for metric in samples[reference].keys() & samples[other].keys():
-            low, high = _interval(samples[reference][metric] - samples[other][metric])
+            low, high = interval(samples[reference][metric] - samples[other][metric])
             paired[metric] = {
                 "diff": round(float(points[reference][metric] - points[other][metric]), 4),
                 "low": round(low, 4), "high": round(high, 4)}
@@ -183,3 +202,41 @@ def significance(systems: Mapping[str, StudyStatistics], resamples: int, seed: i
                                                                     *CLINICAL_METRICS)
                                              if m in paired}
     return result
+
+
+def finetune_intervals(labels: np.ndarray, scores: Mapping[str, np.ndarray],
+                       enough: Sequence[str], seed: int, resamples: int = 1000
+                       ) -> dict[str, list | None]:
+    """The finetune stage's 95% bootstrap intervals over the test studies (seeded, the same
+    resamples for every system): each system's abnormal AUC and mean AUC over the `enough`
+    findings, and the `adapted` probe's paired gains over the `frozen` one. `labels` and each
+    of `scores` are (studies, LABELS); a score column with a NaN has no AUC."""
+    counts = resample_counts(len(labels), resamples, seed)
+    columns = [LABELS.index(t) for t in enough]
+
+    def per_target(values: np.ndarray) -> np.ndarray:  # (resamples, targets)
+        return np.stack([np.full(resamples, np.nan) if np.isnan(values[:, j]).any()
+                         else auc_values(labels[:, j], values[:, j], counts)
+                         for j in range(len(LABELS))], axis=1)
+
+    def bounds(samples: np.ndarray) -> list | None:
+        if np.isnan(samples).all():
+            return None
+        return [round(b, 4) for b in interval(samples)]
+
+    def findings_mean(samples: np.ndarray) -> np.ndarray:
+        if not columns:
+            return np.full(resamples, np.nan)
+        with warnings.catch_warnings():  # a resample without a finding's positives
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(samples[:, columns], axis=1)
+
+    samples = {name: per_target(values) for name, values in scores.items()}
+    out: dict[str, list | None] = {}
+    for name, values in samples.items():
+        out[f"{name}_abnormal_auc"] = bounds(values[:, 0])
+        out[f"{name}_findings_mean_auc"] = bounds(findings_mean(values))
+    gain = samples["adapted"] - samples["frozen"]
+    out["gain_abnormal_auc"] = bounds(gain[:, 0])
+    out["gain_findings_mean_auc"] = bounds(findings_mean(gain))
+    return out

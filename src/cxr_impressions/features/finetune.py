@@ -258,11 +258,12 @@ def logistic_newton(design: np.ndarray, targets: np.ndarray, l2: float,
 
 
 def fit_probes(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-               test: tuple[np.ndarray, np.ndarray]) -> dict[str, dict]:
+               test: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, dict], np.ndarray]:
     """Logistic regression per target on standardised vectors, L2 strength chosen per target
-    on validation AUC. Each fit is solved to convergence (Newton) in the span of the training
-    vectors, where an L2-penalised solution lies: so tiny changes in the vectors (float16
-    rounding) move the AUCs only as much as they move the optimum."""
+    on validation AUC; the AUCs, and the test studies' scores (NaN for an unfitted target).
+    Each fit is solved to convergence (Newton) in the span of the training vectors, where an
+    L2-penalised solution lies: so tiny changes in the vectors (float16 rounding) move the
+    AUCs only as much as they move the optimum."""
     x, y = train
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     standardised = {name: (part[0].astype(np.float64) - mean) / std for name, part in
@@ -273,6 +274,7 @@ def fit_probes(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
     design = {name: np.hstack([v @ basis, np.ones((len(v), 1))])
               for name, v in standardised.items()}
     out: dict[str, dict] = {"val": {}, "test": {}, "l2": {}}
+    test_scores = np.full((len(test[0]), len(TARGETS)), np.nan)
     for j, target in enumerate(TARGETS):
         if y[:, j].min() == y[:, j].max():  # one class in training: nothing to fit
             out["l2"][target], out["val"][target], out["test"][target] = None, None, None
@@ -287,9 +289,20 @@ def fit_probes(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
                 best = (l2, -1.0 if val_auc is None else val_auc, solution)
         l2, _, solution = best
         out["l2"][target] = l2
+        test_scores[:, j] = design["test"] @ solution
         out["val"][target] = _round(auc(val[1][:, j], design["val"] @ solution))
-        out["test"][target] = _round(auc(test[1][:, j], design["test"] @ solution))
-    return out
+        out["test"][target] = _round(auc(test[1][:, j], test_scores[:, j]))
+    return out, test_scores
+
+
+@dataclass(frozen=True)
+class TestScores:
+    """Per test study: its labels (studies, targets), and each system's scores: the `frozen`
+    and `adapted` probes and the finetune `head` (NaN for a target a probe could not fit)."""
+
+    __test__ = False  # not a pytest class
+    labels: np.ndarray
+    systems: dict[str, np.ndarray]
 
 
 def _round(value: float | None) -> float | None:
@@ -540,9 +553,10 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
 def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.PathLike[str],
              cache_root: str | os.PathLike[str], params: FinetuneParams,
              features: FeaturesParams, weights_path: str | None,
-             progress: bool = True) -> tuple[dict, dict[str, float]]:
+             progress: bool = True) -> tuple[dict, dict[str, float], TestScores]:
     """Adapt the backbone; write its weights to `out_path`. Return the metrics, which depend
-    only on the data and params, and the timings (seconds, images per second, peak RSS)."""
+    only on the data and params, the timings (seconds, images per second, peak RSS), and the
+    test studies' scores (for the stage's bootstrap intervals)."""
     import tensorflow as tf
 
     from .backbones import get_spec, sha256_of
@@ -598,9 +612,15 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
         "epochs": training["history"], "best_epoch": training["best_epoch"],
         "head": {split: {t: _round(a) for t, a in aucs(*_swap(study_vectors(probs, data, split))
                                                         ).items()} for split in ("val", "test")},
-        "probes": {"frozen": _probe(frozen, data), "adapted": _probe(adapted, data)},
     }
+    probe_scores = {}
+    metrics["probes"] = {}
+    for name, pooled in (("frozen", frozen), ("adapted", adapted)):
+        metrics["probes"][name], probe_scores[name] = fit_probes(
+            *(study_vectors(pooled, data, s) for s in ("train", "val", "test")))
     metrics["summary"] = summarise(metrics)
+    head_scores, test_labels = study_vectors(probs, data, "test")
+    test = TestScores(test_labels, {**probe_scores, "head": head_scores})
     epoch_seconds = training["seconds_this_run"]
     timings = {**{k: float(v) for k, v in cache_stats.items()},
                "epochs_this_run": float(len(epoch_seconds)),
@@ -608,7 +628,7 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
                "finetune_seconds": time.perf_counter() - began,
                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     shutil.rmtree(state.folder)
-    return metrics, timings
+    return metrics, timings, test
 
 
 def _swap(pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -623,10 +643,6 @@ def _preprocess_model(features: FeaturesParams) -> Callable:
 
     inputs = keras.Input((features.image_size, features.image_size, 3))
     return keras.Model(inputs, preprocess(features.backbone, inputs))
-
-
-def _probe(pooled: np.ndarray, data: LabelledImages) -> dict:
-    return fit_probes(*(study_vectors(pooled, data, s) for s in ("train", "val", "test")))
 
 
 def _positives(data: LabelledImages) -> dict:
