@@ -18,6 +18,7 @@ a validation pass per epoch and two probe passes above the cut, against one full
 over every image found.
 
     python benchmarks/finetune.py [--n 32] [--rounds 2] [--batch-size 8] [--image-size 299]
+                                  [--cut LAYER]
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def main() -> None:
     cli.add_argument("--rounds", type=int, default=2)
     cli.add_argument("--batch-size", type=int, default=8)
     cli.add_argument("--image-size", type=int, default=299)
+    cli.add_argument("--cut", default="", help="the first layer above the cut; \"\": the "
+                     "backbone's default, as finetune.cut")
     # The full data's counts (metrics/clean.json, metrics/parse.json) and the default epochs.
     cli.add_argument("--clean-images", type=int, default=6954)
     cli.add_argument("--train-images", type=int, default=5556)
@@ -64,9 +67,10 @@ def main() -> None:
 
     from cxr_impressions.config import FeaturesParams, FinetuneParams
     from cxr_impressions.data.images import image_dataset
-    from cxr_impressions.features.backbones import build_backbone, preprocess
+    from cxr_impressions.features.backbones import build_backbone, get_spec, preprocess
     from cxr_impressions.features.finetune import TARGETS, build_adapter, make_train_step
 
+    cut = args.cut or get_spec("xception").default_cut
     files = sorted((REPO / "data" / "sample" / "images").iterdir())[: args.n]
     features = FeaturesParams(weights="none", image_size=args.image_size)
     images = np.stack([image.numpy() for _, image in image_dataset(
@@ -79,7 +83,7 @@ def main() -> None:
     adapters = {}
     for mode in ("top", "all"):
         params = FinetuneParams(weights="none", train_from=mode, batch_size=args.batch_size)
-        adapter, bottom = build_adapter(params, features, None, "block13_sepconv1_act")
+        adapter, bottom = build_adapter(params, features, None, cut)
         step = make_train_step(adapter.model, keras.optimizers.Adam(params.learning_rate))
         inputs = images
         if bottom is not None:
@@ -133,7 +137,7 @@ def main() -> None:
 
     median = {k: statistics.median(v) for k, v in timings.items()}
     print(f"machine: {machine()}")
-    print(f"xception, cut at block13_sepconv1_act, {len(images)} images of {args.image_size} px, "
+    print(f"xception, cut at {cut}, {len(images)} images of {args.image_size} px, "
           f"batch {args.batch_size}, median of {args.rounds} rounds\n")
     print(f"| {'what':<46} | {'seconds':>8} | {'images/s':>8} | {'vs (a)':>7} |")
     print(f"|{'-' * 48}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cxr_impressions.errors import InputError
-from cxr_impressions.features.backbones import build_base, sha256_of, split_base
+from cxr_impressions.features.backbones import build_base, get_spec, sha256_of, split_base
 from cxr_impressions.features.finetune import (
     TARGETS,
     auc,
@@ -114,7 +114,7 @@ def results_of(work: Path) -> dict:
 def test_stage_on_the_sample(reference: Path) -> None:
     metrics = json.loads((reference / "metrics/finetune.json").read_text())
     assert metrics["images"] == {"train": 160, "val": 20, "test": 20}
-    assert metrics["cut_shape"] == [5, 5, 728] and metrics["cut"] == "block13_sepconv1_act"
+    assert metrics["cut_shape"] == [5, 5, 728] and metrics["cut"] == "block12_sepconv1_act"
     assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] in (1, 2)
     assert metrics["best_epoch"] == 1 + int(np.argmax([e["val_mean_auc"]
                                                        for e in metrics["epochs"]]))
@@ -139,12 +139,13 @@ def test_only_the_layers_above_the_cut_change(reference: Path) -> None:
     start = build_base("xception", None, 71, seed=0)  # the stage's starting point
     adapted = build_base("xception", None, 71, seed=0)
     adapted.load_weights(reference / OUT)
-    _, top = split_base(start, "block13_sepconv1_act")
+    _, top = split_base(start, get_spec("xception").default_cut)
     above = {layer.name for layer in top.layers}
     changed = [a for a, b in zip(start.layers, adapted.layers, strict=True)
                if any(not np.array_equal(x.numpy(), y.numpy())
                       for x, y in zip(a.weights, b.weights, strict=True))]
     assert changed and {layer.name for layer in changed} <= above
+    assert any(layer.name.startswith("block12_") for layer in changed)  # the default cut
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in changed)
 
 
