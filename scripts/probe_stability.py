@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_impressions.errors import InputError
 from cxr_impressions.features.finetune import TARGETS, fit_probes, labelled_images, study_vectors
 from cxr_impressions.features.store import FeatureStore
 from cxr_impressions.stage import run_stage
@@ -31,6 +32,9 @@ def main() -> None:
     cli.add_argument("--labels", default="mesh", choices=("mesh", "text"))
     args = cli.parse_args()
     clean = args.root / "data" / "clean"
+    for name in ("examples.parquet", "images.parquet"):
+        if not (clean / name).is_file():
+            raise InputError(f"{clean / name}: missing (run the clean stage in {args.root})")
     data = labelled_images(pd.read_parquet(clean / "examples.parquet"),
                            pd.read_parquet(clean / "images.parquet"), args.labels)
     with FeatureStore(args.root / args.features) as store:
