@@ -1,7 +1,7 @@
 """Run by tests/test_distribute.py in a subprocess (a strategy is per process): train a tiny merge
 model on seeded random studies with `train.strategy`, through the same calls as stages/train.py
 (current_task, make_strategy, run_paths, prepare_state_dir, train in the strategy's scope),
-with the default model's `condition: abnormal` label head."""
+with a `condition: abnormal` label head."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def main() -> None:
         tf.config.experimental.enable_op_determinism()
         vocab = Vocabulary(WORDS, "startseq", "endseq", MAX_LEN)
         matrix = np.random.default_rng(0).normal(size=(len(WORDS), 4)).astype(np.float32)
-        model_params = ModelParams(kind="merge", units=16, dropout=0.0)
+        model_params = ModelParams(kind="merge", units=16, dropout=0.0, condition="abnormal")
         train_set, val_set = studies(STUDIES, 1), studies(VAL, 2)
         out = Path(args.out)
         paths = run_paths(task, out / "models", out / "live", out / "train.json",

@@ -94,7 +94,8 @@ def test_the_bundle_carries_what_predict_needs(tmp_path: Path) -> None:
 def test_weights_that_do_not_fit_the_config_are_a_one_line_error(tmp_path: Path) -> None:
     model, vocab = tiny("merge")
     save_bundle(tmp_path, model, vocab, bundle_config(
-        ModelParams(kind="merge", units=16, dropout=0.0, heads=2, layers=1), {}, 8, None, 4,
+        ModelParams(kind="merge", units=16, dropout=0.0, heads=2, layers=1,
+                    condition="abnormal"), {}, 8, None, 4,
         vocab), empty_bank(8, 5))
     config = json.loads((tmp_path / "config.json").read_text())
     config["model"]["condition"] = "findings"  # a head with 14 outputs, the weights have 1

@@ -94,7 +94,7 @@ class FinetuneParams:
 
     weights: str = "imagenet"  # the starting point: imagenet | none | path to a Keras weights file
     train_from: Literal["top", "all"] = "top"  # top: layers above `cut`, on cached activations
-    cut: str = ""  # the first layer above the cut ("": the backbone's default; Xception: block 13)
+    cut: str = ""  # the first layer above the cut ("": the backbone's default; Xception: block 12)
     labels: Literal["mesh", "text"] = "mesh"  # MeSH codes, or the labeller on the target text
     epochs: int = at_least(1, 3)
     batch_size: int = at_least(1, 32)
@@ -157,7 +157,7 @@ class ModelParams:
     layers: int = at_least(1, 2)  # transformer decoder layers
     grid_pool: int = at_least(1, 3)  # transformer: average-pool the 10x10 grid by this factor
     # Decode conditioned on predicted labels: abnormal (one), findings (13 findings + abnormal)
-    condition: Literal["findings", "abnormal", "none"] = "abnormal"
+    condition: Literal["findings", "abnormal", "none"] = "findings"
     # transformer: attend to the impressions of this many most similar training studies (0: off)
     retrieval_k: int = at_least(0, 0)
 
