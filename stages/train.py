@@ -120,8 +120,9 @@ def main() -> None:
         decode, candidates, best = Decoder(model, vocab, thresholds).select(
             val.inputs(), val.texts, decode)
         summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
-        selection["decoding"] = {"metric": decode.select_metric, "chosen": decode.settings(),
-                                 "candidates": candidates}
+        selection["decoding"] = {"metric": decode.select_metric,
+                                 "max_top_share": decode.max_top_share,
+                                 "chosen": decode.settings(), "candidates": candidates}
     else:
         selection["decoding"] = {"chosen": decode.settings()}  # as given in params.yaml
     save_bundle(paths.out, model, vocab, config, bank)

@@ -1,6 +1,7 @@
 """Greedy and beam decoding, and the attention the decoder exposes."""
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -210,3 +211,27 @@ def test_several_models_in_one_process_do_not_warn_of_retracing(caplog) -> None:
         model, vocab = tiny("merge", seed=seed)
         Decoder(model, vocab).decode(study_inputs(3), DecodeParams(method="greedy"))
     assert "retracing" not in caplog.text
+
+
+def test_max_top_share_lets_only_candidates_under_it_compete() -> None:
+    model, vocab = tiny("merge", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(12, seed=3)
+    references = ["no effusion .", "effusion .", "no ."] * 4
+    params = DecodeParams(beam_sizes=(1, 2, 3), length_penalties=(0.0, 3.0),
+                          select_metric="bleu1")
+    _, rows, free = decoder.select(inputs, references, params)
+    shares = sorted({r["top_share"] for r in rows})
+    assert len(shares) > 1, shares  # otherwise the cap could not change the choice
+    best = max(r["bleu1"] for r in rows)
+    assert free is next(r for r in rows if r["bleu1"] == best)
+    for cap in shares:
+        _, _, row = decoder.select(inputs, references, replace(params, max_top_share=cap))
+        under = [r for r in rows if r["top_share"] <= cap]
+        assert row["top_share"] <= cap
+        assert row["bleu1"] == max(r["bleu1"] for r in under)
+    # None under the cap: the lowest share wins (then the metric).
+    _, _, row = decoder.select(inputs, references, replace(params, max_top_share=0.01))
+    lowest = [r for r in rows if r["top_share"] == shares[0]]
+    assert row["top_share"] == shares[0]
+    assert row["bleu1"] == max(r["bleu1"] for r in lowest)

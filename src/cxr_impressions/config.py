@@ -209,6 +209,9 @@ class DecodeParams:
     label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
     select_metric: Literal["bleu4", "cider", "rouge_l", "abnormal_f1",
                            "findings_macro_f1"] = "bleu4"
+    # Only candidates whose most frequent validation caption is at most this share of the
+    # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
+    max_top_share: float = at_least(0.01, 1.0, at_most=1.0)
 
     # What models/decoding.json holds: the settings one decodes with.
     SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram", "labels")

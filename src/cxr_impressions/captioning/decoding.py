@@ -17,6 +17,7 @@ never saw in training, and under which it falls back to the most frequent normal
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +27,8 @@ import numpy as np
 from ..config import DecodeParams
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
 from .models import CaptionModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -281,15 +284,22 @@ class Decoder:
         """The decoding settings, among `params.beam_sizes` x `params.length_penalties` x
         `params.label_modes`, whose captions of the given studies (the validation split: never
         the test split) score best on `params.select_metric` (a text metric, or the labeller's
-        abnormal F1 or findings macro-F1 on the captions against that on the references); ties
-        go to the earlier candidate (the smaller beam). Also a row per candidate with its
-        scores, and the chosen row. Each beam size is searched once per label mode; its length
-        penalties only re-rank the finished hypotheses. Beam 1 is greedy decoding, for which
+        abnormal F1 or findings macro-F1 on the captions against that on the references), among
+        those whose most frequent caption is at most `params.max_top_share` of the studies (if
+        none is, those with the lowest such share); ties go to the earlier candidate (the
+        smaller beam). Also a row per candidate with its scores, and the chosen row. Each beam
+        size is searched once per label mode; its length penalties only re-rank the finished
+        hypotheses. Beam 1 is greedy decoding, for which
         the length penalty changes nothing. Label modes apply to models conditioned on findings
         and abnormal (elsewhere `consistent` changes nothing, and only `independent` is
         tried)."""
         from ..data.labeller import label_text
         from ..evaluation.scoring import clinical_scores, text_metrics
+
+        def eligible(row: dict) -> float:
+            """1 under `max_top_share`; else the less one caption dominates, the better."""
+            share = row["top_share"]
+            return 1.0 if share <= params.max_top_share else -share
 
         reference_labels = [label_text(r) for r in references]
         modes = (params.label_modes if has_consistency_rule(self.model.labels)
@@ -317,8 +327,13 @@ class Decoder:
                                  "findings_macro_f1": clinical["findings_macro_f1"],
                                  "top_share": round(Counter(texts).most_common(1)[0][1]
                                                     / len(texts), 4)})
-        best = max(range(len(rows)), key=lambda i: (rows[i][params.select_metric], -i))
+        best = max(range(len(rows)),
+                   key=lambda i: (eligible(rows[i]), rows[i][params.select_metric], -i))
         row = rows[best]
+        if row["top_share"] > params.max_top_share:
+            log.warning("decode.max_top_share %s: no decoding candidate keeps its commonest "
+                        "caption under it on validation; chose the lowest share, %s",
+                        params.max_top_share, row["top_share"])
         return replace(params, method=row["method"], beam_size=row["beam_size"],
                        length_penalty=row["length_penalty"], labels=row["labels"]), rows, row
 
