@@ -17,8 +17,12 @@ From these it projects the finetune stage's time against the features stage's on
 a validation pass per epoch and two probe passes above the cut, against one full forward pass
 over every image found.
 
+With `--precision bfloat16` (a)-(c) and (e) run as `finetune.precision: bfloat16` does (Keras'
+mixed_bfloat16, where the CPU has AVX512_BF16/AMX; elsewhere float32, said in one line); (d)
+stays float32, the features stage's default.
+
     python benchmarks/finetune.py [--n 32] [--rounds 2] [--batch-size 8] [--image-size 299]
-                                  [--cut LAYER]
+                                  [--cut LAYER] [--precision float32]
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ def main() -> None:
     cli.add_argument("--val-images", type=int, default=711)
     cli.add_argument("--found-images", type=int, default=6966)
     cli.add_argument("--epochs", type=int, default=3)
+    cli.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                     help="as finetune.precision")
     args = cli.parse_args()
 
     import keras
@@ -67,10 +73,16 @@ def main() -> None:
 
     from cxr_impressions.config import FeaturesParams, FinetuneParams
     from cxr_impressions.data.images import image_dataset
-    from cxr_impressions.features.backbones import build_backbone, get_spec, preprocess
+    from cxr_impressions.features.backbones import (
+        build_backbone,
+        get_spec,
+        preprocess,
+        resolve_precision,
+    )
     from cxr_impressions.features.finetune import TARGETS, build_adapter, make_train_step
 
     cut = args.cut or get_spec("xception").default_cut
+    precision = resolve_precision(args.precision)
     files = sorted((REPO / "data" / "sample" / "images").iterdir())[: args.n]
     features = FeaturesParams(weights="none", image_size=args.image_size)
     images = np.stack([image.numpy() for _, image in image_dataset(
@@ -83,13 +95,14 @@ def main() -> None:
     adapters = {}
     for mode in ("top", "all"):
         params = FinetuneParams(weights="none", train_from=mode, batch_size=args.batch_size)
-        adapter, bottom = build_adapter(params, features, None, cut)
+        adapter, bottom = build_adapter(params, features, None, cut, precision)
         step = make_train_step(adapter.model, keras.optimizers.Adam(params.learning_rate))
         inputs = images
         if bottom is not None:
             raw = keras.Input((args.image_size, args.image_size, 3))
             scale = keras.Model(raw, preprocess("xception", raw))  # the backbone's own scaling
-            forward = tf.function(lambda x, bottom=bottom, scale=scale: bottom(scale(x)))
+            forward = tf.function(lambda x, bottom=bottom, scale=scale: tf.cast(
+                bottom(scale(x)), tf.float32))
 
             def cache(forward=forward) -> np.ndarray:
                 return np.concatenate([forward(images[i:i + args.batch_size]).numpy()
@@ -138,7 +151,7 @@ def main() -> None:
     median = {k: statistics.median(v) for k, v in timings.items()}
     print(f"machine: {machine()}")
     print(f"xception, cut at {cut}, {len(images)} images of {args.image_size} px, "
-          f"batch {args.batch_size}, median of {args.rounds} rounds\n")
+          f"batch {args.batch_size}, finetune at {precision}, median of {args.rounds} rounds\n")
     print(f"| {'what':<46} | {'seconds':>8} | {'images/s':>8} | {'vs (a)':>7} |")
     print(f"|{'-' * 48}|{'-' * 10}|{'-' * 10}|{'-' * 9}|")
     rows = (("(a) epoch on cached activations (top)", "top"),

@@ -222,6 +222,8 @@ def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) ->
     ("  epochs: 0\n", "error: params.yaml: finetune.epochs must be >= 1, got 0"),
     ("  train_from: middle\n", "error: params.yaml: finetune.train_from must be one of 'top', "
                                "'all', got 'middle'"),
+    ("  precision: float16\n", "error: params.yaml: finetune.precision must be one of "
+                               "'float32', 'bfloat16', got 'float16'"),
     ("  cut: nope\n", "error: finetune.cut: xception has no layer 'nope'"),
     ("  cut: block13_sepconv2_act\n", "error: finetune.cut: the layers above "
                                       "'block13_sepconv2_act' also read tensors from below it; "
@@ -352,3 +354,62 @@ def test_train_from_all_adapts_the_whole_backbone(tmp_path: Path, clean_dir: Pat
                       for x, y in zip(a.weights, b.weights, strict=True))]
     assert "block1_conv1" in {layer.name for layer in changed}  # the very first layer trained
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in changed)
+
+
+def test_bfloat16_adapter_computes_in_bf16_and_keeps_float32_weights_head_and_outputs() -> None:
+    import keras
+    import tensorflow as tf
+
+    from cxr_impressions.config import FeaturesParams, FinetuneParams
+    from cxr_impressions.features.finetune import build_adapter, make_train_step
+
+    params, features = FinetuneParams(weights="none"), FeaturesParams(weights="none",
+                                                                      image_size=71)
+    built = {p: build_adapter(params, features, None, "block12_sepconv1_act", p)
+             for p in ("float32", "bfloat16")}
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is put back
+    adapter, bottom = built["bfloat16"]
+    convs = [layer for layer in adapter.net.layers
+             if isinstance(layer, keras.layers.SeparableConv2D)]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    assert all(w.dtype == "float32" for w in adapter.model.weights)  # saved as float32
+    assert bottom.layers[-1].compute_dtype == "bfloat16"
+
+    x = np.random.default_rng(0).normal(size=(4, *bottom.output.shape[1:])).astype(np.float32)
+    out = adapter.forward(x)
+    assert out["pooled"].dtype == tf.float32 and out["logits"].dtype == tf.float32
+    # The same random net (same seeds) in float32: bf16 rounding only.
+    reference = built["float32"][0].forward(x)["pooled"].numpy()
+    pooled = out["pooled"].numpy()
+    cosine = (pooled * reference).sum(1) / (np.linalg.norm(pooled, axis=1)
+                                           * np.linalg.norm(reference, axis=1))
+    assert cosine.min() > 0.99, cosine
+    assert not np.array_equal(pooled, reference)  # it did run in bf16
+
+    step = make_train_step(adapter.model, keras.optimizers.Adam(1e-3))
+    before = [w.numpy().copy() for w in adapter.model.trainable_weights]
+    loss = float(step(tf.constant(x), tf.constant(np.ones((4, len(TARGETS)), np.float32))))
+    assert np.isfinite(loss)
+    assert any(not np.array_equal(a, w.numpy())
+               for a, w in zip(before, adapter.model.trainable_weights, strict=True))
+    assert all(w.dtype == "float32" for w in adapter.model.trainable_weights)
+
+
+def test_stage_at_bfloat16_runs_where_the_cpu_has_it_else_says_so(tmp_path: Path,
+                                                                  clean_dir: Path) -> None:
+    from cxr_impressions.features.backbones import bf16_support
+
+    work = _workdir(tmp_path / "w", clean_dir)
+    keep_training_studies(work / "data" / "clean", 8)
+    write_params(work, PARAMS.replace("  epochs: 2\n", "  epochs: 1\n  precision: bfloat16\n"))
+    stderr = _finish(_stage(work))
+    metrics = json.loads((work / "metrics/finetune.json").read_text())
+    if bf16_support() is None:
+        assert metrics["precision"] == "float32"
+        assert "precision bfloat16: this CPU has neither AVX512_BF16 nor AMX" in stderr
+    else:
+        assert metrics["precision"] == "bfloat16"
+    adapted = build_base("xception", None, 71, seed=0)
+    adapted.load_weights(work / OUT)  # float32 weights, as `features` loads them
+    assert all(w.dtype == "float32" for w in adapted.weights)
+    assert len(metrics["epochs"]) == 1 and np.isfinite(metrics["epochs"][0]["loss"])

@@ -100,6 +100,9 @@ class FinetuneParams:
     batch_size: int = at_least(1, 32)
     learning_rate: float = at_least(1e-7, 2e-4, at_most=1.0)
     seed: int = at_least(0, 0)
+    # bfloat16: the backbone under Keras' mixed_bfloat16 policy (cache, steps and passes) where
+    # the CPU (AVX512_BF16 or AMX) or a GPU supports it, else float32 with a one-line notice.
+    precision: Literal["float32", "bfloat16"] = "float32"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,6 +105,7 @@ class CacheSettings:
     input_size: int
     resize: str
     batch_size: int
+    precision: str  # what the bottom ran at (bf16 activations differ from float32 ones)
 
     def fingerprint(self, ids: Sequence[str], paths: Sequence[str]) -> str:
         digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
@@ -328,8 +329,27 @@ class Adapter:
 
 
 def build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_path: str | None,
-                  cut: str) -> tuple[Adapter, object | None]:
-    """The adapter and, for `train_from: top`, the frozen bottom below the cut."""
+                  cut: str, precision: str = "float32") -> tuple[Adapter, object | None]:
+    """The adapter and, for `train_from: top`, the frozen bottom below the cut.
+
+    `precision: bfloat16` builds the backbone under Keras' `mixed_bfloat16` policy (bf16
+    compute, float32 weights, so the saved weights are float32 either way); the pooling and
+    the head stay float32, so the loss and the probes' vectors are float32. Callers pass the
+    result of `resolve_precision`, which checks the hardware."""
+    import keras
+
+    if precision not in ("float32", "bfloat16"):
+        raise InputError(f"precision must be float32 or bfloat16, got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        return _build_adapter(finetune, features, weights_path, cut)
+    finally:
+        keras.config.set_dtype_policy(previous)  # the policy is global; later models stay fp32
+
+
+def _build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_path: str | None,
+                   cut: str) -> tuple[Adapter, object | None]:
     import keras
 
     from .backbones import build_base, preprocess, split_base
@@ -356,8 +376,8 @@ def build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_pa
         feature_map = base(preprocess(features.backbone, x))
         net = base
     keras.utils.set_random_seed(finetune.seed)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pooled")(feature_map)
-    logits = keras.layers.Dense(len(TARGETS), name="findings")(pooled)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pooled", dtype="float32")(feature_map)
+    logits = keras.layers.Dense(len(TARGETS), name="findings", dtype="float32")(pooled)
     model = keras.Model(inputs, {"pooled": pooled, "logits": logits}, name="adapter")
     return Adapter(model, base, net), bottom
 
@@ -559,7 +579,7 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
     test studies' scores (for the stage's bootstrap intervals)."""
     import tensorflow as tf
 
-    from .backbones import get_spec, sha256_of
+    from .backbones import get_spec, resolve_precision, sha256_of
 
     began = time.perf_counter()
     spec = get_spec(features.backbone)
@@ -568,19 +588,22 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
         raise InputError(f"finetune.cut: {spec.name} has no default cut; name the first layer "
                          "above the cut")
     data = labelled_images(examples, images, params.labels)
-    adapter, bottom = build_adapter(params, features, weights_path, cut)
+    precision = resolve_precision(params.precision)
+    adapter, bottom = build_adapter(params, features, weights_path, cut, precision)
     weights_sha = sha256_of(weights_path) if weights_path else ""
 
     cache_stats: dict = {}
     cache = None
     if bottom is not None:
         settings = CacheSettings(features.backbone, weights_sha, features.seed, cut,
-                                 features.image_size, features.resize, params.batch_size)
+                                 features.image_size, features.resize, params.batch_size,
+                                 precision)
         store = ActivationCache(cache_dir(cache_root, features.backbone),
                                 settings.fingerprint(data.image_ids, data.paths))
 
         def make_forward() -> Callable:
-            forward = tf.function(lambda x: bottom(x, training=False), autograph=False)
+            forward = tf.function(lambda x: tf.cast(bottom(x, training=False), tf.float32),
+                                  autograph=False)
             scale = _preprocess_model(features)
 
             def run(images: tf.Tensor) -> dict[str, np.ndarray]:
@@ -593,7 +616,7 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
     every = feed.available(np.arange(len(data.paths)))
 
     state = TrainState(Path(out_path).parent / f".{Path(out_path).name}.train-state",
-                       _train_fingerprint(params, features, weights_sha, cut, data))
+                       _train_fingerprint(params, features, weights_sha, cut, precision, data))
     frozen = state.load_array("frozen_pooled")
     if frozen is None:  # the starting backbone, for the probes: before any training step
         frozen, _ = predict(adapter, feed, every, params.batch_size, len(data.paths))
@@ -606,6 +629,7 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
     metrics = {
         "backbone": features.backbone, "weights": params.weights, "train_from": params.train_from,
         "cut": cut if params.train_from == "top" else "", "labels": params.labels,
+        "precision": precision,
         "cut_shape": list(cache[1].shape[1:]) if cache is not None else None,
         "images": {s: int(len(feed.available(data.rows(s)))) for s in ("train", "val", "test")},
         "positives": _positives(data),
@@ -669,11 +693,11 @@ def summarise(metrics: dict) -> dict:
 
 
 def _train_fingerprint(params: FinetuneParams, features: FeaturesParams, weights_sha: str,
-                       cut: str, data: LabelledImages) -> str:
+                       cut: str, precision: str, data: LabelledImages) -> str:
     content = {"finetune": asdict(params),
                "backbone": features.backbone, "image_size": features.image_size,
                "resize": features.resize, "seed": features.seed, "weights_sha256": weights_sha,
-               "cut": cut}
+               "cut": cut, "precision": precision}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
     for image_id, split, labels in zip(data.image_ids, data.split, data.labels, strict=True):
         digest.update(f"{image_id}\t{split}\t{labels.tolist()}\n".encode())
