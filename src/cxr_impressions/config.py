@@ -102,7 +102,8 @@ class FinetuneParams:
     seed: int = at_least(0, 0)
     # bfloat16: the backbone under Keras' mixed_bfloat16 policy (cache, steps and passes) where
     # the CPU (AVX512_BF16 or AMX) or a GPU supports it, else float32 with a one-line notice.
-    precision: Literal["float32", "bfloat16"] = "float32"
+    # Chosen on validation (README "Results"): as good, and 2.4x faster steps where supported.
+    precision: Literal["float32", "bfloat16"] = "bfloat16"
 
 
 @dataclasses.dataclass(frozen=True)
