@@ -10,10 +10,12 @@ Weights: `imagenet` (the standard Keras file), `none` (random, seeded: for tests
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -210,6 +212,22 @@ def build_base(name: str, weights_path: str | None, input_size: int,
     return base
 
 
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Build Keras layers under `mixed_bfloat16` (bf16 compute, float32 weights) or float32;
+    the policy is global, so the previous one is put back for later models."""
+    import keras
+
+    if precision not in ("float32", "bfloat16"):
+        raise InputError(f"precision must be float32 or bfloat16, got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_backbone(name: str, weights_path: str | None, input_size: int, seed: int = 0,
                    grid: bool = True, precision: str = "float32") -> keras.Model:
     """A model from [0, 255] images to `pooled` (and `grid` when asked) float32 features.
@@ -219,11 +237,7 @@ def build_backbone(name: str, weights_path: str | None, input_size: int, seed: i
     way. Callers pass the result of `resolve_precision`, which checks the hardware."""
     import keras
 
-    if precision not in ("float32", "bfloat16"):
-        raise InputError(f"precision must be float32 or bfloat16, got {precision!r}")
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    try:
+    with dtype_policy(precision):
         base = build_base(name, weights_path, input_size, seed)
         inputs = keras.Input((input_size, input_size, 3), name="image")
         feature_map = base(preprocess(name, inputs))
@@ -233,8 +247,6 @@ def build_backbone(name: str, weights_path: str | None, input_size: int, seed: i
         if grid:
             outputs["grid"] = keras.layers.Identity(name="grid", dtype="float32")(feature_map)
         return keras.Model(inputs, outputs, name=f"{name}_features")
-    finally:
-        keras.config.set_dtype_policy(previous)  # the policy is global; later models stay fp32
 
 
 def stored_arrays(outputs: dict, grid: bool) -> dict[str, np.ndarray]:

@@ -336,16 +336,10 @@ def build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_pa
     compute, float32 weights, so the saved weights are float32 either way); the pooling and
     the head stay float32, so the loss and the probes' vectors are float32. Callers pass the
     result of `resolve_precision`, which checks the hardware."""
-    import keras
+    from .backbones import dtype_policy
 
-    if precision not in ("float32", "bfloat16"):
-        raise InputError(f"precision must be float32 or bfloat16, got {precision!r}")
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
-    try:
+    with dtype_policy(precision):
         return _build_adapter(finetune, features, weights_path, cut)
-    finally:
-        keras.config.set_dtype_policy(previous)  # the policy is global; later models stay fp32
 
 
 def _build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_path: str | None,
