@@ -66,7 +66,7 @@ def main() -> None:
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     with FeatureStore(args.root / args.features) as store:
         val = load_split(args.root / "data" / "clean", "val", store, bundle.vocab, grid_pool)
-    inputs = bundle.with_retrieval(val.inputs())
+    inputs = bundle.model_inputs(val.inputs(), val.titles)
     greedy = replace(bundle.decode, method="greedy", beam_size=1)
     predicted = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
     texts = predicted.texts(predicted.decode(inputs, replace(greedy, labels="consistent")))

@@ -1,5 +1,5 @@
-"""evaluate: decode the test split; score the model beside the constant and 1-NN baselines,
-with bootstrap intervals and paired differences."""
+"""evaluate: decode the test split; score the model beside the baselines (the constant, the
+constant by exam title, 1-NN), with bootstrap intervals and paired differences."""
 
 import argparse
 from pathlib import Path
@@ -34,6 +34,7 @@ def main() -> None:
         constant_baseline,
         nearest_neighbour_baseline,
         study_vectors,
+        title_constant_baseline,
     )
     from cxr_impressions.evaluation.bootstrap import LEVEL
     from cxr_impressions.evaluation.meteor import MeteorScorer, require_java
@@ -56,7 +57,7 @@ def main() -> None:
         train = load_split(args.clean, "train", store, bundle.vocab)
 
     decoder = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
-    inputs = bundle.with_retrieval(test.inputs())
+    inputs = bundle.model_inputs(test.inputs(), test.titles)
     decoded = decoder.decode(inputs, bundle.decode)  # the settings chosen on validation
     generated = decoder.texts(decoded)
     maps = (decoder.explain(inputs, decoded)
@@ -65,6 +66,8 @@ def main() -> None:
     systems = {
         "model": generated,
         "constant": constant_baseline(train.texts, len(test)),
+        "title_constant": title_constant_baseline(train.titles, train.texts, test.titles,
+                                                  bundle.params.exam_title_min_count),
         "nearest_neighbour": nearest_neighbour_baseline(
             study_vectors(train.pooled, train.views), train.texts,
             study_vectors(test.pooled, test.views)),

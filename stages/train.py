@@ -54,6 +54,7 @@ def main() -> None:
     from cxr_impressions.captioning.retrieval import MemoryBank, empty_bank
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.captioning.training import choose_thresholds, prepare_state_dir, train
+    from cxr_impressions.data.titles import UNKNOWN, TitleVocabulary
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
 
@@ -82,6 +83,12 @@ def main() -> None:
         for split in splits.values():
             split.retrieved = bank.retrieve(split.pooled, split.views, model_params.retrieval_k,
                                             uids=split.uids)
+    titles = None
+    if model_params.exam_title:
+        titles = TitleVocabulary.from_titles(splits["train"].titles,
+                                             model_params.exam_title_min_count)
+        for split in splits.values():
+            split.exam_title = titles.encode(split.titles)
 
     # DVC deletes only the declared files in `out`, so the state survives for a resume. Workers
     # other than the chief write to temporary paths (captioning/distribute.py).
@@ -90,14 +97,16 @@ def main() -> None:
     prepare_state_dir(paths.state, model_params, params, vocab, splits["train"].uids)
 
     with strategy.scope():
-        model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions)
+        model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions,
+                            len(titles) if titles is not None else 0)
         summary = train(model, vocab, splits["train"], splits["val"], params, paths.state,
                         paths.live)
     if not task.is_chief:  # what follows is the chief's: thresholds, decoding, the outputs
         shutil.rmtree(paths.state)
         paths.cleanup()
         return
-    config = bundle_config(model_params, features, feature_dim, regions, matrix.shape[1], vocab)
+    config = bundle_config(model_params, features, feature_dim, regions, matrix.shape[1], vocab,
+                           titles)
     # Everything selected is chosen on the validation split: the label thresholds first, then
     # the decoding settings, decoding under those thresholds.
     val = splits["val"]
@@ -109,6 +118,11 @@ def main() -> None:
     selection: dict[str, object] = {"selected_on": "val", "train_studies": len(splits["train"]),
                                     "val_studies": len(val),
                                     "val_abnormal_share": round(float(val.abnormal.mean()), 4)}
+    if titles is not None:
+        selection["exam_titles"] = {
+            "known": len(titles) - 1,
+            **{f"{name}_share_known": round(float(np.mean(split.exam_title != UNKNOWN)), 4)
+               for name, split in splits.items()}}
     if model.conditioned:
         probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
         thresholds, chosen = choose_thresholds(probabilities, val.label_matrix(model.labels),

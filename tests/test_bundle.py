@@ -26,7 +26,7 @@ from cxr_impressions.captioning.decoding import Decoder
 from tests.tiny_models import study_inputs
 
 bundle = load_bundle(sys.argv[1])
-inputs = bundle.with_retrieval(study_inputs(3, seed=7))
+inputs = bundle.model_inputs(study_inputs(3, seed=7))
 condition = np.ones((3, len(bundle.model.labels)), np.float32)
 out = bundle.model.train_model({**inputs, "condition": condition,
                                 "tokens": np.full((3, 5), 4, np.int32)})
@@ -69,7 +69,7 @@ def test_two_fresh_processes_load_the_same_model(tmp_path: Path) -> None:
     assert first == second  # bit-identical logits, same captions
     # ... and both equal the model that was saved: every weight, positions included, was saved.
     bundle = load_bundle(tmp_path)
-    inputs = bundle.with_retrieval(study_inputs(3, seed=7))
+    inputs = bundle.model_inputs(study_inputs(3, seed=7))
     saved = model.train_model({**inputs, "condition": np.ones((3, 14), np.float32),
                                "tokens": np.full((3, 5), 4, np.int32)})["logits"].numpy()
     np.testing.assert_allclose(np.array(first["logits"]), saved, rtol=1e-5, atol=1e-6)
@@ -80,7 +80,7 @@ def test_the_bundle_carries_what_predict_needs(tmp_path: Path) -> None:
     bundle = load_bundle(tmp_path)
     np.testing.assert_array_equal(bundle.thresholds, np.full(14, 0.4))
     np.testing.assert_array_equal(bundle.bank.tokens, _bank().tokens)
-    inputs = bundle.with_retrieval(study_inputs(2, seed=3))
+    inputs = bundle.model_inputs(study_inputs(2, seed=3))
     assert inputs["retrieved"].shape == (2, 2, 5)
     loaded = Decoder(bundle.model, bundle.vocab, bundle.thresholds).greedy(inputs)
     original = Decoder(model, vocab, 0.4).greedy(inputs)

@@ -121,3 +121,27 @@ def test_scores_of_the_wrong_shape_is_one_line(capsys, tmp_path: Path, scores: o
     path.write_text(json.dumps(scores))
     status, _, err = cxr(capsys, "scores", path)
     assert one_error(status, err).startswith(f"{path}: {fault}")
+
+
+def test_exam_title_flags_in_the_wrong_mode_are_one_line(capsys, tmp_path: Path) -> None:
+    batch = ["--projections", SAMPLE / "indiana_projections.csv", "--images", SAMPLE / "images",
+             "--out", tmp_path / "out.csv"]
+    status, _, err = cxr(capsys, "predict", *batch, "--exam-title", "Xray Chest",
+                         "--model", tmp_path / "no-model")
+    assert one_error(status, err) == "--exam-title is for one study; in batch, give --reports CSV"
+    status, _, err = cxr(capsys, "predict", FRONTAL, "--reports",
+                         SAMPLE / "indiana_reports.csv", "--model", tmp_path / "no-model")
+    assert one_error(status, err) == "--reports is for batch prediction (--projections)"
+    status, _, err = cxr(capsys, "predict", *batch, "--reports", tmp_path / "none.csv",
+                         "--model", tmp_path / "no-model")
+    assert one_error(status, err).startswith(f"{tmp_path / 'none.csv'}: ")
+
+
+def test_a_model_without_titles_says_it_ignores_them(capsys, tmp_path: Path) -> None:
+    from .tiny_models import serving_bundle
+
+    models = serving_bundle(tmp_path / "models")
+    status, out, err = cxr(capsys, "predict", FRONTAL, "--model", models, "--exam-title",
+                           "Xray Chest PA and Lateral")
+    assert status == 0 and out.strip()
+    assert "this model does not read exam titles" in err

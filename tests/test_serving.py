@@ -50,12 +50,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+def multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> tuple[bytes, str]:
+    """A multipart body; a field whose filename is None is a plain text field."""
     boundary = uuid.uuid4().hex
     body = io.BytesIO()
     for name, (filename, data, kind) in fields.items():
-        body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
-                   f"filename=\"{filename}\"\r\nContent-Type: {kind}\r\n\r\n".encode())
+        if filename is None:
+            body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\""
+                       "\r\n\r\n".encode())
+        else:
+            body.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                       f"filename=\"{filename}\"\r\nContent-Type: {kind}\r\n\r\n".encode())
         body.write(data + b"\r\n")
     body.write(f"--{boundary}--\r\n".encode())
     return body.getvalue(), f"multipart/form-data; boundary={boundary}"
@@ -222,6 +227,28 @@ def test_corrupt_and_fake_images_get_400_and_the_server_goes_on(server: Client) 
     status, answer = server.request("POST", "/v1/predict", body, {"Content-Type": kind})
     assert status == 400 and "no 'frontal' image" in answer["error"]
     assert server.predict(*STUDIES["1"])[0] == 200  # still serving
+
+
+def test_the_exam_title_field(server: Client) -> None:
+    images = {view: (name, (IMAGES / name).read_bytes(), "image/jpeg")
+              for view, name in zip(("frontal", "lateral"), STUDIES["1"], strict=True)}
+    status, info = server.request("GET", "/v1/model")
+    assert status == 200 and info["reads_exam_title"] is False
+    plain = server.predict(*STUDIES["1"])[1]["impression"]
+    # A model trained without titles takes the field and writes what it writes without it.
+    body, kind = multipart({**images, "exam_title": (None, b"Xray Chest PA and Lateral", "")})
+    status, answer = server.request("POST", "/v1/predict", body, {"Content-Type": kind})
+    assert status == 200 and answer["impression"] == plain
+    body, kind = multipart({**images, "exam_title": ("title.txt", b"Xray", "text/plain")})
+    status, answer = server.request("POST", "/v1/predict", body, {"Content-Type": kind})
+    assert status == 400, (status, answer)
+    assert answer.get("error") == "form field 'exam_title' must be text, not a file", answer
+    body, kind = multipart({**images, "exam_title": (None, b"x" * 501, "")})
+    status, answer = server.request("POST", "/v1/predict", body, {"Content-Type": kind})
+    assert status == 400 and "over 500 characters" in answer["error"]
+    body, kind = multipart({**images, "notes": (None, b"hello", "")})
+    status, answer = server.request("POST", "/v1/predict", body, {"Content-Type": kind})
+    assert status == 400 and answer["error"].startswith("unknown form field 'notes'")
 
 
 def test_oversized_upload_and_image_get_413(server: Client) -> None:
@@ -406,28 +433,29 @@ def test_page_in_headless_chromium(server: Client, tmp_path: Path) -> None:
 def test_batcher_groups_requests_and_bounds_its_queue() -> None:
     seen: list[int] = []
 
-    def run(images: list, explain: list) -> list:
+    def run(images: list, explain: list, exam_titles: list) -> list:
         seen.append(len(images))
         time.sleep(0.05)
-        return [f"study {i[0]}" for i in images]
+        return [f"study {i[0]} {t}" for i, t in zip(images, exam_titles, strict=True)]
 
     async def scenario() -> list:
         batcher = Batcher(run, max_batch=2, max_wait_s=0.2, queue_size=5)
         await batcher.start()
         try:
-            futures = [batcher.submit([n], False) for n in range(5)]
+            futures = [batcher.submit([n], False, f"title {n}") for n in range(5)]
             with pytest.raises(QueueFullError, match="5 studies queued or running"):
                 batcher.submit([5], False)
             return await asyncio.gather(*futures)
         finally:
             await batcher.stop()
 
-    assert asyncio.run(scenario()) == [f"study {n}" for n in range(5)]
+    # Each study's result, with its own exam title, whatever batch it ran in.
+    assert asyncio.run(scenario()) == [f"study {n} title {n}" for n in range(5)]
     assert seen == [2, 2, 1]
 
 
 def test_a_lone_study_waits_for_a_batch_only_while_another_is_on_its_way() -> None:
-    def run(images: list, explain: list) -> list:
+    def run(images: list, explain: list, exam_titles: list) -> list:
         return [len(images)] * len(images)
 
     async def scenario() -> tuple[float, list]:
@@ -450,7 +478,7 @@ def test_a_lone_study_waits_for_a_batch_only_while_another_is_on_its_way() -> No
 
 
 def test_batcher_trims_the_heap_at_most_every_heap_trim_s() -> None:
-    def run(images: list, explain: list) -> list:
+    def run(images: list, explain: list, exam_titles: list) -> list:
         time.sleep(0.02)
         return [None] * len(images)
 

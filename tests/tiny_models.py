@@ -12,16 +12,17 @@ from cxr_impressions.data.tokenizer import Vocabulary
 WORDS = ("<pad>", "<unk>", "startseq", "endseq", "no", "effusion", ".")
 
 
-def tiny(kind: str, max_len: int = 6, seed: int = 0, **params: object):
+def tiny(kind: str, max_len: int = 6, seed: int = 0, exam_titles: int = 0, **params: object):
     """A tiny `kind` model (8-d features, 3 regions per view) and its vocabulary; `params`
-    override the model params (condition, retrieval_k, ...)."""
+    override the model params (condition, retrieval_k, ...); `exam_titles` is the size of the
+    title vocabulary of a `exam_title=True` model."""
     tf.keras.utils.set_random_seed(seed)
     vocab = Vocabulary(WORDS, "startseq", "endseq", max_len)
     matrix = np.random.default_rng(seed).normal(size=(len(WORDS), 4)).astype(np.float32)
     params = {"condition": "abnormal", **params}  # what these tests were written for
     model = build_model(ModelParams(kind=kind, units=16, dropout=0.0, heads=2, layers=1,
                                     **params),
-                        matrix, 8, max_len, regions=3)
+                        matrix, 8, max_len, regions=3, exam_titles=exam_titles)
     return model, vocab
 
 
@@ -55,19 +56,24 @@ BUNDLE_WORDS = WORDS + ("normal", "heart", "size", "lungs", "clear", "small", "l
                         "opacity", "acute", "disease")
 
 
-def serving_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int = 8):
+def serving_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int = 8,
+                   exam_titles: tuple[str, ...] = ()):
     """A model folder as `cxr predict` and `cxr serve` load it: an untrained tiny transformer
-    over random-weight Xception grids (3x3 per view at 71 px), conditioned on `abnormal`."""
+    over random-weight Xception grids (3x3 per view at 71 px), conditioned on `abnormal`;
+    with `exam_titles`, a `model.exam_title` model that knows those titles."""
     from cxr_impressions.captioning.bundle import bundle_config, save_bundle
     from cxr_impressions.captioning.retrieval import empty_bank
+    from cxr_impressions.data.titles import TitleVocabulary
 
     tf.keras.utils.set_random_seed(seed)
     vocab = Vocabulary(BUNDLE_WORDS, "startseq", "endseq", max_len)
     matrix = np.random.default_rng(seed).normal(size=(len(BUNDLE_WORDS), 8)).astype(np.float32)
+    titles = TitleVocabulary.from_titles(exam_titles, 1) if exam_titles else None
     params = ModelParams(kind="transformer", units=16, dropout=0.0, heads=2, layers=1,
-                         condition="abnormal", grid_pool=1)
+                         condition="abnormal", grid_pool=1, exam_title=titles is not None)
     side = 3  # Xception's grid at 71 px
-    model = build_model(params, matrix, 2048, max_len, regions=side * side)
+    model = build_model(params, matrix, 2048, max_len, regions=side * side,
+                        exam_titles=len(titles) if titles is not None else 0)
     # Untrained, every word is nearly as likely as the next, and the abnormal probability sits
     # near 0.5: float noise between batch shapes could flip a beam or the label. Sharper word
     # logits and a threshold away from 0.5 make the outputs stable, as a trained model's are.
@@ -85,7 +91,7 @@ def serving_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int 
     backbone.save_weights(weights)
     features = {"backbone": "xception", "weights": str(weights), "image_size": image_size,
                 "resize": "squash", "precision": "float32"}
-    config = bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab)
+    config = bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab, titles)
     config["label_thresholds"] = {label: 0.3 for label in model.labels}
     save_bundle(directory, model, vocab, config, empty_bank(2048, max_len - 1))
     return directory

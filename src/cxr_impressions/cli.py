@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     predict.add_argument("--images-dir", "--images-folder", dest="image_dir", type=Path,
                          help="batch: the folder of the images")
     predict.add_argument("--out", type=Path, help="batch: the CSV to write (uid,impression)")
+    predict.add_argument("--exam-title", default="",
+                         help="one study: its exam title, for a model with model.exam_title "
+                              "(e.g. \"Xray Chest PA and Lateral\")")
+    predict.add_argument("--reports", type=Path,
+                         help="batch: a Kaggle reports CSV whose `image` column gives each "
+                              "study's exam title (model.exam_title)")
     predict.add_argument("--explain", type=Path, metavar="PNG",
                          help="one study: also write where each word looked, as a PNG")
     predict.add_argument("--precision", choices=("float32", "bfloat16"),
@@ -172,6 +178,10 @@ def _predict(args: argparse.Namespace) -> None:
         raise InputError("give one or two image files (frontal, then lateral), or --projections")
     if batch and args.explain is not None:
         raise InputError("--explain works on one study; the HTML report shows every test study")
+    if batch and args.exam_title:
+        raise InputError("--exam-title is for one study; in batch, give --reports CSV")
+    if not batch and args.reports is not None:
+        raise InputError("--reports is for batch prediction (--projections)")
     for image in args.images:
         if image.is_dir():
             raise InputError(f"{image}: a directory, not an image file")
@@ -181,19 +191,33 @@ def _predict(args: argparse.Namespace) -> None:
         if path is not None:
             _check_output(path, option)
 
-    from .captioning.predict import Predictor, Study, predict_batch, studies_from_projections
+    from .captioning.predict import (
+        Predictor,
+        Study,
+        exam_titles_from_reports,
+        predict_batch,
+        studies_from_projections,
+    )
 
     began = time.perf_counter()
     if batch:
-        studies, errors = studies_from_projections(args.projections, args.image_dir)
+        titles = exam_titles_from_reports(args.reports) if args.reports is not None else None
+        studies, errors = studies_from_projections(args.projections, args.image_dir, titles)
         if not studies and not errors:
             raise InputError(f"{args.projections}: no studies listed")
         if not studies:
             _all_failed(args, errors)
     predictor = Predictor(args.model, args.weights_dir, args.beam, precision=args.precision)
+    given = bool(args.exam_title) or args.reports is not None
+    if predictor.bundle.titles is None and given:
+        print("note: this model does not read exam titles (model.exam_title: false); "
+              "ignoring them", file=sys.stderr)
+    elif predictor.bundle.titles is not None and not given:
+        print("note: this model reads the exam title; with none given (--exam-title, or "
+              "--reports in batch) it writes as for an unknown one", file=sys.stderr)
     if not batch:
         frontal, *lateral = args.images
-        study = Study("-", frontal, lateral[0] if lateral else None)
+        study = Study("-", frontal, lateral[0] if lateral else None, args.exam_title)
         if args.explain is None:
             print(predictor.predict([study])[0])
             return

@@ -164,11 +164,20 @@ class ModelParams:
     condition: Literal["findings", "abnormal", "none"] = "findings"
     # transformer: attend to the impressions of this many most similar training studies (0: off)
     retrieval_k: int = at_least(0, 0)
+    # transformer: also condition on the report's exam title, the template's header line
+    # (data/titles.py); titles of fewer training studies than exam_title_min_count count
+    # as unknown
+    exam_title: bool = False
+    exam_title_min_count: int = at_least(1, 5)
 
     def validate(self, source: str) -> None:
         if self.retrieval_k and self.kind != "transformer":
             raise InputError(f"{source}: model.retrieval_k needs model.kind: transformer (the "
                              f"memory is cross-attended), got {self.kind}; set it to 0")
+        if self.exam_title and self.kind != "transformer":
+            raise InputError(f"{source}: model.exam_title needs model.kind: transformer (the "
+                             f"title is a cross-attended memory token), got {self.kind}; set it "
+                             "to false")
 
     @property
     def needs_grid(self) -> bool:
@@ -187,6 +196,9 @@ class TrainParams:
     # default | mirrored (every local GPU) | multi_worker (TF_CONFIG); README "Scaling out".
     # A param, not a machine setting: replicas round the loss differently, so the model differs.
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    # model.exam_title: the share of training studies shown with no title, so that the model
+    # also writes for a study whose title is missing or new
+    exam_title_dropout: float = at_least(0.0, 0.2, at_most=1.0)
 
 
 LabelMode = Literal["independent", "consistent"]

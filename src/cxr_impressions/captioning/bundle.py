@@ -7,6 +7,8 @@
 - `retrieval.npz`: the retrieval memory bank (the training studies' uids, pooled vectors and
   impression token ids; empty when `model.retrieval_k` is 0), so that evaluate and `cxr predict`
   retrieve from the same training studies as the train stage;
+- `config.json` also holds, for a model with `model.exam_title`, the exam-title vocabulary
+  (`exam_titles`, data/titles.py);
 - `decoding.json`: the decoding settings (method, beam size, length penalty, n-gram blocking),
   chosen on the validation split by the train stage (`decode.select`), used by evaluate and
   `cxr predict`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_json
 from ..config import DecodeParams, ModelParams, build_section
+from ..data.titles import TitleVocabulary
 from ..data.tokenizer import Vocabulary
 from ..errors import InputError
 from .models import CaptionModel, build_model
@@ -39,8 +43,7 @@ class Bundle:
     params: ModelParams
     bank: MemoryBank | None = None  # the retrieval memory (None: the model retrieves nothing)
     sha256: str = ""  # the bundle's identity: `bundle_hash` of its files
-
-
+    titles: TitleVocabulary | None = None  # model.exam_title: the titles it knows
     @property
     def thresholds(self) -> np.ndarray:
         """The label thresholds chosen on validation, in the order of the model's labels."""
@@ -52,13 +55,22 @@ class Bundle:
         """The abnormal label's threshold chosen on validation (0.5 where none was chosen)."""
         return float(self.config.get("label_thresholds", {}).get("abnormal", 0.5))
 
-    def with_retrieval(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`inputs` plus, for a retrieval model, each study's `retrieved` training impressions
-        (none excluded: a new study is not in the bank, and val/test studies never are)."""
-        if self.bank is None:
-            return inputs
-        return {**inputs, "retrieved": self.bank.retrieve(inputs["pooled"], inputs["views"],
-                                                          self.params.retrieval_k)}
+    def model_inputs(self, inputs: dict[str, np.ndarray],
+                     exam_titles: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
+        """The studies' image `inputs` plus what else the model takes: for a retrieval model,
+        each study's `retrieved` training impressions (none excluded: a new study is not in the
+        bank, and val/test studies never are); for an exam-title model, the ids of
+        `exam_titles` (None, or a missing or unknown title: the "no title" id)."""
+        n = len(inputs["views"])
+        if exam_titles is not None and len(exam_titles) != n:
+            raise ValueError(f"{len(exam_titles)} exam titles for {n} studies")
+        out = dict(inputs)
+        if self.bank is not None:
+            out["retrieved"] = self.bank.retrieve(inputs["pooled"], inputs["views"],
+                                                  self.params.retrieval_k)
+        if self.titles is not None:
+            out["exam_title"] = self.titles.encode(exam_titles or [None] * n)
+        return out
 
 
 def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: Vocabulary,
@@ -73,10 +85,14 @@ def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: V
 
 
 def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
-                  regions: int | None, embedding_dim: int, vocab: Vocabulary) -> dict:
-    return {"model": dataclasses.asdict(model_params), "features": features,
-            "feature_dim": feature_dim, "regions": regions, "embedding_dim": embedding_dim,
-            "vocab_size": len(vocab), "max_len": vocab.max_len}
+                  regions: int | None, embedding_dim: int, vocab: Vocabulary,
+                  titles: TitleVocabulary | None = None) -> dict:
+    config = {"model": dataclasses.asdict(model_params), "features": features,
+              "feature_dim": feature_dim, "regions": regions, "embedding_dim": embedding_dim,
+              "vocab_size": len(vocab), "max_len": vocab.max_len}
+    if model_params.exam_title:
+        config["exam_titles"] = list(titles.keys if titles is not None else [])
+    return config
 
 
 BUNDLE_FILES = ("config.json", "model.weights.h5", "vocab.json", "decoding.json", "retrieval.npz")
@@ -120,9 +136,15 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             raise InputError(f"{config_path}: vocab_size {shapes['vocab_size']} and max_len "
                              f"{shapes['max_len']} do not match {directory / 'vocab.json'} "
                              f"({len(vocab)} words, max_len {vocab.max_len})")
+        titles = None
+        if params.exam_title:
+            keys = config["exam_titles"]
+            if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+                raise ValueError("exam_titles must be a list of strings")
+            titles = TitleVocabulary(keys)
         matrix = np.zeros((shapes["vocab_size"], shapes["embedding_dim"]), dtype=np.float32)
         model = build_model(params, matrix, shapes["feature_dim"], shapes["max_len"],
-                            shapes["regions"])
+                            shapes["regions"], len(titles) if titles is not None else 0)
     except KeyError as exc:
         raise InputError(f"{config_path}: not a model config (no {exc.args[0]!r})") from None
     except (TypeError, ValueError) as exc:
@@ -134,7 +156,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
                                _read_json(directory / "decoding.json", "decoding settings"),
                                source=str(directory / "decoding.json"))
     bank = MemoryBank.load(directory / "retrieval.npz") if params.retrieval_k else None
-    return Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory))
+    return Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory), titles)
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -24,6 +24,10 @@ also attends to them as extra memory tokens beside the regions. Training feeds t
 labels (teacher forcing); decoding feeds the encoder's predictions, each thresholded at a value
 chosen on the validation split. Without it (`none`), the decoder falls back on the most likely
 report, a normal one, for every study.
+
+Exam title (`model.exam_title`, transformer): the report template's title as one learned vector,
+added to every word and attended to as one more memory token: how the report is worded
+(data/titles.py).
 """
 
 from __future__ import annotations
@@ -268,7 +272,7 @@ def _bilstm_attention(params: ModelParams, matrix: np.ndarray, feature_dim: int,
 
 
 def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int,
-                 regions: int) -> CaptionModel:
+                 regions: int, exam_titles: int) -> CaptionModel:
     d = params.units
     inputs = _study_inputs(feature_dim, regions)
     grid = ops.reshape(ops.cast(inputs["grid"], "float32"), (-1, 2 * regions, feature_dim))
@@ -289,12 +293,21 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
     project = layers.Dense(d, name="word_projection")
     x = PositionEmbedding(max_len - 1, d, name="word_position")(project(embed(tokens)))
     # What cross-attention looks at: the regions, then (conditioned) one prompt per label, then
-    # (retrieval) the words of the k nearest training impressions, padding masked.
+    # (exam title) the title's vector, then (retrieval) the words of the k nearest training
+    # impressions, padding masked.
     keys, key_mask = [memory["regions"]], [memory["region_mask"]]
     if prompts is not None:
         x = x + ops.expand_dims(ops.sum(prompts, axis=1), 1)
         keys.append(prompts)
         key_mask.append(ops.ones_like(memory["condition"]))
+    if params.exam_title:
+        memory["exam_title"] = keras.Input((1,), dtype="int32", name="exam_title")
+        title = layers.Embedding(  # id 0, no title, has a vector of its own
+            exam_titles, d, embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+            name="exam_title_embedding")(memory["exam_title"])
+        x = x + title
+        keys.append(title)
+        key_mask.append(ops.ones_like(ops.cast(memory["exam_title"], "float32")))
     if params.retrieval_k:
         k = params.retrieval_k
         memory["retrieved"] = keras.Input((k, max_len - 1), dtype="int32", name="retrieved")
@@ -339,7 +352,7 @@ def _assemble(kind: str, encoder: keras.Model, decoder: keras.Model, max_len: in
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     inputs = {name: keras.Input(t.shape[1:], dtype=t.dtype, name=name)
               for name, t in encoder.input.items()}
-    for name, t in decoder.input.items():  # the condition, the retrieval memory
+    for name, t in decoder.input.items():  # the condition, the exam title, the retrieval memory
         if name not in encoder.output and name != "tokens":
             inputs[name] = keras.Input(t.shape[1:], dtype=t.dtype, name=name)
     memory = encoder({k: v for k, v in inputs.items() if k in encoder.input})
@@ -354,15 +367,18 @@ def _assemble(kind: str, encoder: keras.Model, decoder: keras.Model, max_len: in
 
 
 def build_model(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int,
-                regions: int | None = None) -> CaptionModel:
-    """The `params.kind` caption model over a (vocab, dim) embedding `matrix`."""
+                regions: int | None = None, exam_titles: int = 0) -> CaptionModel:
+    """The `params.kind` caption model over a (vocab, dim) embedding `matrix`; `exam_titles`
+    is the size of the exam-title vocabulary, the unknown id included (`model.exam_title`)."""
     if params.kind == "merge":
         return _merge(params, matrix, feature_dim, max_len)
     if params.kind == "bilstm_attention":
         return _bilstm_attention(params, matrix, feature_dim, max_len)
     if regions is None:
         raise ValueError("the transformer needs the spatial grid (features.grid: true)")
-    return _transformer(params, matrix, feature_dim, max_len, regions)
+    if params.exam_title and exam_titles < 1:
+        raise ValueError("model.exam_title needs the exam-title vocabulary's size")
+    return _transformer(params, matrix, feature_dim, max_len, regions, exam_titles)
 
 
 def masked_loss(targets: keras.KerasTensor, logits: keras.KerasTensor) -> keras.KerasTensor:

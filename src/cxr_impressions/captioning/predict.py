@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import load_image
-from ..data.layout import PROJECTION_COLUMNS, canonical_image_id, index_images
+from ..data.layout import (
+    PROJECTION_COLUMNS,
+    REPORT_TITLE_COLUMN,
+    canonical_image_id,
+    index_images,
+)
 from ..data.parse import read_csv_checked
 from ..errors import InputError
 from ..features.backbones import (
@@ -36,6 +41,7 @@ class Study:
     uid: str
     frontal: Path
     lateral: Path | None = None
+    exam_title: str = ""  # the report's exam title, for a `model.exam_title` model ("": none)
 
     @property
     def paths(self) -> list[Path]:
@@ -94,8 +100,10 @@ class Predictor:
         """The study's decoded images; an unreadable one raises a one-line `InputError`."""
         return [load_image(p, self.image_size, policy=self.resize) for p in study.paths]
 
-    def inputs(self, images: Sequence[list]) -> dict[str, np.ndarray]:
-        """Model inputs for studies given as lists of decoded images (one or two each)."""
+    def inputs(self, images: Sequence[list], exam_titles: Sequence[str] | None = None
+               ) -> dict[str, np.ndarray]:
+        """Model inputs for studies given as lists of decoded images (one or two each) and,
+        for a model that reads it, each study's exam title (None or "": no title)."""
         import tensorflow as tf
 
         stacked = tf.stack([image for study in images for image in study])
@@ -121,18 +129,19 @@ class Predictor:
             if regions is not None:
                 inputs["grid"][i, :count] = regions[row:row + count]
             row += count
-        return self.bundle.with_retrieval(inputs)
+        return self.bundle.model_inputs(inputs, exam_titles)
 
     @property
     def explains(self) -> bool:
         """Whether the model has spatial attention to show (the transformer)."""
         return "attention" in self.bundle.model.decoder.output
 
-    def run(self, images: Sequence[list], explain: Sequence[bool] | bool = False
-            ) -> list[Prediction]:
+    def run(self, images: Sequence[list], explain: Sequence[bool] | bool = False,
+            exam_titles: Sequence[str] | None = None) -> list[Prediction]:
         """Decode studies given as lists of decoded images (one or two each), in one backbone
-        call and one batched beam search; `explain` (per study, or for all) adds the maps."""
-        inputs = self.inputs(images)
+        call and one batched beam search; `explain` (per study, or for all) adds the maps;
+        `exam_titles`, one per study, for a model that reads them."""
+        inputs = self.inputs(images, exam_titles)
         decoded = self.decoder.decode(inputs, self.decode_params)
         texts = self.decoder.texts(decoded)
         wanted = [explain] * len(images) if isinstance(explain, bool) else list(explain)
@@ -158,20 +167,31 @@ class Predictor:
             raise InputError(f"--explain needs a model with spatial attention (model.kind: "
                              f"transformer); {self.kind} has none")
         images = self.load(study)
-        result = self.run([images], explain=True)[0]
+        result = self.run([images], explain=True, exam_titles=[study.exam_title])[0]
         shown = [Image.fromarray(np.clip(image.numpy(), 0, 255).astype(np.uint8))
                  for image in images]
         return result.text, shown, result.maps
 
     def predict(self, studies: Sequence[Study]) -> list[str]:
         """Impressions for `studies`; raises `InputError` on the first unreadable image."""
-        return [r.text for r in self.run([self.load(s) for s in studies])]
+        return [r.text for r in self.run([self.load(s) for s in studies],
+                                         exam_titles=[s.exam_title for s in studies])]
 
 
-def studies_from_projections(projections: str | Path, image_dir: str | Path
+def exam_titles_from_reports(reports: str | Path) -> dict[str, str]:
+    """uid -> exam title, from a Kaggle-layout reports CSV (its `image` column)."""
+    frame = read_csv_checked(Path(reports), ("uid", REPORT_TITLE_COLUMN))
+    return dict(zip(frame["uid"].astype(str), frame[REPORT_TITLE_COLUMN].fillna("").astype(str),
+                    strict=True))
+
+
+def studies_from_projections(projections: str | Path, image_dir: str | Path,
+                             exam_titles: dict[str, str] | None = None
                              ) -> tuple[list[Study], list[str]]:
     """Studies from a Kaggle-layout projections CSV and an image folder (images matched by id,
-    whatever their extension), and one error line per study with no image file."""
+    whatever their extension), and one error line per study with no image file; `exam_titles`
+    (uid -> title, `exam_titles_from_reports`) gives each study its title."""
+    exam_titles = exam_titles or {}
     frame = read_csv_checked(Path(projections), PROJECTION_COLUMNS)
     index = index_images(image_dir)
     studies, errors = [], []
@@ -188,7 +208,8 @@ def studies_from_projections(projections: str | Path, image_dir: str | Path
             continue
         frontal = files.get("frontal", files["any"])
         lateral = files.get("lateral")
-        studies.append(Study(str(uid), frontal, lateral if lateral != frontal else None))
+        studies.append(Study(str(uid), frontal, lateral if lateral != frontal else None,
+                             exam_titles.get(str(uid), "")))
     return studies, errors
 
 
@@ -213,7 +234,8 @@ def predict_batch(predictor: Predictor, studies: Sequence[Study], chunk: int = 8
             except InputError as exc:
                 errors.append(f"uid {study.uid}: {exc}")
         if good:
-            texts = [r.text for r in predictor.run(images)]
+            texts = [r.text for r in predictor.run(images,
+                                                   exam_titles=[s.exam_title for s in good])]
             rows.extend(zip([s.uid for s in good], texts, strict=True))
         bar.update(len(studies[start:start + chunk]))
     bar.close()

@@ -34,6 +34,8 @@ class Studies:
     labels: np.ndarray  # (N, len(LABELS)) float32: the labeller's reading of the reference
     grid: np.ndarray | None = None  # (N, 2, R, D) float16
     retrieved: np.ndarray | None = None  # (N, k, T) int32: retrieval memory (retrieval.py)
+    titles: list[str] | None = None  # each report's exam title as written ("" if none)
+    exam_title: np.ndarray | None = None  # (N, 1) int32: the titles' ids (titles.py)
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -54,6 +56,8 @@ class Studies:
             out["grid"] = self.grid[index]
         if self.retrieved is not None:
             out["retrieved"] = self.retrieved[index]
+        if self.exam_title is not None:
+            out["exam_title"] = self.exam_title[index]
         return out
 
 
@@ -72,7 +76,8 @@ def load_studies(examples: pd.DataFrame, images: pd.DataFrame, store: FeatureSto
                  vocab: Vocabulary, with_grid: bool = False, grid_pool: int = 1) -> Studies:
     """Studies of `examples` whose images have features (reports with none are left out)."""
     available = images[images["image_id"].isin(set(store.ids))]
-    slots = view_slots(available).merge(examples[["uid", "text"]], on="uid")
+    columns = ["uid", "text"] + (["caption"] if "caption" in examples else [])
+    slots = view_slots(available).merge(examples[columns], on="uid")
     frontal = slots["frontal"].to_numpy()
     lateral = slots["lateral"].to_numpy()
     has_lateral = lateral != ""
@@ -100,6 +105,8 @@ def load_studies(examples: pd.DataFrame, images: pd.DataFrame, store: FeatureSto
         texts=slots["text"].tolist(),
         labels=reference_labels(slots["text"]),
         grid=grid,
+        titles=(slots["caption"].fillna("").astype(str).tolist() if "caption" in slots
+                else [""] * len(slots)),
     )
 
 

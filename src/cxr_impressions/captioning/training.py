@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from ..atomic import atomic_path, write_json
 from ..config import DecodeParams, ModelParams, TrainParams
+from ..data.titles import hide_titles
 from ..data.tokenizer import Vocabulary
 from ..evaluation.scoring import text_metrics
 from .decoding import Decoder
@@ -48,16 +49,18 @@ def training_pairs(studies: Studies, prefix_training: bool) -> tuple[np.ndarray,
 
 
 def make_dataset(studies: Studies, model: CaptionModel, batch_size: int, shuffle: bool,
-                 seed: int, first_epoch: int = 0) -> tf.data.Dataset:
+                 seed: int, first_epoch: int = 0, title_dropout: float = 0.0) -> tf.data.Dataset:
     """Batches of (inputs, targets). Teacher forcing: tokens[:-1] -> tokens[1:]; prefix models:
     tokens[:t] (0-padded) -> tokens[t]. Built from a generator so that large feature arrays
-    never become graph constants."""
+    never become graph constants. With `title_dropout`, about that share of each epoch's
+    studies is shown with no exam title (seeded by seed and epoch, like the order)."""
     index, prefix = training_pairs(studies, model.prefix_training)
     length = studies.tokens.shape[1] - 1
     epoch = [first_epoch]  # each epoch's order depends on (seed, epoch) only, also on resume
 
     def batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         order = np.arange(len(index))
+        hiding = np.random.default_rng((seed, epoch[0], 1))
         if shuffle:
             order = np.random.default_rng(seed + epoch[0]).permutation(len(index))
             epoch[0] += 1
@@ -65,6 +68,8 @@ def make_dataset(studies: Studies, model: CaptionModel, batch_size: int, shuffle
             chosen = order[start:start + batch_size]
             rows = index[chosen]
             inputs = studies.inputs(rows)
+            if "exam_title" in inputs:
+                inputs["exam_title"] = hide_titles(inputs["exam_title"], title_dropout, hiding)
             tokens = studies.tokens[rows]
             if model.prefix_training:
                 t = prefix[chosen]
@@ -367,7 +372,7 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
         if live_dir is not None:
             restore_live(state_dir, live_dir, first_epoch)
     train_data = make_dataset(train_set, caption_model, params.batch_size, True, params.seed,
-                              first_epoch=first_epoch)
+                              first_epoch=first_epoch, title_dropout=params.exam_title_dropout)
     val_data = make_dataset(val_set, caption_model, params.batch_size, False, params.seed)
     with live_logging(live_dir, state_dir, resuming, first_epoch) as live_callbacks:
         model.fit(

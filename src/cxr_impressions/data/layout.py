@@ -35,6 +35,7 @@ XML_DIRS = ("ecgen-radiology", ".")
 REPORT_COLUMNS = ("uid", "MeSH", "Problems", "image", "indication", "comparison", "findings",
                   "impression")
 PROJECTION_COLUMNS = ("uid", "filename", "projection")
+REPORT_TITLE_COLUMN = "image"  # the reports CSV's exam title ("Xray Chest PA and Lateral")
 
 MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv"
 MIMIC_SPLIT = "mimic-cxr-2.0.0-split.csv"

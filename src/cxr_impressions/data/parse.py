@@ -31,6 +31,7 @@ from .layout import (
     MIMIC_VIEWS,
     PROJECTION_COLUMNS,
     REPORT_COLUMNS,
+    REPORT_TITLE_COLUMN,
     InputLayout,
     canonical_image_id,
     find_mimic_images,
@@ -106,7 +107,7 @@ def read_kaggle_csv(reports_csv: Path, projections_csv: Path) -> ParseResult:
         "mesh": raw["MeSH"].str.strip(),
         "mesh_automatic": "",
         "problems": raw["Problems"].str.strip(),
-        "caption": raw["image"].str.strip(),
+        "caption": raw[REPORT_TITLE_COLUMN].str.strip(),
         **{f: raw[f].str.strip() for f in TEXT_FIELDS},
         "source": reports_csv.name,
     })

@@ -12,6 +12,7 @@ import pandas as pd
 from ..atomic import atomic_path, write_csv
 from ..data.labeller import label_text, mesh_labels
 from ..data.text import normalise
+from .baselines import BASELINES
 from .bootstrap import significance, study_statistics
 from .scoring import (
     clinical_scores,
@@ -128,8 +129,9 @@ def headline_scores(scores: dict[str, dict]) -> dict[str, dict[str, float]]:
         **{metric: model[metric] for metric in MODEL_HEADLINE},
         "abnormal_f1": clinical.get("abnormal", {}).get("f1"),
         "findings_macro_f1": clinical.get("findings_macro_f1")}}
-    for system in ("constant", "nearest_neighbour"):
-        headline[system] = {metric: scores[system][metric] for metric in BASELINE_HEADLINE}
+    for system in BASELINES:
+        if system in scores:  # evaluate files from before a baseline was added lack it
+            headline[system] = {metric: scores[system][metric] for metric in BASELINE_HEADLINE}
     return headline
 
 

@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..evaluation.baselines import BASELINES
 from .assets import ramp_anchors, read_static
 from .charts import PALETTE, bar_chart, line_chart
 from .heatmaps import grid_side
 
-SYSTEMS = {"model": "model", "constant": "constant", "nearest_neighbour": "1-NN"}
+SYSTEMS = {"model": "model", "constant": "constant", "title_constant": "title constant",
+           "nearest_neighbour": "1-NN"}
 TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "distinct")
 NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
          "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
@@ -58,7 +60,6 @@ HEADLINE = [(m, NAMES[m]) for m in TEXT_METRICS] + [
     ("abnormal_f1", "abnormal F1"), ("findings_macro_f1", "findings macro-F1")]
 
 
-BASELINES = ("constant", "nearest_neighbour")
 DIFFERENCES = {b: f"model − {SYSTEMS[b]}" for b in BASELINES}
 BETTER, WORSE = "▲", "▼"  # the paired interval lies above (below) 0: the model wins (loses)
 

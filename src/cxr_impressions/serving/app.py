@@ -39,6 +39,8 @@ from .batching import Batcher, QueueFullError
 log = logging.getLogger(__name__)
 
 VIEWS = ("frontal", "lateral")
+TITLE_FIELD = "exam_title"  # optional text: the study's exam title (model.exam_title)
+MAX_TITLE_CHARS = 500
 # The page's files, and the report's heat-map script and colour ramp, served from the
 # report's static folder so that both pages draw heat-maps with the same code and colours.
 STATIC = {"serve.js": "text/javascript", "serve.css": "text/css",
@@ -103,6 +105,7 @@ class ModelInfo(BaseModel):
     precision: str
     precision_requested: str
     explains: bool
+    reads_exam_title: bool  # model.exam_title: the form's exam_title field is read
     abnormal_threshold: float
     vocab_size: int
     decoding: dict
@@ -133,7 +136,9 @@ PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
     "type": "object", "required": ["frontal"], "properties": {
         "frontal": {"type": "string", "format": "binary", "description": "PNG, JPEG or DICOM"},
         "lateral": {"type": "string", "format": "binary",
-                    "description": "PNG, JPEG or DICOM, optional"}}}}}}}
+                    "description": "PNG, JPEG or DICOM, optional"},
+        "exam_title": {"type": "string", "description": "the report's exam title, optional; "
+                       "read by a model trained with model.exam_title"}}}}}}}
 
 
 def _static(name: str) -> str:
@@ -250,7 +255,8 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
                 "backbone": settings["backbone"], "weights": settings["weights"],
                 "image_size": predictor.image_size, "resize": predictor.resize,
                 "precision": predictor.precision, "precision_requested": precision_requested,
-                "explains": predictor.explains, "abnormal_threshold": bundle.abnormal_threshold,
+                "explains": predictor.explains, "reads_exam_title": bundle.titles is not None,
+                "abnormal_threshold": bundle.abnormal_threshold,
                 "vocab_size": len(bundle.vocab), "decoding": decoding,
                 "batching": {"max_batch": params.max_batch, "max_wait_ms": params.max_wait_ms,
                              "queue_size": params.queue_size,
@@ -259,9 +265,11 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
                            "max_image_side": params.max_image_side,
                            "timeout_s": params.timeout_s}}
 
-    async def read_uploads(request: Request) -> list[tuple[str, bytes]]:
+    async def read_uploads(request: Request) -> tuple[list[tuple[str, bytes]], str]:
+        """The study's image uploads and its exam title ("" if the form has none)."""
         try:
-            form = await request.form(max_files=len(VIEWS), max_fields=0)
+            # One file more than the views, so that a file sent as the title is named below.
+            form = await request.form(max_files=len(VIEWS) + 1, max_fields=1)
         except _BodyTooLarge:
             raise ApiError(413, f"request body over {max_bytes} bytes "
                                 "(serve.max_upload_mb)") from None
@@ -271,12 +279,18 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
             if not request.headers.get("content-type", "").startswith("multipart/form-data"):
                 raise ApiError(400, "send the images as multipart/form-data fields 'frontal' "
                                     "and (optionally) 'lateral'")
-            unknown = sorted(set(form.keys()) - set(VIEWS))
+            unknown = sorted(set(form.keys()) - {*VIEWS, TITLE_FIELD})
             if unknown:
                 raise ApiError(400, f"unknown form field {unknown[0]!r} (fields: frontal, "
-                                    "lateral)")
+                                    f"lateral, {TITLE_FIELD})")
             if form.get("frontal") is None:
                 raise ApiError(400, "no 'frontal' image in the form (fields: frontal, lateral)")
+            title = form.get(TITLE_FIELD) or ""
+            if not isinstance(title, str):
+                raise ApiError(400, f"form field {TITLE_FIELD!r} must be text, not a file")
+            if len(title) > MAX_TITLE_CHARS:
+                raise ApiError(400, f"form field {TITLE_FIELD!r} is over {MAX_TITLE_CHARS} "
+                                    "characters")
             uploads = []
             for view in VIEWS:
                 item = form.get(view)
@@ -285,7 +299,7 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
                 if not isinstance(item, UploadFile):
                     raise ApiError(400, f"form field {view!r} must be a file upload")
                 uploads.append((item.filename or view, await item.read()))
-            return uploads
+            return uploads, title
         finally:
             await form.close()  # closes (and so deletes) any spooled temporary file
 
@@ -313,7 +327,7 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
                                 f"{predictor.kind} model has none")
         timed_out = ApiError(504, f"no result within {params.timeout_s:g} s (serve.timeout_s)")
         with batcher.arriving():  # a batch about to run may wait for this study
-            uploads = await read_uploads(request)
+            uploads, exam_title = await read_uploads(request)
             try:
                 images = await asyncio.to_thread(decode, uploads)
             except TooLargeError as exc:
@@ -324,7 +338,7 @@ def create_app(predictor: Predictor, params: ServeParams, token: str | None = No
             if remaining <= 0:  # a slow upload spent it all: don't take a place in the queue
                 raise timed_out
             try:
-                future = batcher.submit(images, explain)
+                future = batcher.submit(images, explain, exam_title)
             except QueueFullError as exc:
                 raise ApiError(503, f"server busy: {exc}") from None
         try:

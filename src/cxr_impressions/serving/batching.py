@@ -29,8 +29,9 @@ from .heap import release_free_heap
 
 log = logging.getLogger(__name__)
 
-# Runs one batch: (studies' images, explain flags) -> one result per study, in order.
-RunBatch = Callable[[Sequence[list], Sequence[bool]], list[Any]]
+# Runs one batch: (studies' images, explain flags, exam titles) -> one result per study, in
+# order (`Predictor.run`).
+RunBatch = Callable[[Sequence[list], Sequence[bool], Sequence[str]], list[Any]]
 
 
 class QueueFullError(Exception):
@@ -42,6 +43,7 @@ class _Job:
     images: list
     explain: bool
     future: asyncio.Future = field(repr=False)
+    exam_title: str = ""
 
 
 @dataclass
@@ -99,7 +101,7 @@ class Batcher:
         finally:
             self._arriving -= 1
 
-    def submit(self, images: list, explain: bool) -> asyncio.Future:
+    def submit(self, images: list, explain: bool, exam_title: str = "") -> asyncio.Future:
         """Queue one study; the future resolves to its result. Raises `QueueFullError`."""
         if self._queue is None:
             raise RuntimeError("Batcher.start() was not awaited")
@@ -108,7 +110,7 @@ class Batcher:
                                  f"(serve.queue_size {self.queue_size})")
         future = asyncio.get_running_loop().create_future()
         self._pending += 1
-        self._queue.put_nowait(_Job(images, explain, future))
+        self._queue.put_nowait(_Job(images, explain, future, exam_title))
         return future
 
     async def _collect(self) -> list[_Job]:
@@ -142,7 +144,7 @@ class Batcher:
                     continue
                 results = await loop.run_in_executor(
                     self._executor, self.run, [j.images for j in live],
-                    [j.explain for j in live])
+                    [j.explain for j in live], [j.exam_title for j in live])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every request of the batch gets the error, once each
