@@ -410,6 +410,7 @@ def test_page_in_headless_chromium(server: Client, tmp_path: Path) -> None:
             page.fill("#token", TOKEN)
             page.set_input_files("#frontal", str(IMAGES / STUDIES["1"][0]))
             page.set_input_files("#lateral", str(IMAGES / STUDIES["1"][1]))
+            page.fill("#exam-title", "Xray Chest PA and Lateral")  # sent, and accepted
             page.click("#run")
             page.wait_for_selector("body[data-state='done']", timeout=120000)
             words = page.locator("#impression .word")

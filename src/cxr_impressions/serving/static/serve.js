@@ -112,6 +112,8 @@
       }
       const form = new FormData();
       VIEWS.forEach((view) => { if (files[view]) form.append(view, files[view], files[view].name); });
+      const title = $('exam-title').value.trim();
+      if (title) form.append('exam_title', title);
       const response = await fetch('/v1/predict' + (model.explains ? '?explain=1' : ''),
                                    {method: 'POST', body: form, headers: auth()});
       if (!response.ok) throw new Error(await errorText(response));
