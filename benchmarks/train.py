@@ -43,9 +43,12 @@ def main() -> None:
 
     from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.models import build_model
-    from cxr_impressions.captioning.retrieval import MemoryBank
     from cxr_impressions.captioning.studies import load_split
-    from cxr_impressions.captioning.training import compile_for_training, make_dataset
+    from cxr_impressions.captioning.training import (
+        attach_memory,
+        compile_for_training,
+        make_dataset,
+    )
     from cxr_impressions.config import DecodeParams, ModelParams, build_section, load_section
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
@@ -67,14 +70,11 @@ def main() -> None:
             grid_pool = params.grid_pool if params.needs_grid else None
             split = {s: load_split("data/clean", s, store, vocab, grid_pool)
                      for s in ("train", "val")}
-            if params.retrieval_k:
-                bank = MemoryBank.from_studies(split["train"])
-                for studies in split.values():
-                    studies.retrieved = bank.retrieve(studies.pooled, studies.views,
-                                                      params.retrieval_k, uids=studies.uids)
+            _, titles = attach_memory(split, params)
             keras.utils.set_random_seed(0)
             model = build_model(params, matrix, store.dim, vocab.max_len,
-                                split["train"].grid.shape[2] if params.needs_grid else None)
+                                split["train"].grid.shape[2] if params.needs_grid else None,
+                                len(titles) if titles is not None else 0)
             compile_for_training(model, train_params.learning_rate)
             data = make_dataset(split["train"], model, train_params.batch_size, True, 0)
             batches = iter(data.repeat())

@@ -51,10 +51,15 @@ def main() -> None:
     from cxr_impressions.captioning.bundle import bundle_config, save_bundle
     from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.models import build_model
-    from cxr_impressions.captioning.retrieval import MemoryBank, empty_bank
+    from cxr_impressions.captioning.retrieval import empty_bank
     from cxr_impressions.captioning.studies import load_split
-    from cxr_impressions.captioning.training import choose_thresholds, prepare_state_dir, train
-    from cxr_impressions.data.titles import UNKNOWN, TitleVocabulary
+    from cxr_impressions.captioning.training import (
+        attach_memory,
+        choose_thresholds,
+        prepare_state_dir,
+        train,
+    )
+    from cxr_impressions.data.titles import UNKNOWN
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
 
@@ -76,19 +81,9 @@ def main() -> None:
                     # predict and serve run the backbone at the precision the features ran at
                     "precision": str(store.attrs.get("precision", "float32"))}
     regions = splits["train"].grid.shape[2] if model_params.needs_grid else None
-    bank = empty_bank(feature_dim, vocab.max_len - 1)
-    if model_params.retrieval_k:
-        # The training split is the memory: a training study never retrieves itself (its uid).
-        bank = MemoryBank.from_studies(splits["train"])
-        for split in splits.values():
-            split.retrieved = bank.retrieve(split.pooled, split.views, model_params.retrieval_k,
-                                            uids=split.uids)
-    titles = None
-    if model_params.exam_title:
-        titles = TitleVocabulary.from_titles(splits["train"].titles,
-                                             model_params.exam_title_min_count)
-        for split in splits.values():
-            split.exam_title = titles.encode(split.titles)
+    bank, titles = attach_memory(splits, model_params)
+    if bank is None:
+        bank = empty_bank(feature_dim, vocab.max_len - 1)
 
     # DVC deletes only the declared files in `out`, so the state survives for a resume. Workers
     # other than the chief write to temporary paths (captioning/distribute.py).

@@ -191,3 +191,19 @@ def test_predict_reads_each_studys_title(tmp_path: Path, capsys) -> None:
         assert study.exam_title
         assert predictor.predict([study])[0] == batch[study.uid]
     assert "writes as for an unknown one" not in capsys.readouterr().err
+
+
+def test_attach_memory_takes_the_title_vocabulary_from_the_training_split() -> None:
+    from cxr_impressions.captioning.training import attach_memory
+
+    train, val = _studies(10), _studies(3, seed=1)
+    train.titles = list(TITLES)
+    val.titles = ["Xray Chest PA and Lateral", "a title only validation has", ""]
+    bank, titles = attach_memory({"train": train, "val": val},
+                                 ModelParams(exam_title=True, exam_title_min_count=2,
+                                             retrieval_k=2))
+    assert titles.keys == TitleVocabulary.from_titles(TITLES, 2).keys
+    assert train.exam_title[:, 0].tolist() == [1] * 4 + [2] * 3 + [3] * 2 + [UNKNOWN]
+    assert val.exam_title[:, 0].tolist() == [1, UNKNOWN, UNKNOWN]
+    assert len(bank) == 10 and train.retrieved.shape == (10, 2, 5)
+    assert attach_memory({"train": _studies(4)}, ModelParams()) == (None, None)

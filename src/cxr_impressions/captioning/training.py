@@ -27,12 +27,13 @@ import tensorflow as tf
 
 from ..atomic import atomic_path, write_json
 from ..config import DecodeParams, ModelParams, TrainParams
-from ..data.titles import hide_titles
+from ..data.titles import TitleVocabulary, hide_titles
 from ..data.tokenizer import Vocabulary
 from ..evaluation.scoring import text_metrics
 from .decoding import Decoder
 from .distribute import per_replica
 from .models import CaptionModel, MaskedAccuracy, masked_loss
+from .retrieval import MemoryBank
 from .studies import Studies
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,27 @@ def training_pairs(studies: Studies, prefix_training: bool) -> tuple[np.ndarray,
     index = np.repeat(np.arange(len(studies)), lengths - 1)
     prefix = np.concatenate([np.arange(1, n) for n in lengths])
     return index, prefix
+
+
+def attach_memory(splits: dict[str, Studies], params: ModelParams
+                  ) -> tuple[MemoryBank | None, TitleVocabulary | None]:
+    """Give each split (`train` first) what the model takes beside the images: for
+    `model.retrieval_k`, each study's retrieved training impressions (the training split is the
+    memory bank, and a training study never retrieves itself, by uid); for `model.exam_title`,
+    its title ids (the vocabulary from the training split). Returns the bank and the
+    vocabulary (None where off), which the bundle saves."""
+    train = splits["train"]
+    bank = titles = None
+    if params.retrieval_k:
+        bank = MemoryBank.from_studies(train)
+        for split in splits.values():
+            split.retrieved = bank.retrieve(split.pooled, split.views, params.retrieval_k,
+                                            uids=split.uids)
+    if params.exam_title:
+        titles = TitleVocabulary.from_titles(train.titles, params.exam_title_min_count)
+        for split in splits.values():
+            split.exam_title = titles.encode(split.titles)
+    return bank, titles
 
 
 def make_dataset(studies: Studies, model: CaptionModel, batch_size: int, shuffle: bool,
