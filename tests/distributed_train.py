@@ -68,7 +68,8 @@ def main() -> None:
         tf.config.experimental.enable_op_determinism()
         vocab = Vocabulary(WORDS, "startseq", "endseq", MAX_LEN)
         matrix = np.random.default_rng(0).normal(size=(len(WORDS), 4)).astype(np.float32)
-        model_params = ModelParams(kind="merge", units=16, dropout=0.0, condition="abnormal")
+        model_params = ModelParams(kind="merge", units=16, dropout=0.0, condition="abnormal",
+                                   exam_title=False)
         train_set, val_set = studies(STUDIES, 1), studies(VAL, 2)
         out = Path(args.out)
         paths = run_paths(task, out / "models", out / "live", out / "train.json",

@@ -36,7 +36,7 @@ print(json.dumps({"logits": out["logits"].numpy().tolist(), "texts": texts}))
 """
 
 PARAMS = {"kind": "transformer", "units": 16, "dropout": 0.0, "heads": 2, "layers": 1,
-          "condition": "findings", "retrieval_k": 2}
+          "condition": "findings", "retrieval_k": 2, "exam_title": False}
 
 
 def _bank() -> MemoryBank:
@@ -95,7 +95,7 @@ def test_weights_that_do_not_fit_the_config_are_a_one_line_error(tmp_path: Path)
     model, vocab = tiny("merge")
     save_bundle(tmp_path, model, vocab, bundle_config(
         ModelParams(kind="merge", units=16, dropout=0.0, heads=2, layers=1,
-                    condition="abnormal"), {}, 8, None, 4,
+                    condition="abnormal", exam_title=False), {}, 8, None, 4,
         vocab), empty_bank(8, 5))
     config = json.loads((tmp_path / "config.json").read_text())
     config["model"]["condition"] = "findings"  # a head with 14 outputs, the weights have 1

@@ -68,7 +68,8 @@ def test_the_condition_steers_the_decoder(kind: str) -> None:
 def test_unconditioned_models_have_no_label_head() -> None:
     vocab = Vocabulary(WORDS, "startseq", "endseq", 6)
     matrix = np.zeros((len(WORDS), 4), np.float32)
-    model = build_model(ModelParams(kind="merge", units=8, condition="none"), matrix, 8, 6)
+    model = build_model(ModelParams(kind="merge", units=8, condition="none", exam_title=False),
+                        matrix, 8, 6)
     assert not model.conditioned and "abnormal" not in model.encoder.output
     assert Decoder(model, vocab).greedy(study_inputs(1))[0].abnormal is None
 

@@ -131,9 +131,17 @@ def test_the_bundle_carries_the_title_vocabulary(tmp_path: Path) -> None:
         load_bundle(tmp_path)
 
 
-def test_exam_title_needs_the_transformer() -> None:
-    with pytest.raises(InputError, match="model.exam_title needs model.kind: transformer"):
-        build_section("model", ModelParams, {"kind": "merge", "exam_title": True})
+@pytest.mark.parametrize("kind", ["merge", "bilstm_attention"])
+def test_the_lstm_models_read_the_title_too(kind: str) -> None:
+    model, vocab = tiny(kind, exam_title=True, exam_titles=3)
+    assert model.decoder.input["exam_title"].shape == (None, 1)
+    memory = Decoder(model, vocab).encode(study_inputs(1, seed=2))
+    tokens = np.full((1, 5), 4, np.int32)
+    logits = [model.decoder({**{k: v for k, v in memory.items() if k in model.decoder.input},
+                             "exam_title": np.array([[title]], np.int32),
+                             "tokens": tokens})["logits"].numpy() for title in range(3)]
+    assert np.abs(logits[0] - logits[1]).max() > 1e-4
+    assert np.abs(logits[1] - logits[2]).max() > 1e-4
     with pytest.raises(InputError, match="exam_title_min_count"):
         build_section("model", ModelParams, {"exam_title_min_count": 0})
 
@@ -206,4 +214,4 @@ def test_attach_memory_takes_the_title_vocabulary_from_the_training_split() -> N
     assert train.exam_title[:, 0].tolist() == [1] * 4 + [2] * 3 + [3] * 2 + [UNKNOWN]
     assert val.exam_title[:, 0].tolist() == [1, UNKNOWN, UNKNOWN]
     assert len(bank) == 10 and train.retrieved.shape == (10, 2, 5)
-    assert attach_memory({"train": _studies(4)}, ModelParams()) == (None, None)
+    assert attach_memory({"train": _studies(4)}, ModelParams(exam_title=False)) == (None, None)

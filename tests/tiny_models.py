@@ -19,7 +19,8 @@ def tiny(kind: str, max_len: int = 6, seed: int = 0, exam_titles: int = 0, **par
     tf.keras.utils.set_random_seed(seed)
     vocab = Vocabulary(WORDS, "startseq", "endseq", max_len)
     matrix = np.random.default_rng(seed).normal(size=(len(WORDS), 4)).astype(np.float32)
-    params = {"condition": "abnormal", **params}  # what these tests were written for
+    # what these tests were written for
+    params = {"condition": "abnormal", "exam_title": False, **params}
     model = build_model(ModelParams(kind=kind, units=16, dropout=0.0, heads=2, layers=1,
                                     **params),
                         matrix, 8, max_len, regions=3, exam_titles=exam_titles)
@@ -46,7 +47,7 @@ def tiny_bundle(directory, kind: str = "transformer") -> dict:
 
     model, vocab = tiny(kind)
     params = ModelParams(kind=kind, units=16, dropout=0.0, heads=2, layers=1,
-                         condition="abnormal")
+                         condition="abnormal", exam_title=False)
     config = bundle_config(params, dict(TINY_FEATURES), 8, 3, 4, vocab)
     save_bundle(directory, model, vocab, config, empty_bank(8, vocab.max_len - 1))
     return config

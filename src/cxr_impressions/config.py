@@ -164,9 +164,8 @@ class ModelParams:
     condition: Literal["findings", "abnormal", "none"] = "findings"
     # transformer: attend to the impressions of this many most similar training studies (0: off)
     retrieval_k: int = at_least(0, 0)
-    # transformer: also condition on the report's exam title, the template's header line
-    # (data/titles.py); titles of fewer training studies than exam_title_min_count count
-    # as unknown
+    # Also condition on the report's exam title, the template's header line (data/titles.py);
+    # titles of fewer training studies than exam_title_min_count count as unknown
     exam_title: bool = False
     exam_title_min_count: int = at_least(1, 5)
 
@@ -174,10 +173,6 @@ class ModelParams:
         if self.retrieval_k and self.kind != "transformer":
             raise InputError(f"{source}: model.retrieval_k needs model.kind: transformer (the "
                              f"memory is cross-attended), got {self.kind}; set it to 0")
-        if self.exam_title and self.kind != "transformer":
-            raise InputError(f"{source}: model.exam_title needs model.kind: transformer (the "
-                             f"title is a cross-attended memory token), got {self.kind}; set it "
-                             "to false")
 
     @property
     def needs_grid(self) -> bool:

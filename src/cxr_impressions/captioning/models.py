@@ -25,9 +25,9 @@ labels (teacher forcing); decoding feeds the encoder's predictions, each thresho
 chosen on the validation split. Without it (`none`), the decoder falls back on the most likely
 report, a normal one, for every study.
 
-Exam title (`model.exam_title`, transformer): the report template's title as one learned vector,
-added to every word and attended to as one more memory token: how the report is worded
-(data/titles.py).
+Exam title (`model.exam_title`): the report template's title as one learned vector, added to the
+image vector (LSTM models) or to every word and attended to as one more memory token
+(transformer): how the report is worded (data/titles.py).
 """
 
 from __future__ import annotations
@@ -208,31 +208,51 @@ def _condition_input(params: ModelParams, width: int
         condition)
 
 
-def _lstm_decoder_inputs(params: ModelParams, matrix: np.ndarray, max_len: int
+def _title_input(params: ModelParams, exam_titles: int, width: int
+                 ) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor | None]:
+    """The decoder's `exam_title` input, (batch, 1) ids, and its learned vector, (batch, 1,
+    width) (None without `model.exam_title`). Id 0, no title, has a vector of its own."""
+    if not params.exam_title:
+        return {}, None
+    if exam_titles < 1:
+        raise ValueError("model.exam_title needs the exam-title vocabulary's size")
+    title = keras.Input((1,), dtype="int32", name="exam_title")
+    return {"exam_title": title}, layers.Embedding(
+        exam_titles, width, embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
+        name="exam_title_embedding")(title)
+
+
+def _lstm_decoder_inputs(params: ModelParams, matrix: np.ndarray, max_len: int,
+                         exam_titles: int
                          ) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor,
                                     keras.KerasTensor, keras.KerasTensor]:
     """The LSTM decoders' inputs: the memory inputs, the tokens, their masked embedding, and
-    the image vector (plus the condition's embedding when conditioned)."""
+    the image vector (plus the condition's and the exam title's vectors when given)."""
     image = keras.Input((params.units,), name="image")
     conditions, prompts = _condition_input(params, params.units)
+    titles, title = _title_input(params, exam_titles, params.units)
     tokens = keras.Input((max_len - 1,), dtype="int32", name="tokens")
     words = _embedding(matrix, params, mask_zero=True)(tokens)
     words = layers.Dropout(params.dropout, name="word_dropout")(words)
+    added = [image]
     if prompts is not None:
-        image_vector = layers.Add(name="conditioned_image")([image, ops.sum(prompts, axis=1)])
-    else:
-        image_vector = image
-    return {"image": image, **conditions}, tokens, words, image_vector
+        added.append(ops.sum(prompts, axis=1))
+    if title is not None:
+        added.append(title[:, 0])
+    image_vector = layers.Add(name="conditioned_image")(added) if len(added) > 1 else image
+    return {"image": image, **conditions, **titles}, tokens, words, image_vector
 
 
-def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int) -> CaptionModel:
+def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: int,
+           exam_titles: int) -> CaptionModel:
     inputs = _study_inputs(feature_dim, None)
     image = layers.Dropout(params.dropout, name="image_dropout")(_mean_of_views(inputs))
     image = layers.Dense(params.units, activation="relu", name="image_dense")(image)
     encoder = keras.Model(inputs, {"image": image, **_label_head(inputs, params)},
                           name="merge_encoder")
 
-    memory, tokens, words, image_vector = _lstm_decoder_inputs(params, matrix, max_len)
+    memory, tokens, words, image_vector = _lstm_decoder_inputs(params, matrix, max_len,
+                                                               exam_titles)
     sequence = layers.LSTM(params.units, return_sequences=True, name="caption_lstm")(words)
     merged = layers.Add(name="merge")([sequence, ops.expand_dims(image_vector, 1)])
     hidden = layers.Dense(params.units, activation="relu", name="decoder_dense")(merged)
@@ -242,7 +262,7 @@ def _merge(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_len: i
 
 
 def _bilstm_attention(params: ModelParams, matrix: np.ndarray, feature_dim: int,
-                      max_len: int) -> CaptionModel:
+                      max_len: int, exam_titles: int) -> CaptionModel:
     inputs = _study_inputs(feature_dim, None)
     frontal, lateral = inputs["pooled"][:, 0], inputs["pooled"][:, 1]
     if params.fuse == "concat":
@@ -254,7 +274,8 @@ def _bilstm_attention(params: ModelParams, matrix: np.ndarray, feature_dim: int,
     encoder = keras.Model(inputs, {"image": image, **_label_head(inputs, params)},
                           name="bilstm_encoder")
 
-    memory, tokens, words, image_vector = _lstm_decoder_inputs(params, matrix, max_len)
+    memory, tokens, words, image_vector = _lstm_decoder_inputs(params, matrix, max_len,
+                                                               exam_titles)
     steps = layers.Bidirectional(layers.LSTM(params.units, return_sequences=True),
                                  name="bilstm_1")(words)
     steps = layers.Bidirectional(layers.LSTM(params.units, return_sequences=True),
@@ -300,11 +321,9 @@ def _transformer(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_
         x = x + ops.expand_dims(ops.sum(prompts, axis=1), 1)
         keys.append(prompts)
         key_mask.append(ops.ones_like(memory["condition"]))
-    if params.exam_title:
-        memory["exam_title"] = keras.Input((1,), dtype="int32", name="exam_title")
-        title = layers.Embedding(  # id 0, no title, has a vector of its own
-            exam_titles, d, embeddings_initializer=keras.initializers.RandomNormal(stddev=0.05),
-            name="exam_title_embedding")(memory["exam_title"])
+    titles, title = _title_input(params, exam_titles, d)
+    if title is not None:
+        memory.update(titles)
         x = x + title
         keys.append(title)
         key_mask.append(ops.ones_like(ops.cast(memory["exam_title"], "float32")))
@@ -371,13 +390,11 @@ def build_model(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_l
     """The `params.kind` caption model over a (vocab, dim) embedding `matrix`; `exam_titles`
     is the size of the exam-title vocabulary, the unknown id included (`model.exam_title`)."""
     if params.kind == "merge":
-        return _merge(params, matrix, feature_dim, max_len)
+        return _merge(params, matrix, feature_dim, max_len, exam_titles)
     if params.kind == "bilstm_attention":
-        return _bilstm_attention(params, matrix, feature_dim, max_len)
+        return _bilstm_attention(params, matrix, feature_dim, max_len, exam_titles)
     if regions is None:
         raise ValueError("the transformer needs the spatial grid (features.grid: true)")
-    if params.exam_title and exam_titles < 1:
-        raise ValueError("model.exam_title needs the exam-title vocabulary's size")
     return _transformer(params, matrix, feature_dim, max_len, regions, exam_titles)
 
 
