@@ -166,7 +166,7 @@ class ModelParams:
     retrieval_k: int = at_least(0, 0)
     # Also condition on the report's exam title, the template's header line (data/titles.py);
     # titles of fewer training studies than exam_title_min_count count as unknown
-    exam_title: bool = False
+    exam_title: bool = True  # chosen on validation (README "Results")
     exam_title_min_count: int = at_least(1, 5)
 
     def validate(self, source: str) -> None:
