@@ -79,7 +79,7 @@ def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     # Two well-named files: the headline scores and the training summary, no timings.
     assert set(workspace) == {"metrics/scores.json", "metrics/train.json"}, set(workspace)
     scores = workspace["metrics/scores.json"]["data"]
-    assert set(scores) == {"model", "constant", "nearest_neighbour"}
+    assert set(scores) == {"model", "constant", "title_constant", "nearest_neighbour"}
     assert {"bleu4", "rouge_l", "cider", "abnormal_f1"} <= set(scores["model"])
     assert "seconds" not in json.dumps(workspace)
     table = sh(DVC, "metrics", "show", cwd=pipeline_repo)
@@ -167,7 +167,7 @@ def test_only_affected_stages_rerun(pipeline_repo: Path) -> None:
 @needs_shared(SHARED)
 def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
     scores = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
-    for system in ("model", "constant", "nearest_neighbour"):
+    for system in ("model", "constant", "title_constant", "nearest_neighbour"):
         for metric in ("bleu1", "bleu4", "meteor", "rouge_l", "cider", "distinct"):
             assert metric in scores[system], (system, metric)
         assert set(scores[system]["clinical"]["abnormal"]) == {"precision", "recall", "f1"}
@@ -175,14 +175,14 @@ def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
     assert scores["test_studies"] == 10
     # Bootstrap intervals around every reported score, METEOR included; paired differences.
     assert scores["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
-    for system in ("model", "constant", "nearest_neighbour"):
+    for system in ("model", "constant", "title_constant", "nearest_neighbour"):
         bounds = scores[system]["ci95"]
         for metric in ("bleu1", "bleu4", "meteor", "rouge_l", "cider"):
             low, high = bounds[f"{metric}_low"], bounds[f"{metric}_high"]
             assert low <= scores[system][metric] <= high, (system, metric)
         assert (bounds["abnormal_f1_low"] <= scores[system]["clinical"]["abnormal"]["f1"]
                 <= bounds["abnormal_f1_high"])
-    for baseline in ("constant", "nearest_neighbour"):
+    for baseline in ("constant", "title_constant", "nearest_neighbour"):
         paired = scores[f"model_vs_{baseline}"]
         assert {"bleu4", "meteor", "cider", "abnormal_f1", "findings_macro_f1"} <= set(paired)
         assert all(e["low"] <= e["diff"] <= e["high"] for e in paired.values()), paired
@@ -190,7 +190,8 @@ def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
     import pandas as pd
 
     table = pd.read_csv(pipeline_repo / "metrics/eval/per_study.csv")
-    assert len(table) == 10 and {"model", "constant", "nearest_neighbour"} <= set(table)
+    assert len(table) == 10
+    assert {"model", "constant", "title_constant", "nearest_neighbour"} <= set(table)
     curves = pipeline_repo / "metrics/train/plots/metrics"
     assert (curves / "train" / "loss.tsv").exists() and (curves / "eval" / "bleu4.tsv").exists()
 
@@ -222,14 +223,14 @@ def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path
             page.on("requestfailed", lambda request: failed.append(request.url))
             page.goto((report / "index.html").as_uri())
             page.wait_for_selector("body[data-ready='1']", timeout=30000)
-            # The headline table: every metric row, with the model and both baselines.
+            # The headline table: every metric row, with the model and the three baselines.
             header = page.locator("#headline thead th").all_inner_texts()
-            assert header == ["metric", "model", "constant", "1-NN", "model − constant",
-                              "model − 1-NN"]
+            assert header == ["metric", "model", "constant", "title constant", "1-NN",
+                              "model − constant", "model − title constant", "model − 1-NN"]
             for metric in ("bleu4", "meteor", "rouge_l", "cider", "distinct", "abnormal_f1",
                            "findings_macro_f1"):
                 cells = page.locator(f"#headline tr[data-metric='{metric}'] td")
-                assert cells.count() == 6 and "–" not in cells.all_inner_texts()[1:], metric
+                assert cells.count() == 8 and "–" not in cells.all_inner_texts()[1:], metric
             # Intervals beside the values; paired differences with theirs.
             bleu4 = page.locator("#headline tr[data-metric='bleu4'] td").all_inner_texts()
             assert all("[" in cell for cell in bleu4[1:]), bleu4
