@@ -234,7 +234,7 @@ def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path
             # Intervals beside the values; paired differences with theirs.
             bleu4 = page.locator("#headline tr[data-metric='bleu4'] td").all_inner_texts()
             assert all("[" in cell for cell in bleu4[1:]), bleu4
-            assert page.locator("p.verdict").count() == 2
+            assert page.locator("p.verdict").count() == 3  # one per baseline
             assert page.locator("#labeller").count() == 1
             assert page.locator("svg.chart").count() >= 5  # curves, by length, top impressions
             faults = page.evaluate(CHART_LAYOUT_FAULTS)  # no text clipped or over the lines
