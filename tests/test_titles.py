@@ -215,3 +215,25 @@ def test_attach_memory_takes_the_title_vocabulary_from_the_training_split() -> N
     assert val.exam_title[:, 0].tolist() == [1, UNKNOWN, UNKNOWN]
     assert len(bank) == 10 and train.retrieved.shape == (10, 2, 5)
     assert attach_memory({"train": _studies(4)}, ModelParams(exam_title=False)) == (None, None)
+
+
+def test_a_bundle_from_before_exam_titles_still_loads(tmp_path: Path) -> None:
+    """A bundle saved before `model.exam_title` existed (no such key in its config) loads as
+    a model without titles, although titles are on by default now."""
+    import json
+
+    model, vocab = tiny("transformer")
+    params = ModelParams(kind="transformer", units=16, dropout=0.0, heads=2, layers=1,
+                         condition="abnormal", exam_title=False)
+    config = bundle_config(params, {}, 8, 3, 4, vocab)
+    for key in ("exam_title", "exam_title_min_count"):
+        del config["model"][key]
+    save_bundle(tmp_path, model, vocab, config, empty_bank(8, 5))
+    assert "exam_title" not in json.loads((tmp_path / "config.json").read_text())["model"]
+    assert ModelParams().exam_title  # the default
+    bundle = load_bundle(tmp_path)
+    assert bundle.titles is None and not bundle.params.exam_title
+    inputs = bundle.model_inputs(study_inputs(2, seed=4), ["Xray Chest PA and Lateral", ""])
+    assert "exam_title" not in inputs
+    loaded = Decoder(bundle.model, bundle.vocab).greedy(inputs)
+    assert [d.ids for d in loaded] == [d.ids for d in Decoder(model, vocab).greedy(inputs)]

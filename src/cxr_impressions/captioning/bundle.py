@@ -44,6 +44,7 @@ class Bundle:
     bank: MemoryBank | None = None  # the retrieval memory (None: the model retrieves nothing)
     sha256: str = ""  # the bundle's identity: `bundle_hash` of its files
     titles: TitleVocabulary | None = None  # model.exam_title: the titles it knows
+
     @property
     def thresholds(self) -> np.ndarray:
         """The label thresholds chosen on validation, in the order of the model's labels."""
@@ -126,7 +127,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     config = _read_json(config_path, "a model config")
     vocab = Vocabulary.load(directory / "vocab.json")
     try:
-        params = build_section("model", ModelParams, config["model"], source=str(config_path))
+        model_section = config["model"]
+        if isinstance(model_section, dict):
+            # A bundle saved before model.exam_title existed reads no title (the default now).
+            model_section = {"exam_title": False, **model_section}
+        params = build_section("model", ModelParams, model_section, source=str(config_path))
         shapes = {key: config[key] for key in ("vocab_size", "embedding_dim", "feature_dim",
                                                 "max_len", "regions")}
         if not all(isinstance(v, int) and v > 0 for k, v in shapes.items()
