@@ -77,6 +77,7 @@ def test_parse_reads_sections_views_and_split(fixture_root: Path) -> None:
         expected = merged[f"{field}_iu"].str.split().str.join(" ")
         assert (merged[field] == expected).all(), field
     assert (merged["subject_id"] == 10000000 + (merged["uid"] - 50000000) // 2).all()
+    assert (reports["caption"] == "CHEST (PA AND LAT)").all()  # EXAMINATION: the exam title
     # Ten LAO images are dropped and counted; every other image is found, DICOM or JPEG.
     assert result.counts["views_dropped"] == {"LAO": 10}
     assert len(images) == 200 and images["exists"].all()

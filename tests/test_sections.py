@@ -34,6 +34,7 @@ def test_typical_report() -> None:
     assert fields["impression"] == "No acute cardiopulmonary process."
     assert fields["comparison"] == "None."
     assert fields["indication"] == "___F with new onset ascites // eval for infection"
+    assert fields["examination"] == "CHEST (PA AND LAT)"  # the exam title
     names = [s.name for s in split_sections(TYPICAL)]
     assert names == ["preamble", "examination", "indication", "technique", "comparison",
                      "findings", "impression"]
@@ -45,7 +46,7 @@ def test_text_on_the_header_line_and_lower_case_headers() -> None:
             "Impression: normal chest.\n")
     assert report_sections(text) == {"findings": "Heart size is normal. Lungs are clear.",
                                      "impression": "normal chest.", "comparison": "",
-                                     "indication": ""}
+                                     "indication": "", "examination": ""}
     mixed = " FINDINGS: Clear lungs.\n impression:\n\n  No pneumonia.\n"
     assert report_sections(mixed)["impression"] == "No pneumonia."
 
@@ -64,10 +65,10 @@ def test_missing_sections_are_empty() -> None:
     assert report_sections(only_impression)["findings"] == ""
     assert report_sections(only_impression)["impression"] == "No change."
     no_headers = "                FINAL REPORT\n Chest radiograph, unremarkable.\n"
-    assert report_sections(no_headers) == {"findings": "", "impression": "", "comparison": "",
-                                           "indication": ""}
-    assert report_sections("") == {"findings": "", "impression": "", "comparison": "",
-                                   "indication": ""}
+    empty = {"findings": "", "impression": "", "comparison": "", "indication": "",
+             "examination": ""}
+    assert report_sections(no_headers) == empty
+    assert report_sections("") == empty
 
 
 def test_addendum_after_the_report_does_not_join_the_impression() -> None:

@@ -284,11 +284,13 @@ def read_mimic(layout: InputLayout, skip_bad: bool = False) -> ParseResult:
         except OSError as exc:
             raise InputError(f"{path}: cannot read ({exc.strerror})") from None
         fields = report_sections(check_utf8(Path(path), data))
-        reports.append((study_id, *(fields[f] for f in TEXT_FIELDS),
+        reports.append((study_id, *(fields[f] for f in TEXT_FIELDS), fields["examination"],
                         f"{reports_name}/{relative}.txt", subject_id, split.get(study_id, "")))
-    frame = pd.DataFrame(reports, columns=["uid", *TEXT_FIELDS, "source", "subject_id",
-                                           "official_split"])
-    for column in ("mesh", "mesh_automatic", "problems", "caption"):
+    # The EXAMINATION line is the exam title ("CHEST (PA AND LAT)"), as the Kaggle CSV's
+    # `image` column is IU X-Ray's.
+    frame = pd.DataFrame(reports, columns=["uid", *TEXT_FIELDS, "caption", "source",
+                                           "subject_id", "official_split"])
+    for column in ("mesh", "mesh_automatic", "problems"):
         frame[column] = ""
     frame = frame[[*REPORT_TABLE_COLUMNS, "subject_id", "official_split"]]
     kept = meta[meta["view"].notna() & meta["study_id"].isin(frame["uid"])]

@@ -124,7 +124,8 @@ def _collapse(text: str) -> str:
 
 
 def report_sections(text: str) -> dict[str, str]:
-    """FINDINGS, IMPRESSION, COMPARISON and INDICATION of one report ("" where missing).
+    """FINDINGS, IMPRESSION, COMPARISON, INDICATION and EXAMINATION (the exam title, as
+    `model.exam_title` reads it) of one report ("" where missing).
 
     The last non-empty section of each name wins, as in the authors' code; INDICATION falls back
     to HISTORY, which MIMIC-CXR reports often use instead.
@@ -138,4 +139,5 @@ def report_sections(text: str) -> dict[str, str]:
         "impression": found.get("impression", ""),
         "comparison": found.get("comparison", ""),
         "indication": found.get("indication", found.get("history", "")),
+        "examination": found.get("examination", ""),
     }
