@@ -195,7 +195,7 @@ def bootstrap_note(scores: dict) -> str | None:
 
 
 def headline_table(scores: dict) -> str:
-    """Every metric for the model and both baselines with 95% intervals (the best value of each
+    """Every metric for the model and each baseline with 95% intervals (the best value of each
     row in bold), then the model minus each baseline with its paired interval, the cell green
     (▲) where the model is significantly better and red (▼) where it is worse."""
     rows = [("text", None), *HEADLINE[:len(TEXT_METRICS)],
