@@ -5,24 +5,15 @@ import pytest
 
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.retrieval import MemoryBank
-from cxr_impressions.captioning.studies import LABELS, Studies
 from cxr_impressions.captioning.training import make_dataset
 from cxr_impressions.config import DecodeParams, ModelParams, build_section
 from cxr_impressions.errors import InputError
 
-from .tiny_models import study_inputs, tiny
+from .tiny_models import random_studies, study_inputs, tiny
 
 
-def _studies(n: int, seed: int = 0) -> Studies:
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros((n, 6), np.int32)
-    tokens[:, 0] = 2
-    tokens[:, 1:3] = rng.integers(4, 7, size=(n, 2))
-    tokens[:, 3] = 3
-    return Studies(np.arange(100, 100 + n), np.full((n, 2), "x"),
-                   rng.normal(size=(n, 2, 8)).astype(np.float32), np.ones((n, 2), np.float32),
-                   tokens, ["t"] * n, np.zeros((n, len(LABELS)), np.float32),
-                   grid=rng.normal(size=(n, 2, 3, 8)).astype(np.float16))
+def _studies(n: int, seed: int = 0):
+    return random_studies(n, seed, first_uid=100)
 
 
 def test_a_training_study_never_retrieves_itself() -> None:

@@ -9,14 +9,13 @@ import pytest
 from cxr_impressions.captioning.bundle import bundle_config, load_bundle, save_bundle
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.retrieval import empty_bank
-from cxr_impressions.captioning.studies import LABELS, Studies
 from cxr_impressions.captioning.training import make_dataset
 from cxr_impressions.config import ModelParams, build_section
 from cxr_impressions.data.titles import UNKNOWN, TitleVocabulary, hide_titles, title_key
 from cxr_impressions.errors import InputError
 from cxr_impressions.evaluation.baselines import title_constant_baseline
 
-from .tiny_models import study_inputs, tiny
+from .tiny_models import random_studies, study_inputs, tiny
 
 TITLES = (["Xray Chest PA and Lateral"] * 4 + ["CHEST 2V FRONTAL/LATERAL 12/3/2009"] * 3
           + ["PA and lateral chest x-XXXX."] * 2 + ["a one-off title"])
@@ -55,16 +54,8 @@ def test_title_dropout_hides_about_its_share_and_is_seeded() -> None:
     np.testing.assert_array_equal(hide_titles(ids, 0.0, np.random.default_rng(0)), ids)
 
 
-def _studies(n: int, seed: int = 0) -> Studies:
-    rng = np.random.default_rng(seed)
-    tokens = np.zeros((n, 6), np.int32)
-    tokens[:, 0] = 2
-    tokens[:, 1:3] = rng.integers(4, 7, size=(n, 2))
-    tokens[:, 3] = 3
-    return Studies(np.arange(n), np.full((n, 2), "x"),
-                   rng.normal(size=(n, 2, 8)).astype(np.float32), np.ones((n, 2), np.float32),
-                   tokens, ["t"] * n, np.zeros((n, len(LABELS)), np.float32),
-                   grid=rng.normal(size=(n, 2, 3, 8)).astype(np.float16))
+def _studies(n: int, seed: int = 0):
+    return random_studies(n, seed, first_uid=0)
 
 
 def test_the_title_is_decoder_memory_that_changes_the_words() -> None:

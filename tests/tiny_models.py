@@ -27,6 +27,22 @@ def tiny(kind: str, max_len: int = 6, seed: int = 0, exam_titles: int = 0, **par
     return model, vocab
 
 
+def random_studies(n: int, seed: int = 0, first_uid: int = 0):
+    """`n` random studies of the tiny models' shapes (8-d features, 3 regions per view), uids
+    from `first_uid`, each impression two words between startseq and endseq."""
+    from cxr_impressions.captioning.studies import LABELS, Studies
+
+    rng = np.random.default_rng(seed)
+    tokens = np.zeros((n, 6), np.int32)
+    tokens[:, 0] = 2
+    tokens[:, 1:3] = rng.integers(4, 7, size=(n, 2))
+    tokens[:, 3] = 3
+    return Studies(np.arange(first_uid, first_uid + n), np.full((n, 2), "x"),
+                   rng.normal(size=(n, 2, 8)).astype(np.float32), np.ones((n, 2), np.float32),
+                   tokens, ["t"] * n, np.zeros((n, len(LABELS)), np.float32),
+                   grid=rng.normal(size=(n, 2, 3, 8)).astype(np.float16))
+
+
 def study_inputs(n: int, seed: int = 1) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {"pooled": rng.normal(size=(n, 2, 8)).astype(np.float32) * 3,
