@@ -16,8 +16,8 @@ from cxr_impressions.stage import run_stage
 
 
 def mean_val_f1(chosen: dict[str, dict]) -> float | None:
-    """The mean validation F1 of the labels whose threshold was chosen there (the others have
-    no validation positive and fall back to 0.5)."""
+    """The mean validation F1 of the labels with a validation positive (the others have no
+    F1 there)."""
     f1s = [row["val_f1"] for row in chosen.values() if row["val_f1"] is not None]
     return round(float(np.mean(f1s)), 4) if f1s else None
 
@@ -55,8 +55,8 @@ def main() -> None:
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.captioning.training import (
         attach_memory,
-        choose_thresholds,
         prepare_state_dir,
+        select_thresholds,
         train,
     )
     from cxr_impressions.data.titles import UNKNOWN
@@ -120,11 +120,12 @@ def main() -> None:
                for name, split in splits.items()}}
     if model.conditioned:
         probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
-        thresholds, chosen = choose_thresholds(probabilities, val.label_matrix(model.labels),
-                                               model.labels)
+        thresholds, chosen = select_thresholds(
+            probabilities, val.label_matrix(model.labels),
+            splits["train"].label_matrix(model.labels), model.labels, decode)
         config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
         selection["label_thresholds"] = chosen
-        summary["val_label_f1"] = mean_val_f1(chosen)
+        summary["val_label_f1"] = mean_val_f1(chosen["labels"])
     if decode.select:
         decode, candidates, best = Decoder(model, vocab, thresholds).select(
             val.inputs(), val.texts, decode)

@@ -40,7 +40,12 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     train = json.loads((repo / "metrics/train.json").read_text())
     assert {"kind", "parameters", "best_epoch", "val_label_f1", "val_bleu4"} <= set(train)
     selection = json.loads((repo / "metrics/selection.json").read_text())
-    assert len(selection["label_thresholds"]) == 14  # condition: findings
+    thresholds = selection["label_thresholds"]  # decode.thresholds: prevalence (the default)
+    assert len(thresholds["labels"]) == 14  # condition: findings
+    assert thresholds["rule"] == "prevalence"
+    assert thresholds["multiplier"] in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+    assert set(thresholds["candidates_mean_val_f1"]) == {
+        "0.5", "0.75", "1.0", "1.25", "1.5", "2.0", "2.5", "3.0", "4.0"}
     # (greedy + 1 beam x 2 penalties) x 2 label modes (independent, consistent)
     candidates = selection["decoding"]["candidates"]
     assert [(c["beam_size"], c["length_penalty"], c["labels"]) for c in candidates] == [

@@ -14,6 +14,7 @@ from cxr_impressions.captioning.training import (
     SelectOnValidation,
     backed_up_epochs,
     choose_threshold,
+    choose_prevalence_thresholds,
     choose_thresholds,
     live_copies,
     make_dataset,
@@ -82,6 +83,45 @@ def test_per_label_thresholds_are_chosen_on_the_given_split() -> None:
     assert summary["c"] == {"threshold": FALLBACK_THRESHOLD, "val_f1": None,
                             "val_positives": 0, "fallback": True}
     assert not summary["a"]["fallback"] and summary["a"]["val_positives"] == 3
+
+
+def test_prevalence_thresholds_share_one_multiplier_chosen_on_the_given_split() -> None:
+    rng = np.random.default_rng(0)
+    probabilities = rng.uniform(size=(200, 3))
+    # a: positive exactly where its probability is in the top 20%; b: in the top 10%;
+    # c: never positive on this split (no F1 to weigh, but a threshold all the same).
+    labels = np.stack([probabilities[:, 0] >= np.quantile(probabilities[:, 0], 0.8),
+                       probabilities[:, 1] >= np.quantile(probabilities[:, 1], 0.9),
+                       np.zeros(200, bool)], axis=1).astype(np.float32)
+    prevalence = np.array([0.1, 0.05, 0.02])  # each half its share here: m = 2 is perfect
+    thresholds, summary, choice = choose_prevalence_thresholds(
+        probabilities, labels, prevalence, (1.0, 2.0, 4.0), ("a", "b", "c"))
+    assert choice["multiplier"] == 2.0
+    assert choice["candidates_mean_val_f1"]["2.0"] == 1.0
+    assert choice["candidates_mean_val_f1"]["1.0"] < 1.0
+    assert summary["a"]["val_f1"] == 1.0 and summary["b"]["val_f1"] == 1.0
+    assert summary["a"]["val_predicted_share"] == 0.2
+    # c is set by its training prevalence alone: 2 x 2% of the split predicted positive.
+    assert summary["c"]["val_f1"] is None and summary["c"]["val_predicted_share"] == 0.04
+    assert np.mean(probabilities[:, 2] >= thresholds[2]) == 0.04
+
+
+def test_a_label_never_positive_in_training_is_never_predicted() -> None:
+    probabilities = np.array([[0.2, 0.9], [0.4, 0.99], [0.6, 0.95], [0.8, 0.97]])
+    labels = np.array([[0, 0], [0, 0], [1, 0], [1, 0]])
+    thresholds, summary, _ = choose_prevalence_thresholds(
+        probabilities, labels, np.array([0.5, 0.0]), (1.0,), ("a", "b"))
+    assert thresholds[1] == 1.0 and summary["b"]["val_predicted_share"] == 0.0
+    assert summary["a"]["val_f1"] == 1.0
+
+
+def test_decode_prevalence_multipliers_are_checked() -> None:
+    from cxr_impressions.config import DecodeParams
+    from cxr_impressions.errors import InputError
+
+    for bad in ((), (0.0,), (-1.0, 2.0), (True,)):
+        with pytest.raises(InputError, match="decode.prevalence_multipliers"):
+            DecodeParams(prevalence_multipliers=bad).validate("params.yaml")
 
 
 def _live_folder(folder: Path, steps: int) -> None:

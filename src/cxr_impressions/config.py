@@ -223,6 +223,11 @@ class DecodeParams:
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
     max_top_share: float = at_least(0.01, 1.0, at_most=1.0)
+    # How the train stage sets a conditioned model's label thresholds on validation:
+    # `prevalence`, each label positive for m times its training prevalence, one m for all
+    # labels chosen among `prevalence_multipliers`; `f1`, each label its own best-F1 threshold.
+    thresholds: Literal["prevalence", "f1"] = "prevalence"
+    prevalence_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 
     # What models/decoding.json holds: the settings one decodes with.
     SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram", "labels")
@@ -238,6 +243,10 @@ class DecodeParams:
         if not self.length_penalties or any(not 0.0 <= a <= 3.0 for a in self.length_penalties):
             raise InputError(f"{source}: decode.length_penalties must be a non-empty list of "
                              f"numbers in [0, 3], got {list(self.length_penalties)}")
+        if not self.prevalence_multipliers or any(
+                isinstance(m, bool) or not 0.0 < m <= 100.0 for m in self.prevalence_multipliers):
+            raise InputError(f"{source}: decode.prevalence_multipliers must be a non-empty list "
+                             f"of numbers in (0, 100], got {list(self.prevalence_multipliers)}")
         if not self.label_modes or any(m not in self.LABEL_MODES for m in self.label_modes):
             raise InputError(f"{source}: decode.label_modes must be a non-empty list of "
                              f"{' | '.join(self.LABEL_MODES)}, got {list(self.label_modes)}")
