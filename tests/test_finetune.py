@@ -20,11 +20,13 @@ from cxr_impressions.features.finetune import (
     auc,
     fit_probes,
     logistic_newton,
+    shift_activations,
 )
 
 from .helpers import REPO, SAMPLE, run_stage, write_params
 
-# Small: random weights, 71-pixel images (block 12's output is 5x5x728), 2 epochs.
+# Small: random weights, 71-pixel images (block 12's output is 5x5x728), 2 epochs, the
+# cached activations shifted (so the resume test covers the shifts' seeding too).
 PARAMS = f"""data:
   root: {SAMPLE}
 features:
@@ -34,6 +36,7 @@ finetune:
   weights: none
   epochs: 2
   batch_size: 8
+  activation_shift: 1
 """
 OUT = "models/finetuned/xception.weights.h5"
 CACHE = Path("features/.finetune-cache")
@@ -244,6 +247,23 @@ def test_bad_params_are_one_line(tmp_path: Path, clean_dir: Path, extra: str,
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1] == message
     assert "Traceback" not in result.stderr
+
+
+def test_activation_shift_translates_each_map_with_zero_fill() -> None:
+    batch = np.arange(2 * 5 * 5 * 3, dtype=np.float32).reshape(2, 5, 5, 3) + 1
+    shifted = shift_activations(batch, 2, np.random.default_rng(3))
+    again = shift_activations(batch, 2, np.random.default_rng(3))
+    np.testing.assert_array_equal(shifted, again)  # the seed decides: a resumed epoch redraws
+    moves = np.random.default_rng(3).integers(-2, 3, size=(2, 2))
+    for i, (dy, dx) in enumerate(moves):
+        # Every value that stays on the grid moved by exactly (dy, dx); the rest are zeros.
+        expected = np.roll(batch[i], (dy, dx), axis=(0, 1))
+        rows = np.arange(5)[:, None] - dy
+        cols = np.arange(5)[None, :] - dx
+        inside = (rows >= 0) & (rows < 5) & (cols >= 0) & (cols < 5)
+        np.testing.assert_array_equal(shifted[i][inside], expected[inside])
+        assert not shifted[i][~inside].any()
+    np.testing.assert_array_equal(shift_activations(batch, 0, np.random.default_rng(0)), batch)
 
 
 def test_split_base_gives_the_full_pass() -> None:

@@ -100,6 +100,9 @@ class FinetuneParams:
     batch_size: int = at_least(1, 32)
     learning_rate: float = at_least(1e-7, 2e-4, at_most=1.0)
     seed: int = at_least(0, 0)
+    # train_from top: shift each training image's cached activations by up to this many cells
+    # of the cut's grid, a random translation (zero fill) drawn per epoch; 0: none.
+    activation_shift: int = at_least(0, 0, at_most=8)
     # bfloat16: the backbone under Keras' mixed_bfloat16 policy (cache, steps and passes) where
     # the CPU (AVX512_BF16 or AMX) or a GPU supports it, else float32 with a one-line notice.
     # Chosen on validation (README "Results"): as good, and 2.4x faster steps where supported.

@@ -410,6 +410,17 @@ class Feed:
             yield rows[index.numpy()], images
 
 
+def shift_activations(batch: np.ndarray, most: int, rng: np.random.Generator) -> np.ndarray:
+    """Each (H, W, C) map of the batch moved by up to `most` cells along each axis (drawn
+    from `rng`), the cells moved in filled with zeros: the image translated, at the cut."""
+    shifted = np.zeros_like(batch)
+    height, width = batch.shape[1:3]
+    for i, (dy, dx) in enumerate(rng.integers(-most, most + 1, size=(len(batch), 2))):
+        shifted[i, max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] = \
+            batch[i, max(-dy, 0):height + min(-dy, 0), max(-dx, 0):width + min(-dx, 0)]
+    return shifted
+
+
 def predict(adapter: Adapter, feed: Feed, rows: np.ndarray, batch_size: int,
             n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """(pooled, probabilities) for every row of `LabelledImages` (zeros for rows not asked)."""
@@ -538,10 +549,13 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
             began = time.perf_counter()
             # The order depends only on the seed and the epoch: a resumed run sees the same.
             order = np.random.default_rng([params.seed, epoch]).permutation(train_rows)
+            shifts = np.random.default_rng([params.seed, epoch, 1])
             losses = []
             with tqdm(total=len(order), unit="img", disable=not progress_bar,
                       desc=f"finetune epoch {epoch}/{params.epochs}") as bar:
                 for chunk, x in feed.batches(order, params.batch_size):
+                    if params.activation_shift and feed.position is not None:
+                        x = shift_activations(x, params.activation_shift, shifts)
                     losses.append(float(step(x, tf.constant(images.labels[chunk]))))
                     bar.update(len(chunk))
             if interrupted.is_set():
