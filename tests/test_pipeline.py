@@ -301,10 +301,9 @@ def test_prompt_oracle_decodes_validation_under_both_conditions(pipeline_repo: P
 def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> None:
     """scripts/threshold_rules.py on the sample model: each rule scored on held-out halves."""
     out = sh(sys.executable, "scripts/threshold_rules.py", "--repeats", "5", cwd=pipeline_repo)
-    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
-            if line.split() and line.split()[0] in ("f1", "prevalence", "0.5")}
+    rows = dict(re.findall(r"^(f1|prevalence|0\.5) +(\d\.\d{3} +\d\.\d{3})$", out, re.MULTILINE))
     assert set(rows) == {"f1", "prevalence", "0.5"}, out
-    assert all(0.0 <= float(v) <= 1.0 for values in rows.values() for v in values), out
+    assert all(0.0 <= float(v) <= 1.0 for values in rows.values() for v in values.split()), out
     assert re.search(r"prevalence - f1, findings macro-F1: [+-]\d\.\d{3}", out), out
 
 

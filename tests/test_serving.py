@@ -304,12 +304,13 @@ def test_queue_full_gets_503_and_the_rest_succeed(server: Client) -> None:
 
 def test_request_over_the_timeout_gets_504_and_the_server_goes_on(bundle: Path,
                                                                    tmp_path: Path) -> None:
-    """Both ways a request outlives `timeout_s` (0.2 s), whatever the machine's speed: a
-    study waiting for its batch to fill (a batch waits up to max_wait_ms, 2 s, while another
+    """Both ways a request outlives `timeout_s` (1 s), whatever the machine's speed: a
+    study waiting for its batch to fill (a batch waits up to max_wait_ms, 8 s, while another
     request is still uploading), and a request whose slow upload spends the time (it is
-    never queued)."""
-    limits = ["--timeout-s", "0.2", "--max-batch", "4", "--max-wait-ms", "2000"]
-    expected = {"error": "no result within 0.2 s (serve.timeout_s)"}
+    never queued). The timeout leaves a loaded CI machine time to decode the first study, so
+    that it is queued (at 0.2 s it sometimes was not)."""
+    limits = ["--timeout-s", "1", "--max-batch", "4", "--max-wait-ms", "8000"]
+    expected = {"error": "no result within 1 s (serve.timeout_s)"}
     with running_server(bundle, tmp_path, limits) as client:
         body, kind = multipart({"frontal": ("f.jpg", (IMAGES / STUDIES["1"][0]).read_bytes(),
                                             "image/jpeg")})
@@ -327,7 +328,7 @@ def test_request_over_the_timeout_gets_504_and_the_server_goes_on(bundle: Path,
                 time.sleep(0.05)
             began = time.monotonic()
             assert client.predict(*STUDIES["1"]) == (504, expected)
-            assert time.monotonic() - began < 1.5  # answered at its timeout, not its batch's
+            assert time.monotonic() - began < 5  # answered at its timeout, not its batch's
             slow.send(body[1000:])
             response = slow.getresponse()
             assert (response.status, json.loads(response.read())) == (504, expected)
