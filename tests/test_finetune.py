@@ -20,13 +20,16 @@ from cxr_impressions.features.finetune import (
     auc,
     fit_probes,
     logistic_newton,
+    make_train_step,
+    positive_weights,
     shift_activations,
 )
 
 from .helpers import REPO, SAMPLE, run_stage, write_params
 
 # Small: random weights, 71-pixel images (block 12's output is 5x5x728), 2 epochs, the
-# cached activations shifted (so the resume test covers the shifts' seeding too).
+# cached activations shifted (so the resume test covers the shifts' seeding too) and the
+# positives weighted.
 PARAMS = f"""data:
   root: {SAMPLE}
 features:
@@ -37,6 +40,7 @@ finetune:
   epochs: 2
   batch_size: 8
   activation_shift: 1
+  positive_weight_power: 0.5
 """
 OUT = "models/finetuned/xception.weights.h5"
 CACHE = Path("features/.finetune-cache")
@@ -264,6 +268,33 @@ def test_activation_shift_translates_each_map_with_zero_fill() -> None:
         np.testing.assert_array_equal(shifted[i][inside], expected[inside])
         assert not shifted[i][~inside].any()
     np.testing.assert_array_equal(shift_activations(batch, 0, np.random.default_rng(0)), batch)
+
+
+def test_positive_weights_follow_each_targets_training_odds() -> None:
+    labels = np.array([[1, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 0], [0, 0, 1, 1]], np.float32)
+    # Odds of negatives to positives: 3, none (no positive), none (no negative), 3.
+    np.testing.assert_allclose(positive_weights(labels, 1.0), [3.0, 1.0, 1.0, 3.0])
+    np.testing.assert_allclose(positive_weights(labels, 0.5), [3 ** 0.5, 1.0, 1.0, 3 ** 0.5],
+                               rtol=1e-6)
+    np.testing.assert_array_equal(positive_weights(labels, 0.0), np.ones(4))
+
+
+def test_weighted_step_pulls_a_rare_positive_harder() -> None:
+    """The weighted loss's gradient on a positive grows with its weight; on a negative it
+    does not change (the same logits, one step of SGD on a bias-only model)."""
+    import keras
+
+    def one_step(weight: np.ndarray | None) -> np.ndarray:
+        inputs = keras.Input((1,))
+        logits = keras.layers.Dense(2, kernel_initializer="zeros", name="head")(inputs)
+        model = keras.Model(inputs, {"logits": logits})
+        step = make_train_step(model, keras.optimizers.SGD(1.0), weight)
+        step(np.ones((1, 1), np.float32), np.array([[1.0, 0.0]], np.float32))
+        return model.get_layer("head").bias.numpy()
+
+    plain, weighted = one_step(None), one_step(np.array([4.0, 4.0], np.float32))
+    np.testing.assert_allclose(weighted[0], 4 * plain[0], rtol=1e-5)  # the positive
+    np.testing.assert_allclose(weighted[1], plain[1], rtol=1e-5)  # the negative
 
 
 def test_split_base_gives_the_full_pass() -> None:

@@ -103,6 +103,9 @@ class FinetuneParams:
     # train_from top: shift each training image's cached activations by up to this many cells
     # of the cut's grid, a random translation (zero fill) drawn per epoch; 0: none.
     activation_shift: int = at_least(0, 0, at_most=8)
+    # Each target's positives weigh (training negatives / positives) ** this in the loss, so
+    # rare findings are not drowned by the common negatives; 0: unweighted, 1: balanced.
+    positive_weight_power: float = at_least(0.0, 0.0, at_most=1.0)
     # bfloat16: the backbone under Keras' mixed_bfloat16 policy (cache, steps and passes) where
     # the CPU (AVX512_BF16 or AMX) or a GPU supports it, else float32 with a one-line notice.
     # Chosen on validation (README "Results"): as good, and 2.4x faster steps where supported.

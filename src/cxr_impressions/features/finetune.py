@@ -503,15 +503,35 @@ class TrainState:
         return self.folder / f"best{progress['best_epoch']}.weights.h5"
 
 
-def make_train_step(model: object, optimizer: object) -> Callable:
-    """One optimizer step on a batch: binary cross-entropy over every target."""
+def positive_weights(labels: np.ndarray, power: float) -> np.ndarray:
+    """Per target, (negatives / positives) ** power among `labels` (images x targets); a target
+    without a positive or a negative weighs 1."""
+    positives = labels.sum(axis=0).astype(np.float64)
+    negatives = len(labels) - positives
+    odds = np.divide(negatives, positives, out=np.ones_like(positives),
+                     where=(positives > 0) & (negatives > 0))
+    return (odds ** power).astype(np.float32)
+
+
+def make_train_step(model: object, optimizer: object,
+                    positive_weight: np.ndarray | None = None) -> Callable:
+    """One optimizer step on a batch: binary cross-entropy over every target, each target's
+    positive term weighted by `positive_weight` where given."""
     import tensorflow as tf
+
+    weight = None if positive_weight is None else tf.constant(positive_weight, tf.float32)
 
     @tf.function(reduce_retracing=True)
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             logits = model(x, training=True)["logits"]
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(y, logits))
+            loss = tf.nn.sigmoid_cross_entropy_with_logits(y, logits)
+            if weight is not None:
+                # The labels are 0 or 1, so this weighs the positive term alone.
+                # tf.nn.weighted_cross_entropy_with_logits is not used: its gradient is 0 at
+                # a logit of exactly 0 (abs and relu).
+                loss = loss * (1.0 + (weight - 1.0) * y)
+            loss = tf.reduce_mean(loss)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss
@@ -541,7 +561,9 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
                  params.epochs)
     train_rows = feed.available(images.rows("train"))
     val_rows = feed.available(images.rows("val"))
-    step = make_train_step(model, optimizer)
+    weights = (positive_weights(images.labels[train_rows], params.positive_weight_power)
+               if params.positive_weight_power else None)
+    step = make_train_step(model, optimizer, weights)
 
     seconds = []
     with noting_interrupts() as interrupted:
