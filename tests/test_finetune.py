@@ -213,7 +213,8 @@ def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) ->
             if name != "none":
                 assert h5.attrs["weights_sha256"] == sha256_of(weights)
     np.testing.assert_array_equal(pooled["finetuned"], pooled["path"])
-    assert not np.allclose(pooled["finetuned"], pooled["none"], atol=1e-4)
+    # Relative: with random weights and 71-pixel images the pooled values are about 1e-5.
+    assert not np.allclose(pooled["finetuned"], pooled["none"], rtol=1e-2, atol=0)
     write_params(work, "features:\n  weights: finetuned\n  image_size: 71\n")
     result = run_stage("features.py", "--images", "images.parquet", "--out", "x.h5",
                        "--metrics", "x.json", "--finetuned", "nope.weights.h5", cwd=work,
