@@ -282,7 +282,8 @@ def test_positive_weights_follow_each_targets_training_odds() -> None:
 
 def test_weighted_step_pulls_a_rare_positive_harder() -> None:
     """The weighted loss's gradient on a positive grows with its weight; on a negative it
-    does not change (the same logits, one step of SGD on a bias-only model)."""
+    does not change (the same zero logits, one step of SGD on a one-layer head; its bias,
+    whose gradient is the loss's gradient in the logits, is compared)."""
     import keras
 
     def one_step(weight: np.ndarray | None) -> np.ndarray:
