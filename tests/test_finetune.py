@@ -19,6 +19,7 @@ from cxr_impressions.features.finetune import (
     TARGETS,
     auc,
     fit_probes,
+    learning_rate,
     logistic_newton,
     make_train_step,
     positive_weights,
@@ -28,8 +29,9 @@ from cxr_impressions.features.finetune import (
 from .helpers import REPO, SAMPLE, run_stage, write_params
 
 # Small: random weights, 71-pixel images (block 12's output is 5x5x728), 2 epochs, the
-# cached activations shifted (so the resume test covers the shifts' seeding too) and the
-# positives weighted.
+# cached activations shifted (so the resume test covers the shifts' seeding too), the
+# positives weighted and the learning rate on the cosine schedule (so a resumed run must
+# restore the optimizer's step count).
 PARAMS = f"""data:
   root: {SAMPLE}
 features:
@@ -41,6 +43,7 @@ finetune:
   batch_size: 8
   activation_shift: 1
   positive_weight_power: 0.5
+  schedule: cosine
 """
 OUT = "models/finetuned/xception.weights.h5"
 CACHE = Path("features/.finetune-cache")
@@ -232,6 +235,8 @@ def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) ->
                                "'all', got 'middle'"),
     ("  precision: float16\n", "error: params.yaml: finetune.precision must be one of "
                                "'float32', 'bfloat16', got 'float16'"),
+    ("  schedule: step\n", "error: params.yaml: finetune.schedule must be one of 'constant', "
+                          "'cosine', got 'step'"),
     ("  cut: nope\n", "error: finetune.cut: xception has no layer 'nope'"),
     ("  cut: block13_sepconv2_act\n", "error: finetune.cut: the layers above "
                                       "'block13_sepconv2_act' also read tensors from below it; "
@@ -269,6 +274,15 @@ def test_activation_shift_translates_each_map_with_zero_fill() -> None:
         np.testing.assert_array_equal(shifted[i][inside], expected[inside])
         assert not shifted[i][~inside].any()
     np.testing.assert_array_equal(shift_activations(batch, 0, np.random.default_rng(0)), batch)
+
+
+def test_cosine_schedule_falls_from_the_rate_to_zero_over_the_run() -> None:
+    from cxr_impressions.config import FinetuneParams
+
+    rate = learning_rate(FinetuneParams(learning_rate=1e-3, schedule="cosine"), 10)
+    assert [round(float(rate(step)), 9) for step in (0, 5, 10)] == [1e-3, 5e-4, 0.0]
+    assert float(rate(2)) > float(rate(3)) > float(rate(7)) > 0
+    assert learning_rate(FinetuneParams(learning_rate=1e-3), 10) == 1e-3
 
 
 def test_positive_weights_follow_each_targets_training_odds() -> None:

@@ -99,6 +99,9 @@ class FinetuneParams:
     epochs: int = at_least(1, 3)
     batch_size: int = at_least(1, 32)
     learning_rate: float = at_least(1e-7, 2e-4, at_most=1.0)
+    # constant: `learning_rate` throughout; cosine: from `learning_rate` down to 0 at the last
+    # step, along half a cosine, so the last epochs take smaller steps.
+    schedule: Literal["constant", "cosine"] = "constant"
     seed: int = at_least(0, 0)
     # train_from top: shift each training image's cached activations by up to this many cells
     # of the cut's grid, a random translation (zero fill) drawn per epoch; 0: none.

@@ -513,6 +513,17 @@ def positive_weights(labels: np.ndarray, power: float) -> np.ndarray:
     return (odds ** power).astype(np.float32)
 
 
+def learning_rate(params: FinetuneParams, steps: int) -> float | object:
+    """Adam's learning rate for a run of `steps` optimizer steps: `params.learning_rate`, or
+    with `schedule: cosine` a Keras schedule of the optimizer's step count (saved with the
+    optimizer's state, so a resumed run goes on along the same curve)."""
+    if params.schedule == "constant":
+        return params.learning_rate
+    import keras
+
+    return keras.optimizers.schedules.CosineDecay(params.learning_rate, max(steps, 1))
+
+
 def make_train_step(model: object, optimizer: object,
                     positive_weight: np.ndarray | None = None) -> Callable:
     """One optimizer step on a batch: binary cross-entropy over every target, each target's
@@ -553,14 +564,15 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
     from tqdm import tqdm
 
     model = adapter.model
-    optimizer = keras.optimizers.Adam(params.learning_rate)
+    train_rows = feed.available(images.rows("train"))
+    val_rows = feed.available(images.rows("val"))
+    steps = params.epochs * -(-len(train_rows) // params.batch_size)
+    optimizer = keras.optimizers.Adam(learning_rate(params, steps))
     progress = state.progress()
     if progress["epochs_done"]:
         state.restore(model, optimizer, progress)
         log.info("resuming training after epoch %d of %d", progress["epochs_done"],
                  params.epochs)
-    train_rows = feed.available(images.rows("train"))
-    val_rows = feed.available(images.rows("val"))
     weights = (positive_weights(images.labels[train_rows], params.positive_weight_power)
                if params.positive_weight_power else None)
     step = make_train_step(model, optimizer, weights)
