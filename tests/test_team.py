@@ -221,6 +221,14 @@ def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
     table = sh(DVC, "metrics", "diff", "main", "merge-model", "--all", cwd=repo)
     assert "model.bleu4" in table and "metrics/scores.json" in table
     assert "model.kind" in outputs["dvc params diff main merge-model"]
+    # cxr compare: main's per-study table read at the revision (DVC, from the shared cache)
+    # against the workspace's, paired.
+    paired = outputs["cxr compare main"]
+    assert "workspace against main:" in paired, paired
+    rows = {line.split("  ")[0]: line for line in paired.splitlines()}
+    for metric in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "findings macro-F1"):
+        assert re.search(r"[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", rows[metric]), rows
+    assert "workspace vs main: better on" in " ".join(paired.split())
 
     # scripts/compare.sh, as the README runs it: Markdown tables and the plots overlaid.
     compared = repo / "compare" / "compare.md"
@@ -228,6 +236,8 @@ def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
     text = compared.read_text()
     assert "## Metrics" in text and "| metrics/train.json" in text and "parameters" in text
     assert "## Params" in text and "model.kind" in text and "| merge" in text
+    assert "## Paired bootstrap (test studies)" in text
+    assert "| metric | main | workspace | workspace − main |" in text
     plots = (repo / "compare" / "plots" / "index.html").read_text()
     assert "main" in plots and "workspace" in plots and "ROUGE-L by reference length" in plots
     assert "compare/" not in sh("git", "status", "--porcelain", cwd=repo)  # git-ignored

@@ -4,6 +4,7 @@
     cxr predict --projections indiana_projections.csv --images DIR --model models/ \\
         --out predictions.csv
     cxr scores [metrics/evaluate.json]      the model against the baselines, as a table
+    cxr compare OLD [NEW] [--md]   two runs' test outputs (files or git revisions), paired
     cxr serve --model models/ [--host 127.0.0.1 --port 8000]   the web page and JSON API
 """
 
@@ -71,9 +72,27 @@ def main(argv: list[str] | None = None) -> None:
         serve.add_argument(flag, type=kind, help=text)
     scores = commands.add_parser("scores", help="print the model against the baselines")
     scores.add_argument("metrics", nargs="?", default="metrics/evaluate.json", type=Path)
+    compare = commands.add_parser(
+        "compare", help="two runs' test outputs against each other (paired bootstrap)",
+        description="NEW minus OLD on every metric, each difference with its 95%% interval "
+                    "from a paired bootstrap of the test studies. OLD and NEW are per-study "
+                    "tables (the evaluate stage's metrics/eval/per_study.csv) or git revisions, "
+                    "whose table DVC reads from the cache or the remote.")
+    compare.add_argument("old", help="a per-study CSV, or a git revision (branch, tag, commit)")
+    compare.add_argument("new", nargs="?", default="metrics/eval/per_study.csv",
+                         help="the same (default: the workspace's metrics/eval/per_study.csv)")
+    compare.add_argument("--md", action="store_true", help="a Markdown table")
+    compare.add_argument("--resamples", type=int,
+                         help="bootstrap resamples (default: evaluate.bootstrap in params.yaml)")
+    compare.add_argument("--seed", type=int,
+                         help="the resamples' seed (default: evaluate.seed in params.yaml)")
+    compare.add_argument("--no-meteor", action="store_true",
+                         help="leave METEOR out (it needs Java)")
     args = cli.parse_args(_batch_alias(argv if argv is not None else sys.argv[1:]))
     if args.command == "scores":
         run_stage(lambda: _scores(args.metrics))
+    elif args.command == "compare":
+        run_stage(lambda: _compare(args))
     elif args.command == "serve":
         run_stage(lambda: _serve(args))
     else:
@@ -115,6 +134,47 @@ def _scores(path: Path) -> None:
         print()
     for line in filter(None, lines):
         print(textwrap.fill(line, width=100, subsequent_indent="  "))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from .config import DEFAULT_PARAMS, EvaluateParams, load_section
+    from .errors import InputError
+    from .evaluation.compare import compare_runs, comparison_rows, read_run, render, verdict
+
+    params = (load_section("evaluate") if Path(DEFAULT_PARAMS).is_file()
+              else EvaluateParams())
+    resamples = params.bootstrap if args.resamples is None else args.resamples
+    seed = params.seed if args.seed is None else args.seed
+    if resamples < 1 or seed < 0:
+        raise InputError("--resamples must be >= 1 and --seed >= 0")
+    old, new = read_run(args.old), read_run(args.new)
+    scorer = None
+    if not args.no_meteor:
+        from .evaluation.meteor import MeteorScorer, require_java
+
+        require_java()
+        scorer = MeteorScorer()
+    try:
+        result = compare_runs(new, old, None if scorer is None else scorer.statistics,
+                              resamples, seed)
+    finally:
+        if scorer is not None:
+            scorer.close()
+    sources = (args.old, "workspace" if args.new == "metrics/eval/per_study.csv" else args.new)
+    # Long paths would make the table too wide: they are named once here, and "old"/"new" there.
+    names = tuple(s if len(s) <= 16 else n for s, n in zip(sources, ("old", "new"), strict=True))
+    described = [n if n == s else f"{n} ({s})" for n, s in zip(names, sources, strict=True)]
+    # Markdown paragraphs are left unwrapped: they go into a pull request as they are.
+    wrap = (lambda text: text) if args.md else (
+        lambda text: textwrap.fill(text, width=100, subsequent_indent="  "))
+    print(wrap(f"{described[1]} against {described[0]}: {len(new.uids)} test studies; "
+               f"{names[1]} − {names[0]} with its 95% interval from {resamples} paired "
+               f"bootstrap resamples (seed {seed}); ▲/▼: significantly better/worse (the "
+               "interval excludes 0)"))
+    print()
+    print(render(comparison_rows(result, *names), args.md))
+    print()
+    print(wrap(verdict(result, *names)))
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -1,0 +1,126 @@
+"""`cxr compare`: two runs' per-study outputs, paired study by study (the README's "Comparing
+branches" runs it on revisions, in test_team.py)."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxr_impressions.errors import InputError
+from cxr_impressions.evaluation.compare import compare_runs, read_run
+
+from .test_cli import cxr, one_error
+
+CONSTANT = "no acute cardiopulmonary abnormality ."
+FINDINGS = ["heart size is enlarged .", "small left pleural effusion .",
+            "right lower lobe opacity , consistent with pneumonia .",
+            "calcified granuloma in the right upper lobe .",
+            "degenerative changes of the thoracic spine .", "low lung volumes with atelectasis ."]
+
+
+def references(n: int = 60) -> list[str]:
+    """Half normal, half with one finding each: like the test split's impressions."""
+    return [CONSTANT if i % 2 else FINDINGS[(i // 2) % len(FINDINGS)] for i in range(n)]
+
+
+def write_run(path: Path, texts: list[str], refs: list[str] | None = None,
+              uids: list[int] | None = None) -> Path:
+    refs = refs or references(len(texts))
+    uids = uids or list(range(1, len(texts) + 1))
+    table = pd.DataFrame({"uid": uids, "reference": refs, "model": texts,
+                          "model_bleu4": 0.0})
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> tuple[Path, Path]:
+    """`constant.csv` says the normal sentence for every study; `reader.csv` writes the
+    reference's finding for two thirds of the abnormal studies and the normal sentence else."""
+    refs = references()
+    reader = [r if i % 2 == 0 and i % 3 else CONSTANT for i, r in enumerate(refs)]
+    return (write_run(tmp_path / "constant.csv", [CONSTANT] * len(refs)),
+            write_run(tmp_path / "reader.csv", reader))
+
+
+def test_a_run_against_itself_differs_by_nothing(runs: tuple[Path, Path]) -> None:
+    run = read_run(str(runs[1]))
+    result = compare_runs(run, run, None, 200, 0)
+    for metric, entry in result.items():
+        assert entry["old"] == entry["new"] and entry["diff"] == 0, metric
+        if entry["low"] is not None:
+            assert entry["low"] == entry["high"] == 0, metric
+
+
+def test_the_better_run_wins_and_swapping_mirrors_the_intervals(runs: tuple[Path, Path]
+                                                                ) -> None:
+    constant, reader = (read_run(str(p)) for p in runs)
+    forward = compare_runs(reader, constant, None, 500, 0)
+    backward = compare_runs(constant, reader, None, 500, 0)
+    for metric in ("bleu4", "rouge_l", "cider", "abnormal_f1", "findings_macro_f1"):
+        entry = forward[metric]
+        assert entry["low"] > 0, (metric, entry)  # significantly better
+        assert entry["low"] <= entry["diff"] <= entry["high"]
+        assert backward[metric]["diff"] == pytest.approx(-entry["diff"], abs=1e-4)
+        assert backward[metric]["low"] == pytest.approx(-entry["high"], abs=1e-4)
+    assert forward["distinct"] == {"old": 1.0, "new": 5.0, "diff": 4.0, "low": None,
+                                   "high": None}
+    assert forward["top_share"]["old"] == 1.0 and forward["top_share"]["new"] < 1.0
+    # The same seed, the same intervals: in another order on disk, the same studies pair up.
+    shuffled = pd.read_csv(runs[1]).sample(frac=1.0, random_state=3)
+    shuffled.to_csv(runs[1].with_name("shuffled.csv"), index=False)
+    again = compare_runs(read_run(str(runs[1].with_name("shuffled.csv"))), constant, None, 500, 0)
+    assert again == forward
+
+
+def test_the_command_prints_the_table_and_the_verdict(capsys, runs: tuple[Path, Path]) -> None:
+    status, out, err = cxr(capsys, "compare", runs[0], runs[1], "--resamples", "300",
+                           "--no-meteor")
+    assert status == 0, err
+    rows = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert "▲" in rows["BLEU-4"] and "▲" in rows["findings macro-F1"]
+    assert "300 paired bootstrap resamples (seed 0)" in " ".join(out.split())
+    assert "new vs old: better on BLEU-1" in " ".join(out.split())
+    status, out, _ = cxr(capsys, "compare", runs[0], runs[1], "--md", "--no-meteor")
+    assert status == 0 and "| metric | old | new | new − old |" in out
+    assert np.any(["| BLEU-4 |" in line and line.endswith("▲ |") for line in out.splitlines()])
+
+
+@pytest.mark.parametrize("change, fault", [
+    (lambda t: t.iloc[:-1], "different test studies (60 and 59, 59 in common)"),
+    (lambda t: t.assign(reference=t["reference"].where(t["uid"] != 5, "other text .")),
+     "study 5 has different references"),
+], ids=["fewer-studies", "other-reference"])
+def test_runs_on_other_studies_are_refused(tmp_path: Path, runs: tuple[Path, Path],
+                                           change, fault: str) -> None:
+    other = tmp_path / "other.csv"
+    change(pd.read_csv(runs[1])).to_csv(other, index=False)
+    with pytest.raises(InputError, match=re.escape(fault)):
+        compare_runs(read_run(str(other)), read_run(str(runs[0])), None, 100, 0)
+
+
+@pytest.mark.parametrize("content, fault", [
+    ("uid,reference\n1,a .\n", "not a per-study table of the evaluate stage (no column 'model')"),
+    ("uid,reference,model\n", "no studies"),
+    ("uid,reference,model\n1,a .,b .\n1,a .,c .\n", "study 1 appears twice"),
+    ("", "not a per-study CSV"),
+], ids=["no-model", "empty", "twice", "blank"])
+def test_bad_tables_are_one_line(capsys, tmp_path: Path, runs: tuple[Path, Path], content: str,
+                                 fault: str) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    status, _, err = cxr(capsys, "compare", bad, runs[1], "--no-meteor")
+    assert one_error(status, err).startswith(f"{bad}: {fault}")
+
+
+def test_neither_a_file_nor_a_revision_is_one_line(capsys, tmp_path: Path,
+                                                   runs: tuple[Path, Path]) -> None:
+    status, _, err = cxr(capsys, "compare", "no-such-branch", runs[1], "--no-meteor")
+    assert one_error(status, err) == ("no-such-branch: neither a file nor a git revision here "
+                                      "(a branch, tag or commit)")
+    status, _, err = cxr(capsys, "compare", tmp_path, runs[1], "--no-meteor")
+    assert one_error(status, err).startswith(f"{tmp_path}: a folder")
+    status, _, err = cxr(capsys, "compare", runs[0], runs[1], "--resamples", "0")
+    assert one_error(status, err) == "--resamples must be >= 1 and --seed >= 0"
