@@ -18,7 +18,9 @@ from cxr_impressions.features.backbones import build_base, get_spec, sha256_of, 
 from cxr_impressions.features.finetune import (
     TARGETS,
     auc,
+    auxiliary_headings,
     fit_probes,
+    labelled_images,
     learning_rate,
     logistic_newton,
     make_train_step,
@@ -30,8 +32,8 @@ from .helpers import REPO, SAMPLE, run_stage, write_params
 
 # Small: random weights, 71-pixel images (block 12's output is 5x5x728), 2 epochs, the
 # cached activations shifted (so the resume test covers the shifts' seeding too), the
-# positives weighted and the learning rate on the cosine schedule (so a resumed run must
-# restore the optimizer's step count).
+# positives weighted, the learning rate on the cosine schedule (so a resumed run must
+# restore the optimizer's step count) and auxiliary MeSH headings trained beside the targets.
 PARAMS = f"""data:
   root: {SAMPLE}
 features:
@@ -44,6 +46,7 @@ finetune:
   activation_shift: 1
   positive_weight_power: 0.5
   schedule: cosine
+  auxiliary_mesh: 3
 """
 OUT = "models/finetuned/xception.weights.h5"
 CACHE = Path("features/.finetune-cache")
@@ -125,6 +128,8 @@ def test_stage_on_the_sample(reference: Path) -> None:
     metrics = json.loads((reference / "metrics/finetune.json").read_text())
     assert metrics["images"] == {"train": 160, "val": 20, "test": 20}
     assert metrics["cut_shape"] == [5, 5, 728] and metrics["cut"] == "block12_sepconv1_act"
+    # The sample's training studies' most frequent unscored heading is "lung" (15 studies).
+    assert metrics["auxiliary_targets"][0] == "lung" and len(metrics["auxiliary_targets"]) > 3
     assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] in (1, 2)
     assert metrics["best_epoch"] == 1 + int(np.argmax([e["val_mean_auc"]
                                                        for e in metrics["epochs"]]))
@@ -283,6 +288,33 @@ def test_cosine_schedule_falls_from_the_rate_to_zero_over_the_run() -> None:
     assert [round(float(rate(step)), 9) for step in (0, 5, 10)] == [1e-3, 5e-4, 0.0]
     assert float(rate(2)) > float(rate(3)) > float(rate(7)) > 0
     assert learning_rate(FinetuneParams(learning_rate=1e-3), 10) == 1e-3
+
+
+def test_auxiliary_headings_come_from_training_studies_and_are_never_scored() -> None:
+    import pandas as pd
+
+    examples = pd.DataFrame({
+        "uid": [1, 2, 3, 4, 5, 6],
+        "split": ["train", "train", "train", "val", "val", "test"],
+        "mesh": ["Calcinosis/lung/hilum/right;Aorta/tortuous", "calcinosis;Cardiomegaly/mild",
+                 "Aorta, Thoracic/tortuous;Calcinosis/multiple;normal", "Scoliosis/mild",
+                 "Scoliosis;Aorta", None],
+        "text": ["a ."] * 6})
+    # Calcinosis is on 3 training studies, aorta and aorta, thoracic on 1 each; scoliosis only
+    # on validation studies; cardiomegaly and normal decide scored targets.
+    assert auxiliary_headings(examples, 1) == ["calcinosis", "aorta", "aorta, thoracic"]
+    assert auxiliary_headings(examples, 2) == ["calcinosis"]
+    assert auxiliary_headings(examples, 0) == []
+    images = pd.DataFrame({"uid": [1, 2, 3, 4, 5, 6], "image_id": [f"i{u}" for u in range(6)],
+                           "path": [f"p{u}" for u in range(6)], "view": ["frontal"] * 6})
+    data = labelled_images(examples, images, "mesh", 1)
+    assert data.auxiliary_names == ["calcinosis", "aorta", "aorta, thoracic"]
+    # Validation's "aorta" is a label too (never scored), read the same way.
+    np.testing.assert_array_equal(data.auxiliary, [[1, 1, 0], [1, 0, 0], [1, 0, 1], [0, 0, 0],
+                                                   [0, 1, 0], [0, 0, 0]])
+    assert data.training_targets.shape == (6, len(TARGETS) + 3)
+    np.testing.assert_array_equal(data.training_targets[:, :len(TARGETS)], data.labels)
+    assert labelled_images(examples, images, "mesh").auxiliary.shape == (6, 0)
 
 
 def test_positive_weights_follow_each_targets_training_odds() -> None:

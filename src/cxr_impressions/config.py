@@ -106,6 +106,10 @@ class FinetuneParams:
     # train_from top: shift each training image's cached activations by up to this many cells
     # of the cut's grid, a random translation (zero fill) drawn per epoch; 0: none.
     activation_shift: int = at_least(0, 0, at_most=8)
+    # Extra targets for the head, trained and not scored: every other MeSH heading (the term
+    # before "/", e.g. calcinosis, aorta, scoliosis) on at least this many training studies; 0:
+    # none. More to tell apart may teach the backbone more than the 14 targets alone.
+    auxiliary_mesh: int = at_least(0, 0)
     # Each target's positives weigh (training negatives / positives) ** this in the loss, so
     # rare findings are not drowned by the common negatives; 0: unweighted, 1: balanced.
     positive_weight_power: float = at_least(0.0, 0.0, at_most=1.0)

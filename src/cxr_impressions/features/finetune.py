@@ -1,7 +1,9 @@
 """The backbone adapted to chest X-rays: multi-label findings from MeSH, selected on validation.
 
 Targets: `abnormal` and the labeller's 13 findings, per study, from its MeSH codes
-(`labeller.mesh_labels`) or from the labeller's reading of the target text. Every image of a
+(`labeller.mesh_labels`) or from the labeller's reading of the target text; with
+`auxiliary_mesh: N`, also every other MeSH heading on at least N training studies, trained but
+never scored (`auxiliary_headings`). Every image of a
 training-split study is one training example with its study's labels; the epoch with the best
 mean validation AUC (the head's probabilities averaged over the study's views) is kept.
 BatchNorm layers stay frozen (inference mode, moving statistics kept): batches of 32 X-rays
@@ -40,7 +42,7 @@ import pandas as pd
 
 from ..atomic import atomic_path, write_json
 from ..config import FeaturesParams, FinetuneParams
-from ..data.labeller import FINDINGS, label_text, mesh_labels
+from ..data.labeller import FINDINGS, MESH_TERMS, NORMAL_MESH, label_text, mesh_labels
 from ..data.layout import view_slots
 from ..errors import InputError
 from .shards import compute_shards, noting_interrupts, shard_files
@@ -64,6 +66,13 @@ class LabelledImages:
     split: np.ndarray  # (N,) "train" | "val" | "test"
     labels: np.ndarray  # (N, len(TARGETS)) float32
     slots: pd.DataFrame  # uid, split, frontal, lateral: the views a study's vector averages
+    auxiliary: np.ndarray  # (N, len(auxiliary_names)) float32: trained on, never scored
+    auxiliary_names: list[str]
+
+    @property
+    def training_targets(self) -> np.ndarray:
+        """What the head learns: the scored targets, then the auxiliary headings."""
+        return np.hstack([self.labels, self.auxiliary])
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -80,18 +89,50 @@ def study_labels(examples: pd.DataFrame, source: str) -> pd.DataFrame:
     return frame
 
 
-def labelled_images(examples: pd.DataFrame, images: pd.DataFrame,
-                    source: str) -> LabelledImages:
+def mesh_headings(mesh: str) -> set[str]:
+    """A report's MeSH headings: each `;`-separated term's part before the first "/", lower
+    case ("Calcinosis/lung/hilum/right" -> "calcinosis")."""
+    return {t.split("/")[0].strip().lower() for t in mesh.split(";") if t.strip()}
+
+
+# Headings that already decide a target (normal, or a finding's code), so never auxiliary.
+SCORED_HEADINGS = frozenset({*NORMAL_MESH, "no indexing",
+                             *(c for codes in MESH_TERMS.values() for c in codes if "/" not in c)})
+
+
+def auxiliary_headings(examples: pd.DataFrame, min_studies: int) -> list[str]:
+    """The MeSH headings on at least `min_studies` training studies that no scored target
+    reads, most frequent first (ties by name); none for `min_studies` 0. Chosen on the
+    training split alone, so validation and test play no part."""
+    if min_studies <= 0:
+        return []
+    counts: dict[str, int] = {}
+    train = examples.loc[examples["split"] == "train", "mesh"].fillna("")
+    for mesh in train:
+        for heading in mesh_headings(mesh) - SCORED_HEADINGS:
+            counts[heading] = counts.get(heading, 0) + 1
+    chosen = [h for h, n in counts.items() if n >= min_studies]
+    return sorted(chosen, key=lambda h: (-counts[h], h))
+
+
+def labelled_images(examples: pd.DataFrame, images: pd.DataFrame, source: str,
+                    auxiliary_mesh: int = 0) -> LabelledImages:
     labels = study_labels(examples, source)
+    names = auxiliary_headings(examples, auxiliary_mesh)
+    headings = [mesh_headings(m) for m in examples["mesh"].fillna("")]
+    for name in names:
+        labels[f"auxiliary:{name}"] = np.array([name in h for h in headings], np.float32)
     table = images.merge(examples[["uid", "split"]], on="uid").merge(labels, on="uid")
     table = table.sort_values(["uid", "image_id"]).reset_index(drop=True)
     if table.empty:
         raise InputError("finetune: no image of the clean split (run the clean stage first)")
     slots = view_slots(table[["uid", "image_id", "view"]]).merge(
         examples[["uid", "split"]], on="uid")
+    auxiliary = table[[f"auxiliary:{n}" for n in names]].to_numpy(np.float32).reshape(
+        len(table), len(names))
     return LabelledImages(table["image_id"].tolist(), table["path"].tolist(),
                           table["uid"].to_numpy(), table["split"].to_numpy(),
-                          table[list(TARGETS)].to_numpy(np.float32), slots)
+                          table[list(TARGETS)].to_numpy(np.float32), slots, auxiliary, names)
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -329,8 +370,10 @@ class Adapter:
 
 
 def build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_path: str | None,
-                  cut: str, precision: str = "float32") -> tuple[Adapter, object | None]:
-    """The adapter and, for `train_from: top`, the frozen bottom below the cut.
+                  cut: str, precision: str = "float32", auxiliary: int = 0
+                  ) -> tuple[Adapter, object | None]:
+    """The adapter and, for `train_from: top`, the frozen bottom below the cut. Its head has
+    one logit per target, then one per `auxiliary` heading.
 
     `precision: bfloat16` builds the backbone under Keras' `mixed_bfloat16` policy (bf16
     compute, float32 weights, so the saved weights are float32 either way); the pooling and
@@ -339,11 +382,11 @@ def build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_pa
     from .backbones import dtype_policy
 
     with dtype_policy(precision):
-        return _build_adapter(finetune, features, weights_path, cut)
+        return _build_adapter(finetune, features, weights_path, cut, auxiliary)
 
 
 def _build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_path: str | None,
-                   cut: str) -> tuple[Adapter, object | None]:
+                   cut: str, auxiliary: int) -> tuple[Adapter, object | None]:
     import keras
 
     from .backbones import build_base, preprocess, split_base
@@ -371,7 +414,7 @@ def _build_adapter(finetune: FinetuneParams, features: FeaturesParams, weights_p
         net = base
     keras.utils.set_random_seed(finetune.seed)
     pooled = keras.layers.GlobalAveragePooling2D(name="pooled", dtype="float32")(feature_map)
-    logits = keras.layers.Dense(len(TARGETS), name="findings", dtype="float32")(pooled)
+    logits = keras.layers.Dense(len(TARGETS) + auxiliary, name="findings", dtype="float32")(pooled)
     model = keras.Model(inputs, {"pooled": pooled, "logits": logits}, name="adapter")
     return Adapter(model, base, net), bottom
 
@@ -432,7 +475,7 @@ def predict(adapter: Adapter, feed: Feed, rows: np.ndarray, batch_size: int,
         if pooled is None:
             pooled = np.zeros((n_rows, out["pooled"].shape[-1]), np.float32)
         pooled[chunk] = out["pooled"].numpy()
-        probs[chunk] = tf.sigmoid(out["logits"]).numpy()
+        probs[chunk] = tf.sigmoid(out["logits"][:, :len(TARGETS)]).numpy()
     return pooled, probs
 
 
@@ -573,7 +616,8 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
         state.restore(model, optimizer, progress)
         log.info("resuming training after epoch %d of %d", progress["epochs_done"],
                  params.epochs)
-    weights = (positive_weights(images.labels[train_rows], params.positive_weight_power)
+    targets = images.training_targets
+    weights = (positive_weights(targets[train_rows], params.positive_weight_power)
                if params.positive_weight_power else None)
     step = make_train_step(model, optimizer, weights)
 
@@ -590,7 +634,7 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
                 for chunk, x in feed.batches(order, params.batch_size):
                     if params.activation_shift and feed.position is not None:
                         x = shift_activations(x, params.activation_shift, shifts)
-                    losses.append(float(step(x, tf.constant(images.labels[chunk]))))
+                    losses.append(float(step(x, tf.constant(targets[chunk]))))
                     bar.update(len(chunk))
             if interrupted.is_set():
                 raise KeyboardInterrupt
@@ -629,9 +673,10 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
     if params.train_from == "top" and not cut:
         raise InputError(f"finetune.cut: {spec.name} has no default cut; name the first layer "
                          "above the cut")
-    data = labelled_images(examples, images, params.labels)
+    data = labelled_images(examples, images, params.labels, params.auxiliary_mesh)
     precision = resolve_precision(params.precision)
-    adapter, bottom = build_adapter(params, features, weights_path, cut, precision)
+    adapter, bottom = build_adapter(params, features, weights_path, cut, precision,
+                                    len(data.auxiliary_names))
     weights_sha = sha256_of(weights_path) if weights_path else ""
 
     cache_stats: dict = {}
@@ -671,6 +716,7 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
     metrics = {
         "backbone": features.backbone, "weights": params.weights, "train_from": params.train_from,
         "cut": cut if params.train_from == "top" else "", "labels": params.labels,
+        "auxiliary_targets": data.auxiliary_names,
         "precision": precision,
         "cut_shape": list(cache[1].shape[1:]) if cache is not None else None,
         "images": {s: int(len(feed.available(data.rows(s)))) for s in ("train", "val", "test")},
@@ -741,6 +787,8 @@ def _train_fingerprint(params: FinetuneParams, features: FeaturesParams, weights
                "resize": features.resize, "seed": features.seed, "weights_sha256": weights_sha,
                "cut": cut, "precision": precision}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode())
-    for image_id, split, labels in zip(data.image_ids, data.split, data.labels, strict=True):
+    digest.update(json.dumps(data.auxiliary_names).encode())
+    for image_id, split, labels in zip(data.image_ids, data.split, data.training_targets,
+                                       strict=True):
         digest.update(f"{image_id}\t{split}\t{labels.tolist()}\n".encode())
     return digest.hexdigest()
