@@ -46,6 +46,21 @@ def test_a_stage_writes_its_timings_outside_the_metrics(tmp_path: Path) -> None:
     assert not (tmp_path / "timings" / "bad.json").exists()  # only finished stages
 
 
+def test_a_missing_input_is_one_line_naming_it(tmp_path: Path) -> None:
+    """An earlier stage's output that is not there (a stage run by hand, out of order)."""
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "params.yaml").write_text("finetune:\n  weights: none\n")
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "stages" / "finetune.py"),
+         "--clean", "clean", "--out", "w.h5", "--cache", "cache", "--metrics", "m.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: clean/examples.parquet: not found (an input of this stage; `dvc repro` builds it)")
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("w.h5*")) and not (tmp_path / "m.json").exists()
+
+
 LOADS_TENSORFLOW = """
 import sys
 import cxr_impressions.stage

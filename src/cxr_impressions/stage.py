@@ -119,7 +119,8 @@ def _write_timings(seconds: float) -> None:
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's `main`; an `InputError` prints `error: <message>` and exits with status 2.
+    """Run a stage's `main`; an `InputError` or a missing input file prints `error: <message>`
+    and exits with status 2.
     A stage that finishes writes its wall-clock time to timings/<stage>.json."""
     from .errors import InputError
 
@@ -130,6 +131,11 @@ def run_stage(main: Callable[[], None]) -> None:
         _write_timings(time.perf_counter() - began)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except FileNotFoundError as exc:  # an earlier stage's output is missing (pandas, h5py, open)
+        missing = exc.filename or (exc.args[0] if exc.args else "a file")
+        print(f"error: {missing}: not found (an input of this stage; `dvc repro` builds it)",
+              file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
