@@ -1,6 +1,6 @@
 """Are finetune's training runs on the cached activations deterministic on this machine?
 
-`--mode steps`: builds the adapter twice from the same weights (block 12 up, the default cut),
+`--mode steps`: builds the adapter twice from the same weights (the layers above the default cut),
 runs the same batches of a full-data workspace's activation cache through `make_train_step` in
 the same order, and prints the largest weight difference between the two runs.
 
@@ -122,7 +122,8 @@ def main() -> None:
         raise InputError(f"{path}: no activation cache (run the finetune stage there first)")
     cache = np.load(path, mmap_mode="r")
     if cache.shape[1:] != (19, 19, 728):
-        raise InputError(f"{path}: activations of shape {cache.shape[1:]}, not block 12's input")
+        raise InputError(f"{path}: activations of shape {cache.shape[1:]}, "
+                         "not the default cut's 19x19x728 input")
     weights = resolve_weights(get_spec("xception"), "imagenet", args.weights_dir, False)
     if args.mode == "steps":
         trained = steps_weights(cache, args.steps, weights)
