@@ -127,7 +127,7 @@ def results_of(work: Path) -> dict:
 def test_stage_on_the_sample(reference: Path) -> None:
     metrics = json.loads((reference / "metrics/finetune.json").read_text())
     assert metrics["images"] == {"train": 160, "val": 20, "test": 20}
-    assert metrics["cut_shape"] == [5, 5, 728] and metrics["cut"] == "block11_sepconv1_act"
+    assert metrics["cut_shape"] == [5, 5, 728] and metrics["cut"] == "block12_sepconv1_act"
     # The sample's training studies' most frequent unscored heading is "lung" (15 studies).
     assert metrics["auxiliary_targets"][0] == "lung" and len(metrics["auxiliary_targets"]) > 3
     assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] in (1, 2)

@@ -94,7 +94,7 @@ class FinetuneParams:
 
     weights: str = "imagenet"  # the starting point: imagenet | none | path to a Keras weights file
     train_from: Literal["top", "all"] = "top"  # top: layers above `cut`, on cached activations
-    cut: str = ""  # the first layer above the cut ("": the backbone's default; Xception: block 11)
+    cut: str = ""  # the first layer above the cut ("": the backbone's default; Xception: block 12)
     labels: Literal["mesh", "text"] = "mesh"  # MeSH codes, or the labeller on the target text
     epochs: int = at_least(1, 3)
     batch_size: int = at_least(1, 32)

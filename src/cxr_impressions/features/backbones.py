@@ -41,8 +41,8 @@ class BackboneSpec:
     native_size: int
     mode: str  # "tf": scale to [-1, 1]; "torch": ImageNet mean/std
     # finetune's default cut: the first layer above it (the cached activations are its input).
-    # Xception: block 11's first layer, whose input is block 10's 19x19x728 output (`add_8`);
-    # chosen over blocks 12 and 13 on validation (README, Results).
+    # Xception: block 12's first layer, whose input is block 11's 19x19x728 output (`add_9`);
+    # chosen over block 13 on validation (README, Results).
     default_cut: str = ""
 
 
@@ -50,7 +50,7 @@ BACKBONES = {
     "xception": BackboneSpec(
         "xception", "Xception",
         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "xception", 299, "tf",
-        "block11_sepconv1_act"),
+        "block12_sepconv1_act"),
     "inceptionv3": BackboneSpec(
         "inceptionv3", "InceptionV3",
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "inception_v3", 299, "tf"),
