@@ -61,6 +61,26 @@ def test_a_missing_input_is_one_line_naming_it(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("w.h5*")) and not (tmp_path / "m.json").exists()
 
 
+def test_the_stage_hint_is_only_for_stages(tmp_path: Path) -> None:
+    """The same missing file from a stage and from a command that is not one (`cxr`): only the
+    stage says that `dvc repro` builds it."""
+    body = ("from cxr_impressions.stage import run_stage\n"
+            "def main():\n    open('gone.csv')\n"
+            "run_stage(main)\n")
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "load.py").write_text(body)
+    (tmp_path / "command.py").write_text(body)
+    errors = {}
+    for script in ("stages/load.py", "command.py"):
+        result = subprocess.run([sys.executable, script], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2
+        errors[script] = result.stderr
+    hint = " (an input of this stage; `dvc repro` builds it)"
+    assert errors == {"stages/load.py": f"error: gone.csv: not found{hint}\n",
+                      "command.py": "error: gone.csv: not found\n"}
+
+
 LOADS_TENSORFLOW = """
 import sys
 import cxr_impressions.stage

@@ -107,10 +107,16 @@ def quiet_logs() -> None:
 quiet_logs()  # stage scripts and the CLI import this module before anything loads TensorFlow
 
 
+def _stage_script() -> Path | None:
+    """The running script when it is a stage (stages/<name>.py); None for the `cxr` command."""
+    script = Path(sys.argv[0])
+    return script if script.parent.name == "stages" else None
+
+
 def _write_timings(seconds: float) -> None:
     """timings/<stage>.json for a script in stages/ (not for the `cxr` command)."""
-    script = Path(sys.argv[0])
-    if script.parent.name != "stages":
+    script = _stage_script()
+    if script is None:
         return
     from .atomic import write_json
 
@@ -134,8 +140,8 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(2)
     except FileNotFoundError as exc:  # an earlier stage's output is missing (pandas, h5py, open)
         missing = exc.filename or (exc.args[0] if exc.args else "a file")
-        print(f"error: {missing}: not found (an input of this stage; `dvc repro` builds it)",
-              file=sys.stderr)
+        hint = " (an input of this stage; `dvc repro` builds it)" if _stage_script() else ""
+        print(f"error: {missing}: not found{hint}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
