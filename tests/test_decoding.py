@@ -107,7 +107,7 @@ def test_length_penalty_reranks_without_a_new_search() -> None:
         assert [d.ids for d in rerank(searched, alpha)] == [d.ids for d in direct]
 
 
-def test_decoding_settings_are_selected_on_the_given_split() -> None:
+def test_decoding_settings_are_selected_on_the_given_split(capsys) -> None:
     model, vocab = tiny("merge", max_len=6)
     decoder = Decoder(model, vocab)
     inputs = study_inputs(6, seed=11)
@@ -115,6 +115,9 @@ def test_decoding_settings_are_selected_on_the_given_split() -> None:
     params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.0, 2.0),
                           select_metric="rouge_l")
     chosen, rows, row = decoder.select(inputs, references, params)
+    # Minutes per search on the full data: a bar on stderr counts the searches, stdout stays clean.
+    shown = capsys.readouterr()
+    assert "select decoding on val" in shown.err and "2/2" in shown.err and shown.out == ""
     # An unconditioned model: only independent labels (there are none to make consistent).
     assert [(r["method"], r["beam_size"], r["length_penalty"], r["labels"]) for r in rows] == [
         ("greedy", 1, 0.7, "independent"), ("beam", 3, 0.0, "independent"),

@@ -18,11 +18,13 @@ never saw in training, and under which it falls back to the most frequent normal
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from tqdm import tqdm
 
 from ..config import DecodeParams
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
@@ -305,28 +307,31 @@ class Decoder:
         modes = (params.label_modes if has_consistency_rule(self.model.labels)
                  else ("independent",))
         rows: list[dict] = []
-        for mode in modes:
-            for beam_size in params.beam_sizes:
-                if beam_size == 1:
-                    greedy = replace(params, method="greedy", beam_size=1, labels=mode)
-                    candidates = [(greedy, self.decode(inputs, greedy))]
-                else:
-                    searched = self.decode(inputs, replace(params, method="beam",
-                                                           beam_size=beam_size, labels=mode))
-                    candidates = [(replace(params, method="beam", beam_size=beam_size,
-                                           length_penalty=alpha, labels=mode),
-                                   rerank(searched, alpha))
-                                  for alpha in params.length_penalties]
-                for chosen, decoded in candidates:
-                    texts = self.texts(decoded)
-                    clinical = clinical_scores(reference_labels, [label_text(t) for t in texts])
-                    rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
-                                 "length_penalty": chosen.length_penalty, "labels": mode,
-                                 **text_metrics(references, texts),
-                                 "abnormal_f1": clinical["abnormal"]["f1"],
-                                 "findings_macro_f1": clinical["findings_macro_f1"],
-                                 "top_share": round(Counter(texts).most_common(1)[0][1]
-                                                    / len(texts), 4)})
+        searches = [(mode, beam_size) for mode in modes for beam_size in params.beam_sizes]
+        # Each search decodes every validation study: minutes apiece on the full data.
+        bar = tqdm(searches, desc="select decoding on val", unit="search", file=sys.stderr)
+        for mode, beam_size in bar:
+            bar.set_postfix_str(f"beam {beam_size}, labels {mode}")
+            if beam_size == 1:
+                greedy = replace(params, method="greedy", beam_size=1, labels=mode)
+                candidates = [(greedy, self.decode(inputs, greedy))]
+            else:
+                searched = self.decode(inputs, replace(params, method="beam",
+                                                       beam_size=beam_size, labels=mode))
+                candidates = [(replace(params, method="beam", beam_size=beam_size,
+                                       length_penalty=alpha, labels=mode),
+                               rerank(searched, alpha))
+                              for alpha in params.length_penalties]
+            for chosen, decoded in candidates:
+                texts = self.texts(decoded)
+                clinical = clinical_scores(reference_labels, [label_text(t) for t in texts])
+                rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
+                             "length_penalty": chosen.length_penalty, "labels": mode,
+                             **text_metrics(references, texts),
+                             "abnormal_f1": clinical["abnormal"]["f1"],
+                             "findings_macro_f1": clinical["findings_macro_f1"],
+                             "top_share": round(Counter(texts).most_common(1)[0][1]
+                                                / len(texts), 4)})
         best = max(range(len(rows)),
                    key=lambda i: (eligible(rows[i]), rows[i][params.select_metric], -i))
         row = rows[best]
