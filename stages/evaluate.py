@@ -58,7 +58,7 @@ def main() -> None:
 
     decoder = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
     inputs = bundle.model_inputs(test.inputs(), test.titles)
-    decoded = decoder.decode(inputs, bundle.decode)  # the settings chosen on validation
+    decoded = decoder.decode(inputs, bundle.decode, progress="decode test")  # as chosen on val
     generated = decoder.texts(decoded)
     maps = (decoder.explain(inputs, decoded)
             if "attention" in bundle.model.decoder.output else [])

@@ -1,6 +1,8 @@
 """Greedy and beam decoding, and the attention the decoder exposes."""
 
 import itertools
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -238,3 +240,23 @@ def test_max_top_share_lets_only_candidates_under_it_compete() -> None:
     lowest = [r for r in rows if r["top_share"] == shares[0]]
     assert row["top_share"] == shares[0]
     assert row["bleu1"] == max(r["bleu1"] for r in lowest)
+
+
+def test_decoding_shows_a_bar_only_when_asked(capsys) -> None:
+    model, vocab = tiny("merge", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(5, seed=12)
+    quiet = decoder.decode(inputs, DecodeParams(beam_size=2), batch_size=2)
+    assert capsys.readouterr().err == ""
+    # evaluate decodes the whole test split (minutes on the full data): the bar counts studies.
+    shown = decoder.decode(inputs, DecodeParams(beam_size=2), batch_size=2, progress="decode test")
+    bar = capsys.readouterr()
+    assert "decode test" in bar.err and "5/5" in bar.err and bar.out == ""
+    assert [d.ids for d in shown] == [d.ids for d in quiet]
+
+
+def test_serving_does_not_import_tqdm() -> None:
+    # The server imports decoding; its bars are for the batch commands only.
+    code = ("import sys; import cxr_impressions.serving.app; "
+            "sys.exit('tqdm' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

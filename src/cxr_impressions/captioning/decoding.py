@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import DecodeParams
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
@@ -266,16 +265,26 @@ class Decoder:
         return maps
 
     def decode(self, inputs: dict[str, np.ndarray], params: DecodeParams,
-               batch_size: int = 64) -> list[Decoded]:
-        """Decode every study of `inputs` by `params.method`, `batch_size` studies at a time."""
+               batch_size: int = 64, progress: str | None = None) -> list[Decoded]:
+        """Decode every study of `inputs` by `params.method`, `batch_size` studies at a time.
+        With `progress`, a tqdm bar of that description counts the studies on stderr."""
         n = len(next(iter(inputs.values())))
         results: list[Decoded] = []
+        bar = None
+        if progress is not None:
+            from tqdm import tqdm  # here: serving imports this module and never shows a bar
+
+            bar = tqdm(total=n, desc=progress, unit="study", file=sys.stderr)
         for start in range(0, n, batch_size):
             chunk = {name: v[start:start + batch_size] for name, v in inputs.items()}
             if params.method == "greedy" or params.beam_size == 1:
                 results.extend(self.greedy(chunk, params.labels))
             else:
                 results.extend(self.beam(chunk, params))
+            if bar is not None:
+                bar.update(len(next(iter(chunk.values()))))
+        if bar is not None:
+            bar.close()
         return results
 
     def texts(self, decoded: Sequence[Decoded]) -> list[str]:
@@ -295,6 +304,8 @@ class Decoder:
         the length penalty changes nothing. Label modes apply to models conditioned on findings
         and abnormal (elsewhere `consistent` changes nothing, and only `independent` is
         tried)."""
+        from tqdm import tqdm
+
         from ..data.labeller import label_text
         from ..evaluation.scoring import clinical_scores, text_metrics
 
