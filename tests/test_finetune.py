@@ -21,7 +21,6 @@ from cxr_impressions.features.finetune import (
     auxiliary_headings,
     fit_probes,
     labelled_images,
-    learning_rate,
     logistic_newton,
     make_train_step,
     positive_weights,
@@ -279,15 +278,6 @@ def test_activation_shift_translates_each_map_with_zero_fill() -> None:
         np.testing.assert_array_equal(shifted[i][inside], expected[inside])
         assert not shifted[i][~inside].any()
     np.testing.assert_array_equal(shift_activations(batch, 0, np.random.default_rng(0)), batch)
-
-
-def test_cosine_schedule_falls_from_the_rate_to_zero_over_the_run() -> None:
-    from cxr_impressions.config import FinetuneParams
-
-    rate = learning_rate(FinetuneParams(learning_rate=1e-3, schedule="cosine"), 10)
-    assert [round(float(rate(step)), 9) for step in (0, 5, 10)] == [1e-3, 5e-4, 0.0]
-    assert float(rate(2)) > float(rate(3)) > float(rate(7)) > 0
-    assert learning_rate(FinetuneParams(learning_rate=1e-3), 10) == 1e-3
 
 
 def test_auxiliary_headings_come_from_training_studies_and_are_never_scored() -> None:

@@ -19,8 +19,10 @@ from cxr_impressions.captioning.training import (
     live_copies,
     make_dataset,
     restore_live,
+    train,
     training_pairs,
 )
+from cxr_impressions.schedules import learning_rate
 
 from .tiny_models import tiny
 
@@ -199,11 +201,20 @@ def test_backup_files_are_replaced_whole_and_a_fit_resumes_from_them(tmp_path: P
     assert seen == [0, 1, 2] and backed_up_epochs(backup) == 3
 
 
-def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+def test_cosine_schedule_falls_from_the_rate_to_zero_over_the_run() -> None:
+    rate = learning_rate(1e-3, "cosine", 10)
+    assert [round(float(rate(step)), 9) for step in (0, 5, 10)] == [1e-3, 5e-4, 0.0]
+    assert float(rate(2)) > float(rate(3)) > float(rate(7)) > 0
+    assert learning_rate(1e-3, "constant", 10) == 1e-3
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path, schedule: str) -> None:
     """Dropout draws its masks from Keras seed generators, whose state the weights file does
     not hold: the backup keeps it, so a fit resumed after its first epoch ends with the weights
-    of an uninterrupted fit, bit for bit (the optimizer's state comes back with the weights).
-    A later epoch's weights file that a kill left without its metadata is not used."""
+    of an uninterrupted fit, bit for bit (the optimizer's state comes back with the weights,
+    and with it the step count a cosine schedule is a function of). A later epoch's weights
+    file that a kill left without its metadata is not used."""
     import keras
 
     rng = np.random.default_rng(0)
@@ -215,7 +226,7 @@ def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path) -> No
         keras.utils.set_random_seed(0)  # as stages/train.py does in each process
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
                                   keras.layers.Dropout(0.5), keras.layers.Dense(1)])
-        model.compile(keras.optimizers.Adam(0.01), "mse")
+        model.compile(keras.optimizers.Adam(learning_rate(0.01, schedule, 3 * 4)), "mse")
         callbacks = [AtomicBackupAndRestore(str(backup), delete_checkpoint=False)]
         model.fit(x, y, epochs=epochs, batch_size=8, shuffle=False, verbose=0,
                   callbacks=callbacks if backed_up else [])
@@ -229,3 +240,20 @@ def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path) -> No
     assert backed_up_epochs(backup) == 3
     for ours, theirs in zip(resumed.get_weights(), uninterrupted.get_weights(), strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_train_follows_its_schedule_to_the_last_step(tmp_path: Path) -> None:
+    """`train.schedule: cosine` runs over `epochs` x the batches per epoch: the last step's
+    learning rate is 0, where `constant` keeps `train.learning_rate`."""
+    from cxr_impressions.config import TrainParams
+
+    from .tiny_models import random_studies
+
+    train_set, val_set = random_studies(16, seed=0), random_studies(8, seed=1, first_uid=100)
+    for schedule, last_rate in (("cosine", 0.0), ("constant", 1e-3)):
+        model, vocab = tiny("transformer")
+        params = TrainParams(epochs=2, batch_size=8, patience=99, schedule=schedule)
+        train(model, vocab, train_set, val_set, params, tmp_path / schedule, None)
+        optimizer = model.train_model.optimizer
+        assert int(optimizer.iterations) == 4  # 2 epochs of 16 studies in batches of 8
+        assert float(optimizer.learning_rate) == pytest.approx(last_rate, abs=1e-9)

@@ -40,6 +40,8 @@ from .errors import InputError
 DEFAULT_PARAMS = Path("params.yaml")
 
 T = TypeVar("T")
+# A learning rate over a run: constant, or cosine down to 0 at its last step (schedules.py).
+Schedule = Literal["constant", "cosine"]
 
 
 def at_least(low: float, default: Any, at_most: float | None = None) -> Any:
@@ -101,7 +103,7 @@ class FinetuneParams:
     learning_rate: float = at_least(1e-7, 2e-4, at_most=1.0)
     # constant: `learning_rate` throughout; cosine: from `learning_rate` down to 0 at the last
     # step, along half a cosine, so the last epochs take smaller steps.
-    schedule: Literal["constant", "cosine"] = "constant"
+    schedule: Schedule = "constant"
     seed: int = at_least(0, 0)
     # train_from top: shift each training image's cached activations by up to this many cells
     # of the cut's grid, a random translation (zero fill) drawn per epoch; 0: none.
@@ -200,6 +202,9 @@ class TrainParams:
     learning_rate: float = at_least(1e-6, 1e-3, at_most=1.0)
     patience: int = at_least(1, 3)
     monitor: Literal["val_loss", "val_bleu4"] = "val_loss"
+    # constant: `learning_rate` throughout; cosine: from `learning_rate` down to 0 at the last
+    # step of `epochs` (an early stop ends the run before it).
+    schedule: Schedule = "constant"
     seed: int = at_least(0, 0)
     # default | mirrored (every local GPU) | multi_worker (TF_CONFIG); README "Scaling out".
     # A param, not a machine setting: replicas round the loss differently, so the model differs.

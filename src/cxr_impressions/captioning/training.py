@@ -30,6 +30,7 @@ from ..config import DecodeParams, ModelParams, TrainParams
 from ..data.titles import TitleVocabulary, hide_titles
 from ..data.tokenizer import Vocabulary
 from ..evaluation.scoring import text_metrics
+from ..schedules import learning_rate
 from .decoding import Decoder
 from .distribute import per_replica
 from .models import CaptionModel, MaskedAccuracy, masked_loss
@@ -412,9 +413,10 @@ def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
     return thresholds, {"rule": "prevalence", **choice, "labels": per_label}
 
 
-def compile_for_training(caption_model: CaptionModel, learning_rate: float) -> None:
+def compile_for_training(caption_model: CaptionModel, rate: float | object) -> None:
     """Compile the training model: masked caption loss and accuracy, plus, when conditioned,
-    the label head's binary cross-entropy (averaged over its labels) and AUC (over all)."""
+    the label head's binary cross-entropy (averaged over its labels) and AUC (over all).
+    `rate`: Adam's learning rate, a number or a Keras schedule (`schedules.learning_rate`)."""
     # per_replica: the caption loss is a scalar mean, which Keras leaves unscaled across
     # replicas (it divides only its own per-example losses); see captioning/distribute.py.
     losses: dict[str, object] = {"logits": per_replica(masked_loss)}
@@ -424,7 +426,7 @@ def compile_for_training(caption_model: CaptionModel, learning_rate: float) -> N
         metrics["labels"] = [keras.metrics.AUC(from_logits=True, name="auc")]
     # Keras' default jit_compile="auto" turns XLA on, which is several times slower on CPU here.
     caption_model.train_model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate, clipnorm=5.0), loss=losses,
+        optimizer=keras.optimizers.Adam(rate, clipnorm=5.0), loss=losses,
         metrics=metrics, jit_compile=False)
 
 
@@ -452,7 +454,6 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     model = caption_model.train_model
     log.info("training on %d replica(s) (train.strategy: %s)",
              tf.distribute.get_strategy().num_replicas_in_sync, params.strategy)
-    compile_for_training(caption_model, params.learning_rate)
     state_dir.mkdir(parents=True, exist_ok=True)
     backup_dir = state_dir / "backup"
     first_epoch = backed_up_epochs(backup_dir)
@@ -465,6 +466,8 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     train_data = make_dataset(train_set, caption_model, params.batch_size, True, params.seed,
                               first_epoch=first_epoch, title_dropout=params.exam_title_dropout)
     val_data = make_dataset(val_set, caption_model, params.batch_size, False, params.seed)
+    steps = params.epochs * int(train_data.cardinality())
+    compile_for_training(caption_model, learning_rate(params.learning_rate, params.schedule, steps))
     with live_logging(live_dir, state_dir, resuming, first_epoch) as live_callbacks:
         model.fit(
             train_data, validation_data=val_data, epochs=params.epochs, verbose=2,

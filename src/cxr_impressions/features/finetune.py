@@ -45,6 +45,7 @@ from ..config import FeaturesParams, FinetuneParams
 from ..data.labeller import FINDINGS, MESH_TERMS, NORMAL_MESH, label_text, mesh_labels
 from ..data.layout import view_slots
 from ..errors import InputError
+from ..schedules import learning_rate
 from .shards import compute_shards, noting_interrupts, shard_files
 
 log = logging.getLogger(__name__)
@@ -556,17 +557,6 @@ def positive_weights(labels: np.ndarray, power: float) -> np.ndarray:
     return (odds ** power).astype(np.float32)
 
 
-def learning_rate(params: FinetuneParams, steps: int) -> float | object:
-    """Adam's learning rate for a run of `steps` optimizer steps: `params.learning_rate`, or
-    with `schedule: cosine` a Keras schedule of the optimizer's step count (saved with the
-    optimizer's state, so a resumed run goes on along the same curve)."""
-    if params.schedule == "constant":
-        return params.learning_rate
-    import keras
-
-    return keras.optimizers.schedules.CosineDecay(params.learning_rate, max(steps, 1))
-
-
 def make_train_step(model: object, optimizer: object,
                     positive_weight: np.ndarray | None = None) -> Callable:
     """One optimizer step on a batch: binary cross-entropy over every target, each target's
@@ -610,7 +600,7 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
     train_rows = feed.available(images.rows("train"))
     val_rows = feed.available(images.rows("val"))
     steps = params.epochs * -(-len(train_rows) // params.batch_size)
-    optimizer = keras.optimizers.Adam(learning_rate(params, steps))
+    optimizer = keras.optimizers.Adam(learning_rate(params.learning_rate, params.schedule, steps))
     progress = state.progress()
     if progress["epochs_done"]:
         state.restore(model, optimizer, progress)
