@@ -18,7 +18,7 @@ from .imports import PACKAGE, closure, import_graph, imports_of, module_path
 # Lower layers never import higher ones. The top-level utilities are the base; the stage runner
 # and the CLI sit above everything.
 LAYERS = {
-    "errors": 0, "config": 0, "atomic": 0,
+    "errors": 0, "config": 0, "atomic": 0, "schedules": 0,
     "data": 1,
     "features": 2,
     "evaluation": 3,
