@@ -11,10 +11,15 @@ text (findings macro-F1 over the findings with a positive there, and abnormal F1
   `decode.prevalence_multipliers` on the half.
 - `0.5` for every label, for reference.
 
+With `--captions`, each of `f1` and `prevalence` also sets the thresholds on the whole
+validation split, as the train stage does, and the decoding selection (the `decode` section of
+the workspace's params.yaml) runs again under them: the captions' validation scores of the
+setting chosen under each rule (minutes per rule on the full data).
+
 The validation split only: this is how the default was chosen (README "Results"), so the
 test split stays unseen.
 
-    python scripts/threshold_rules.py [--root .] [--repeats 200] [--seed 0]
+    python scripts/threshold_rules.py [--root .] [--repeats 200] [--seed 0] [--captions]
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ def main() -> None:
     cli.add_argument("--features", default="features/xception.h5", help="under --root")
     cli.add_argument("--repeats", type=int, default=200, help="random halvings")
     cli.add_argument("--seed", type=int, default=0)
+    cli.add_argument("--captions", action="store_true",
+                     help="also rerun the decoding selection under each rule (validation)")
     args = cli.parse_args()
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
@@ -81,14 +88,15 @@ def main() -> None:
         raise InputError(f"{args.root / 'models'}: the model is conditioned on "
                          f"{list(names) or 'nothing'}; this needs model.condition: findings "
                          "or abnormal")
-    multipliers = load_section("decode", path=args.root / "params.yaml").prevalence_multipliers
+    decode = load_section("decode", path=args.root / "params.yaml")
+    multipliers = decode.prevalence_multipliers
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     clean = args.root / "data" / "clean"
     with FeatureStore(args.root / args.features) as store:
         val = load_split(clean, "val", store, bundle.vocab, grid_pool)
         train = load_split(clean, "train", store, bundle.vocab)
-    probabilities = Decoder(bundle.model, bundle.vocab).encode(
-        bundle.model_inputs(val.inputs(), val.titles))["probabilities"]
+    inputs = bundle.model_inputs(val.inputs(), val.titles)
+    probabilities = Decoder(bundle.model, bundle.vocab).encode(inputs)["probabilities"]
     labels = val.label_matrix(names)
     prevalence = train.label_matrix(names).mean(axis=0)
 
@@ -113,7 +121,37 @@ def main() -> None:
     print(f"prevalence - f1, findings macro-F1: {difference[:, 0].mean():+.3f} (middle 95% of "
           f"the halvings {low:+.3f} to {high:+.3f}; {np.mean(difference[:, 0] > 0):.0%} of them "
           "favour prevalence)")
+    if args.captions:
+        print_caption_selection(bundle, inputs, val, train, probabilities, decode)
 
+
+def print_caption_selection(bundle, inputs: dict[str, np.ndarray], val, train,
+                            probabilities: np.ndarray, decode) -> None:
+    """Under each rule's thresholds (set on the whole validation split, as the train stage sets
+    them), the decoding setting the selection chooses on validation, and its scores there."""
+    from dataclasses import replace
+
+    from cxr_impressions.captioning.decoding import Decoder
+    from cxr_impressions.captioning.training import select_thresholds
+
+    names = tuple(bundle.model.labels)
+    metric = decode.select_metric
+    rows = []
+    for rule in ("prevalence", "f1"):
+        under = replace(decode, thresholds=rule)
+        thresholds, _ = select_thresholds(probabilities, val.label_matrix(names),
+                                          train.label_matrix(names), names, under)
+        chosen, _, row = Decoder(bundle.model, bundle.vocab, thresholds).select(
+            inputs, val.texts, under)
+        rows.append((rule, f"beam {chosen.beam_size}, lp {chosen.length_penalty}, "
+                           f"{chosen.labels}", row))
+    print(f"\nthe decoding selection on validation under each rule (by {metric}):")
+    print(f"{'rule':<12} {'chosen':<34} {metric:>10} {'cider':>7} {'rouge_l':>8} "
+          f"{'abn F1':>7} {'find F1':>8} {'top share':>10}")
+    for rule, setting, row in rows:
+        print(f"{rule:<12} {setting:<34} {row[metric]:>10.4f} {row['cider']:>7.3f} "
+              f"{row['rouge_l']:>8.3f} {row['abnormal_f1']:>7.3f} "
+              f"{row['findings_macro_f1']:>8.3f} {row['top_share']:>10.1%}")
 
 if __name__ == "__main__":
     run_stage(main)

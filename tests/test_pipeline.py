@@ -299,12 +299,20 @@ def test_prompt_oracle_decodes_validation_under_both_conditions(pipeline_repo: P
 
 
 def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> None:
-    """scripts/threshold_rules.py on the sample model: each rule scored on held-out halves."""
-    out = sh(sys.executable, "scripts/threshold_rules.py", "--repeats", "5", cwd=pipeline_repo)
+    """scripts/threshold_rules.py on the sample model: each rule scored on held-out halves;
+    with --captions, the decoding selection rerun under each rule, which under the params' own
+    rule (prevalence) finds what the train stage chose."""
+    out = sh(sys.executable, "scripts/threshold_rules.py", "--repeats", "5", "--captions",
+             cwd=pipeline_repo)
     rows = dict(re.findall(r"^(f1|prevalence|0\.5) +(\d\.\d{3} +\d\.\d{3})$", out, re.MULTILINE))
     assert set(rows) == {"f1", "prevalence", "0.5"}, out
     assert all(0.0 <= float(v) <= 1.0 for values in rows.values() for v in values.split()), out
     assert re.search(r"prevalence - f1, findings macro-F1: [+-]\d\.\d{3}", out), out
+    chosen = dict(re.findall(r"^(f1|prevalence) +beam \d, lp \S+, \w+ +(\d\.\d{4}) ", out,
+                             re.MULTILINE))
+    assert set(chosen) == {"f1", "prevalence"}, out
+    trained = json.loads((pipeline_repo / "metrics/train.json").read_text())
+    assert float(chosen["prevalence"]) == pytest.approx(trained["val_bleu4"], abs=1e-4), out
 
 
 @needs_shared(SHARED)
