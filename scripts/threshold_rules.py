@@ -26,11 +26,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cxr_impressions.errors import InputError
 from cxr_impressions.stage import run_stage
+
+if TYPE_CHECKING:
+    from cxr_impressions.captioning.bundle import Bundle
+    from cxr_impressions.config import DecodeParams
 
 RULES = ("f1", "prevalence", "0.5")
 
@@ -122,11 +127,14 @@ def main() -> None:
           f"the halvings {low:+.3f} to {high:+.3f}; {np.mean(difference[:, 0] > 0):.0%} of them "
           "favour prevalence)")
     if args.captions:
-        print_caption_selection(bundle, inputs, val, train, probabilities, decode)
+        print_caption_selection(bundle, inputs, val.texts, probabilities, labels,
+                                train.label_matrix(names), decode)
 
 
-def print_caption_selection(bundle, inputs: dict[str, np.ndarray], val, train,
-                            probabilities: np.ndarray, decode) -> None:
+def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
+                            references: list[str], probabilities: np.ndarray,
+                            val_labels: np.ndarray, train_labels: np.ndarray,
+                            decode: DecodeParams) -> None:
     """Under each rule's thresholds (set on the whole validation split, as the train stage sets
     them), the decoding setting the selection chooses on validation, and its scores there."""
     from dataclasses import replace
@@ -139,10 +147,9 @@ def print_caption_selection(bundle, inputs: dict[str, np.ndarray], val, train,
     rows = []
     for rule in ("prevalence", "f1"):
         under = replace(decode, thresholds=rule)
-        thresholds, _ = select_thresholds(probabilities, val.label_matrix(names),
-                                          train.label_matrix(names), names, under)
+        thresholds, _ = select_thresholds(probabilities, val_labels, train_labels, names, under)
         chosen, _, row = Decoder(bundle.model, bundle.vocab, thresholds).select(
-            inputs, val.texts, under)
+            inputs, references, under)
         rows.append((rule, f"beam {chosen.beam_size}, lp {chosen.length_penalty}, "
                            f"{chosen.labels}", row))
     print(f"\nthe decoding selection on validation under each rule (by {metric}):")
@@ -152,6 +159,7 @@ def print_caption_selection(bundle, inputs: dict[str, np.ndarray], val, train,
         print(f"{rule:<12} {setting:<34} {row[metric]:>10.4f} {row['cider']:>7.3f} "
               f"{row['rouge_l']:>8.3f} {row['abnormal_f1']:>7.3f} "
               f"{row['findings_macro_f1']:>8.3f} {row['top_share']:>10.1%}")
+
 
 if __name__ == "__main__":
     run_stage(main)

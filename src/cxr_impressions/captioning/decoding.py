@@ -282,7 +282,7 @@ class Decoder:
             else:
                 results.extend(self.beam(chunk, params))
             if bar is not None:
-                bar.update(len(next(iter(chunk.values()))))
+                bar.update(min(batch_size, n - start))
         if bar is not None:
             bar.close()
         return results
