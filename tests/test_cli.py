@@ -145,3 +145,15 @@ def test_a_model_without_titles_says_it_ignores_them(capsys, tmp_path: Path) -> 
                            "Xray Chest PA and Lateral")
     assert status == 0 and out.strip()
     assert "this model does not read exam titles" in err
+
+
+@pytest.mark.parametrize("command", ["predict", "serve", "scores", "compare"])
+def test_help_describes_every_argument_in_plain_text(capsys, command: str) -> None:
+    status, out, _ = cxr(capsys, command, "--help")
+    assert status == 0 and f"usage: cxr {command}" in out
+    assert "%%" not in out and "%(" not in out, out
+    for line in out.splitlines():
+        # an argument listed without a help text stands alone on its line
+        words = line.split()
+        assert not (line.startswith("  ") and len(words) == 1 and not line.startswith("   ")
+                    ), f"{command}: no help for {line.strip()}"

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Serve the model over HTTP. Settings come from the `serve:` section of "
                     "--params (when the file exists); flags override them.")
     serve.add_argument("--model", default="models", type=Path, help="model directory")
-    serve.add_argument("--weights-dir", default="../shared/weights",
+    serve.add_argument("--weights-dir", default=MachineParams.weights_dir,
                        help="folder of the backbone's ImageNet weights (default: %(default)s)")
     serve.add_argument("--params", default="params.yaml", type=Path,
                        help="params file whose `serve:` section is read (default: %(default)s)")
@@ -71,10 +71,11 @@ def main(argv: list[str] | None = None) -> None:
                                       "(0: never)")):
         serve.add_argument(flag, type=kind, help=text)
     scores = commands.add_parser("scores", help="print the model against the baselines")
-    scores.add_argument("metrics", nargs="?", default="metrics/evaluate.json", type=Path)
+    scores.add_argument("metrics", nargs="?", default="metrics/evaluate.json", type=Path,
+                        help="the evaluate stage's scores (default: %(default)s)")
     compare = commands.add_parser(
         "compare", help="two runs' test outputs against each other (paired bootstrap)",
-        description="NEW minus OLD on every metric, each difference with its 95%% interval "
+        description="NEW minus OLD on every metric, each difference with its 95% interval "
                     "from a paired bootstrap of the test studies. OLD and NEW are per-study "
                     "tables (the evaluate stage's metrics/eval/per_study.csv) or git revisions, "
                     "whose table DVC reads from the cache or the remote.")
