@@ -132,6 +132,7 @@ def main() -> None:
         summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
         selection["decoding"] = {"metric": decode.select_metric,
                                  "max_top_share": decode.max_top_share,
+                                 "ties": decode.select_ties,
                                  "chosen": decode.settings(), "candidates": candidates}
     else:
         selection["decoding"] = {"chosen": decode.settings()}  # as given in params.yaml

@@ -260,3 +260,57 @@ def test_serving_does_not_import_tqdm() -> None:
     code = ("import sys; import cxr_impressions.serving.app; "
             "sys.exit('tqdm' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_varied_ties_take_the_least_uniform_candidate_validation_cannot_tell_apart() -> None:
+    from collections import Counter
+
+    from cxr_impressions.captioning.decoding import choose
+    from cxr_impressions.evaluation.bootstrap import metric_values, study_statistics
+
+    normal = "no acute cardiopulmonary abnormality ."
+    references = [normal] * 45 + [f"small left pleural effusion number {i} ." for i in range(15)]
+    uniform = [normal] * 60  # the constant: the best BLEU-4 here
+    nearly = ["heart size is normal ."] * 2 + [normal] * 58  # two normal studies worded apart
+    garbled = [f"lungs {i} clear ." for i in range(60)]  # every caption its own, all wrong
+    candidates = {"uniform": uniform, "nearly": nearly, "garbled": garbled}
+    statistics = [study_statistics(references, texts) for texts in candidates.values()]
+    metrics = [metric_values(s, np.ones((1, len(references))))["bleu4"][0] for s in statistics]
+
+    def rows() -> list[dict]:
+        return [{"bleu4": float(b), "top_share": Counter(t).most_common(1)[0][1] / len(t)}
+                for b, t in zip(metrics, candidates.values(), strict=True)]
+
+    assert metrics[0] > metrics[1] > metrics[2]
+    assert choose(rows(), statistics, DecodeParams(select_metric="bleu4")) == 0
+    varied = rows()
+    chosen = choose(varied, statistics, DecodeParams(select_metric="bleu4",
+                                                     select_ties="varied"))
+    # "nearly" is within noise of the best and less uniform; "garbled" is the least uniform but
+    # significantly worse, so it is not tied with the best.
+    assert chosen == 1
+    assert varied[0]["vs_best_low"] == varied[0]["vs_best_high"] == 0
+    assert varied[1]["vs_best_low"] < 0 <= varied[1]["vs_best_high"]
+    assert varied[2]["vs_best_high"] < 0
+    # The cap comes first: with only "garbled" under it, it wins whatever the ties.
+    assert choose(rows(), statistics, DecodeParams(select_metric="bleu4", select_ties="varied",
+                                                   max_top_share=0.5)) == 2
+
+
+def test_selection_with_varied_ties_reports_each_candidates_interval() -> None:
+    model, vocab = tiny("merge", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(12, seed=3)
+    references = ["no effusion .", "effusion .", "no ."] * 4
+    params = DecodeParams(beam_sizes=(1, 2, 3), length_penalties=(0.0, 3.0),
+                          select_metric="bleu1", select_ties="varied", select_resamples=200)
+    _, rows, row = decoder.select(inputs, references, params)
+    best = max(r["bleu1"] for r in rows)
+    tied = [r for r in rows if r["vs_best_high"] >= 0]
+    assert all(r["vs_best_low"] <= r["vs_best_high"] for r in rows)
+    assert row in tied and row["top_share"] == min(r["top_share"] for r in tied)
+    assert any(r["bleu1"] == best and r["vs_best_low"] == r["vs_best_high"] == 0 for r in rows)
+    # The same rows under `best` carry no interval and choose the best.
+    _, plain, chosen = decoder.select(inputs, references, replace(params, select_ties="best"))
+    assert chosen["bleu1"] == best and "vs_best_low" not in chosen
+    assert [r["bleu1"] for r in plain] == [r["bleu1"] for r in rows]

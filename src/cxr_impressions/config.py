@@ -241,6 +241,12 @@ class DecodeParams:
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
     max_top_share: float = at_least(0.01, 1.0, at_most=1.0)
+    # `varied`: among the candidates whose `select_metric` validation cannot tell from the
+    # best's (the paired bootstrap interval of candidate minus best reaches 0), the one whose
+    # commonest caption goes to the fewest studies; `best`: the best, however small its lead.
+    select_ties: Literal["best", "varied"] = "best"
+    select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
+    select_seed: int = at_least(0, 0)  # seeds those resamples
     # How the train stage sets a conditioned model's label thresholds on validation:
     # `prevalence`, each label positive for m times its training prevalence, one m for all
     # labels chosen among `prevalence_multipliers`; `f1`, each label its own best-F1 threshold.

@@ -22,12 +22,16 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import DecodeParams
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
 from .models import CaptionModel
+
+if TYPE_CHECKING:  # the scoring modules load only where a selection runs, not in `cxr serve`
+    from ..evaluation.bootstrap import StudyStatistics
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +302,11 @@ class Decoder:
         abnormal F1 or findings macro-F1 on the captions against that on the references), among
         those whose most frequent caption is at most `params.max_top_share` of the studies (if
         none is, those with the lowest such share); ties go to the earlier candidate (the
-        smaller beam). Also a row per candidate with its scores, and the chosen row. Each beam
+        smaller beam). With `params.select_ties: varied`, the candidates whose metric the
+        studies cannot tell from the best's (`paired_differences`) count as tied with it, and
+        the one among them with the lowest top share wins. Also a row per candidate with its
+        scores (and, under `varied`, its paired interval against the best), and the chosen
+        row. Each beam
         size is searched once per label mode; its length penalties only re-rank the finished
         hypotheses. Beam 1 is greedy decoding, for which
         the length penalty changes nothing. Label modes apply to models conditioned on findings
@@ -307,17 +315,14 @@ class Decoder:
         from tqdm import tqdm
 
         from ..data.labeller import label_text
+        from ..evaluation.bootstrap import study_statistics
         from ..evaluation.scoring import clinical_scores, text_metrics
-
-        def eligible(row: dict) -> float:
-            """1 under `max_top_share`; else the less one caption dominates, the better."""
-            share = row["top_share"]
-            return 1.0 if share <= params.max_top_share else -share
 
         reference_labels = [label_text(r) for r in references]
         modes = (params.label_modes if has_consistency_rule(self.model.labels)
                  else ("independent",))
         rows: list[dict] = []
+        statistics = []  # per candidate, for the paired bootstrap of `select_ties: varied`
         searches = [(mode, beam_size) for mode in modes for beam_size in params.beam_sizes]
         # Each search decodes every validation study: minutes apiece on the full data.
         bar = tqdm(searches, desc="select decoding on val", unit="search", file=sys.stderr)
@@ -335,7 +340,12 @@ class Decoder:
                               for alpha in params.length_penalties]
             for chosen, decoded in candidates:
                 texts = self.texts(decoded)
-                clinical = clinical_scores(reference_labels, [label_text(t) for t in texts])
+                labels = [label_text(t) for t in texts]
+                clinical = clinical_scores(reference_labels, labels)
+                if params.select_ties == "varied":
+                    statistics.append(study_statistics(references, texts,
+                                                       reference_labels=reference_labels,
+                                                       predicted_labels=labels))
                 rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
                              "length_penalty": chosen.length_penalty, "labels": mode,
                              **text_metrics(references, texts),
@@ -343,15 +353,39 @@ class Decoder:
                              "findings_macro_f1": clinical["findings_macro_f1"],
                              "top_share": round(Counter(texts).most_common(1)[0][1]
                                                 / len(texts), 4)})
-        best = max(range(len(rows)),
-                   key=lambda i: (eligible(rows[i]), rows[i][params.select_metric], -i))
-        row = rows[best]
+        row = rows[choose(rows, statistics, params)]
         if row["top_share"] > params.max_top_share:
             log.warning("decode.max_top_share %s: no decoding candidate keeps its commonest "
                         "caption under it on validation; chose the lowest share, %s",
                         params.max_top_share, row["top_share"])
         return replace(params, method=row["method"], beam_size=row["beam_size"],
                        length_penalty=row["length_penalty"], labels=row["labels"]), rows, row
+
+
+def choose(rows: list[dict], statistics: Sequence[StudyStatistics],
+           params: DecodeParams) -> int:
+    """The index of the chosen candidate row (see `Decoder.select`). Under `select_ties:
+    varied`, each row gets `vs_best_low`/`vs_best_high`: the paired 95% interval of its metric
+    minus the best's, from `statistics` (per candidate, on the same studies)."""
+    from ..evaluation.bootstrap import paired_differences
+
+    def eligible(row: dict) -> float:
+        """1 under `max_top_share`; else the less one caption dominates, the better."""
+        share = row["top_share"]
+        return 1.0 if share <= params.max_top_share else -share
+
+    metric = params.select_metric
+    best = max(range(len(rows)), key=lambda i: (eligible(rows[i]), rows[i][metric], -i))
+    if params.select_ties == "best":
+        return best
+    bounds = paired_differences(statistics[best], statistics, metric, params.select_resamples,
+                                params.select_seed)
+    tied = []
+    for i, (low, high) in enumerate(bounds):
+        rows[i]["vs_best_low"], rows[i]["vs_best_high"] = round(low, 4), round(high, 4)
+        if eligible(rows[i]) == eligible(rows[best]) and (i == best or high >= 0):
+            tied.append(i)
+    return min(tied, key=lambda i: (rows[i]["top_share"], -rows[i][metric], i))
 
 
 def _taken(values: dict[str, np.ndarray], network) -> dict[str, np.ndarray]:
