@@ -115,7 +115,7 @@ def test_decoding_settings_are_selected_on_the_given_split(capsys) -> None:
     inputs = study_inputs(6, seed=11)
     references = ["no effusion .", ".", "no .", "effusion .", "no effusion .", "effusion"]
     params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.0, 2.0),
-                          select_metric="rouge_l")
+                          select_metric="rouge_l", select_ties="best")
     chosen, rows, row = decoder.select(inputs, references, params)
     # Minutes per search on the full data: a bar on stderr counts the searches, stdout stays clean.
     shown = capsys.readouterr()
@@ -150,7 +150,7 @@ def test_selection_on_a_clinical_metric_scores_the_labellers_reading() -> None:
     inputs = study_inputs(6, seed=5)
     references = ["no effusion .", "effusion .", "effusion .", "no .", "effusion", "."]
     params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.0, 2.0),
-                          select_metric="findings_macro_f1")
+                          select_metric="findings_macro_f1", select_ties="best")
     chosen, rows, row = decoder.select(inputs, references, params)
     assert row["findings_macro_f1"] == max(r["findings_macro_f1"] for r in rows)
     for r in rows:  # each row's clinical figures are the labeller's, on that row's captions
@@ -224,7 +224,7 @@ def test_max_top_share_lets_only_candidates_under_it_compete() -> None:
     inputs = study_inputs(12, seed=3)
     references = ["no effusion .", "effusion .", "no ."] * 4
     params = DecodeParams(beam_sizes=(1, 2, 3), length_penalties=(0.0, 3.0),
-                          select_metric="bleu1")
+                          select_metric="bleu1", select_ties="best")
     _, rows, free = decoder.select(inputs, references, params)
     shares = sorted({r["top_share"] for r in rows})
     assert len(shares) > 1, shares  # otherwise the cap could not change the choice
@@ -282,7 +282,8 @@ def test_varied_ties_take_the_least_uniform_candidate_validation_cannot_tell_apa
                 for b, t in zip(metrics, candidates.values(), strict=True)]
 
     assert metrics[0] > metrics[1] > metrics[2]
-    assert choose(rows(), statistics, DecodeParams(select_metric="bleu4")) == 0
+    assert choose(rows(), statistics, DecodeParams(select_metric="bleu4",
+                                                   select_ties="best")) == 0
     varied = rows()
     chosen = choose(varied, statistics, DecodeParams(select_metric="bleu4",
                                                      select_ties="varied"))

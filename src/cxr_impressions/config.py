@@ -244,7 +244,7 @@ class DecodeParams:
     # `varied`: among the candidates whose `select_metric` validation cannot tell from the
     # best's (the paired bootstrap interval of candidate minus best reaches 0), the one whose
     # commonest caption goes to the fewest studies; `best`: the best, however small its lead.
-    select_ties: Literal["best", "varied"] = "best"
+    select_ties: Literal["best", "varied"] = "varied"
     select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
     select_seed: int = at_least(0, 0)  # seeds those resamples
     # How the train stage sets a conditioned model's label thresholds on validation:
