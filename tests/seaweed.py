@@ -27,10 +27,22 @@ def weed_binary() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("weed")
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` different free loopback ports. The probes stay bound until all are picked: one at a
+    time, the kernel may hand the same port out twice (it did: weed's master gRPC and S3
+    gateway got one port, and the gateway could not bind)."""
+    probes = [socket.socket() for _ in range(n)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -53,9 +65,9 @@ class SeaweedS3:
             "name": "team", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         if not self.ports:  # a restart keeps its ports, so clients see the same endpoint
-            self.ports = {name: free_port() for name in (
-                "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3",
-                "s3_grpc")}
+            names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc",
+                     "s3", "s3_grpc")
+            self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         p = self.ports
         command = [
             self.binary, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

@@ -28,7 +28,7 @@ from cxr_impressions.errors import InputError
 
 from .helpers import run_stage, write_params
 from .repos import env
-from .seaweed import free_port
+from .seaweed import free_ports
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -88,7 +88,7 @@ def test_mirrored_over_two_logical_cpus(single_device, tmp_path: Path) -> None:
 
 
 def test_multi_worker_killed_then_resumed(single_device, tmp_path: Path) -> None:
-    ports = [free_port(), free_port()]
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
 
     def start() -> list[subprocess.Popen]:

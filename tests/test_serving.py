@@ -26,6 +26,7 @@ from cxr_impressions.serving.heap import can_release
 
 from .helpers import SAMPLE, launch_chromium
 from .repos import env as repo_env
+from .seaweed import free_port
 
 CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
 TOKEN = "test-token-123"
@@ -42,12 +43,6 @@ def env() -> dict:
     # Deterministic kernels: an untrained model's near-tied beams must not flip on thread
     # timing between the server and `cxr predict`.
     return {**repo_env(), "TF_DETERMINISTIC_OPS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def multipart(fields: dict[str, tuple[str | None, bytes, str]]) -> tuple[bytes, str]:
