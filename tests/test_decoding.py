@@ -218,13 +218,17 @@ def test_several_models_in_one_process_do_not_warn_of_retracing(caplog) -> None:
     assert "retracing" not in caplog.text
 
 
-def test_max_top_share_lets_only_candidates_under_it_compete() -> None:
+def twelve_study_selection(**params: object) -> tuple[Decoder, dict, list[str], DecodeParams]:
+    """A tiny model's decoder, 12 studies, their references, and five candidates on BLEU-1."""
     model, vocab = tiny("merge", max_len=6)
-    decoder = Decoder(model, vocab)
-    inputs = study_inputs(12, seed=3)
-    references = ["no effusion .", "effusion .", "no ."] * 4
-    params = DecodeParams(beam_sizes=(1, 2, 3), length_penalties=(0.0, 3.0),
-                          select_metric="bleu1", select_ties="best")
+    return (Decoder(model, vocab), study_inputs(12, seed=3),
+            ["no effusion .", "effusion .", "no ."] * 4,
+            DecodeParams(beam_sizes=(1, 2, 3), length_penalties=(0.0, 3.0),
+                         select_metric="bleu1", **params))
+
+
+def test_max_top_share_lets_only_candidates_under_it_compete() -> None:
+    decoder, inputs, references, params = twelve_study_selection(select_ties="best")
     _, rows, free = decoder.select(inputs, references, params)
     shares = sorted({r["top_share"] for r in rows})
     assert len(shares) > 1, shares  # otherwise the cap could not change the choice
@@ -299,12 +303,8 @@ def test_varied_ties_take_the_least_uniform_candidate_validation_cannot_tell_apa
 
 
 def test_selection_with_varied_ties_reports_each_candidates_interval() -> None:
-    model, vocab = tiny("merge", max_len=6)
-    decoder = Decoder(model, vocab)
-    inputs = study_inputs(12, seed=3)
-    references = ["no effusion .", "effusion .", "no ."] * 4
-    params = DecodeParams(beam_sizes=(1, 2, 3), length_penalties=(0.0, 3.0),
-                          select_metric="bleu1", select_ties="varied", select_resamples=200)
+    decoder, inputs, references, params = twelve_study_selection(select_ties="varied",
+                                                                 select_resamples=200)
     _, rows, row = decoder.select(inputs, references, params)
     best = max(r["bleu1"] for r in rows)
     tied = [r for r in rows if r["vs_best_high"] >= 0]
