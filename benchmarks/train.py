@@ -7,6 +7,9 @@ the first variant). Validation (the greedy val_bleu4 decoding) is timed once per
 
 A variant is a model kind with model params overridden by `+param=value` suffixes, e.g.
 `transformer+condition=findings+retrieval_k=3` (the retrieval memory is attached as in training).
+An ensemble (`+ensemble=N`) trains its N members one after the other, each an epoch of the same
+network: its epoch is N times one member's, timed on one member; its validation decoding is
+timed on the whole ensemble.
 
     python benchmarks/train.py [--repo .] [--kinds merge,bilstm_attention,transformer]
     python benchmarks/train.py --kinds transformer,transformer+condition=findings,\
@@ -42,7 +45,7 @@ def main() -> None:
     import keras
 
     from cxr_impressions.captioning.decoding import Decoder
-    from cxr_impressions.captioning.models import build_model
+    from cxr_impressions.captioning.models import build_model, ensemble
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.captioning.training import (
         attach_memory,
@@ -72,9 +75,11 @@ def main() -> None:
                      for s in ("train", "val")}
             _, titles = attach_memory(split, params)
             keras.utils.set_random_seed(0)
-            model = build_model(params, matrix, store.dim, vocab.max_len,
-                                split["train"].grid.shape[2] if params.needs_grid else None,
-                                len(titles) if titles is not None else 0)
+            members = [build_model(params, matrix, store.dim, vocab.max_len,
+                                   split["train"].grid.shape[2] if params.needs_grid else None,
+                                   len(titles) if titles is not None else 0)
+                       for _ in range(params.ensemble)]
+            model = members[0]
             compile_for_training(model, train_params.learning_rate)
             data = make_dataset(split["train"], model, train_params.batch_size, True, 0)
             batches = iter(data.repeat())
@@ -86,12 +91,14 @@ def main() -> None:
             per_step = (time.perf_counter() - began) / args.steps
             steps = int(data.cardinality())
             began = time.perf_counter()
-            Decoder(model, vocab).decode(split["val"].inputs(), DecodeParams(method="greedy"))
+            Decoder(ensemble(members), vocab).decode(split["val"].inputs(),
+                                                     DecodeParams(method="greedy"))
             validation = time.perf_counter() - began
-            rows.append({"kind": variant, "parameters": model.train_model.count_params(),
+            rows.append({"kind": variant, "members": len(members),
+                         "parameters": len(members) * model.train_model.count_params(),
                          "train_studies": len(split["train"]), "batch": train_params.batch_size,
                          "steps_per_epoch": steps, "s_per_step": round(per_step, 3),
-                         "s_per_epoch": round(per_step * steps, 1),
+                         "s_per_epoch": round(per_step * steps * len(members), 1),
                          "val_decode_s": round(validation, 1)})
     table = pd.DataFrame(rows)
     base_kind = "merge" if "merge" in set(table["kind"]) else table["kind"].iloc[0]

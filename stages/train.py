@@ -50,14 +50,14 @@ def main() -> None:
 
     from cxr_impressions.captioning.bundle import bundle_config, save_bundle
     from cxr_impressions.captioning.decoding import Decoder
-    from cxr_impressions.captioning.models import build_model
+    from cxr_impressions.captioning.models import CaptionModel, build_model
     from cxr_impressions.captioning.retrieval import empty_bank
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.captioning.training import (
         attach_memory,
         prepare_state_dir,
         select_thresholds,
-        train,
+        train_members,
     )
     from cxr_impressions.data.titles import UNKNOWN
     from cxr_impressions.data.tokenizer import Vocabulary
@@ -91,11 +91,13 @@ def main() -> None:
                       Path(args.out) / ".train-state")
     prepare_state_dir(paths.state, model_params, params, vocab, splits["train"].uids)
 
+    def build() -> CaptionModel:
+        return build_model(model_params, matrix, feature_dim, vocab.max_len, regions,
+                           len(titles) if titles is not None else 0)
+
     with strategy.scope():
-        model = build_model(model_params, matrix, feature_dim, vocab.max_len, regions,
-                            len(titles) if titles is not None else 0)
-        summary = train(model, vocab, splits["train"], splits["val"], params, paths.state,
-                        paths.live)
+        model, summary = train_members(build, model_params, vocab, splits["train"],
+                                       splits["val"], params, paths.state, paths.live)
     if not task.is_chief:  # what follows is the chief's: thresholds, decoding, the outputs
         shutil.rmtree(paths.state)
         paths.cleanup()

@@ -10,6 +10,7 @@ import pytest
 
 from cxr_impressions.captioning.bundle import bundle_config, load_bundle, save_bundle
 from cxr_impressions.captioning.decoding import Decoder
+from cxr_impressions.captioning.models import ensemble
 from cxr_impressions.captioning.retrieval import MemoryBank, empty_bank
 from cxr_impressions.config import ModelParams
 from cxr_impressions.errors import InputError
@@ -48,9 +49,12 @@ def _bank() -> MemoryBank:
                                 [4, 6, 3, 0, 0]], np.int32))
 
 
-def _saved(directory: Path) -> tuple:
-    model, vocab = tiny("transformer", max_len=6, condition="findings", retrieval_k=2)
-    config = bundle_config(ModelParams(**PARAMS), {}, 8, 3, 4, vocab)
+def _saved(directory: Path, members: int = 1) -> tuple:
+    """A tiny bundle; with `members` > 1 a `model.ensemble` of members of other seeds."""
+    built = [tiny("transformer", max_len=6, seed=seed, condition="findings", retrieval_k=2)
+             for seed in range(members)]
+    model, vocab = ensemble([m for m, _ in built]), built[0][1]
+    config = bundle_config(ModelParams(**PARAMS, ensemble=members), {}, 8, 3, 4, vocab)
     config["label_thresholds"] = dict.fromkeys(model.labels, 0.4)
     save_bundle(directory, model, vocab, config, _bank())
     return model, vocab
@@ -62,8 +66,9 @@ def _load_in_fresh_process(directory: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_two_fresh_processes_load_the_same_model(tmp_path: Path) -> None:
-    model, _ = _saved(tmp_path)
+@pytest.mark.parametrize("members", [1, 2])
+def test_two_fresh_processes_load_the_same_model(tmp_path: Path, members: int) -> None:
+    model, _ = _saved(tmp_path, members)
     first = _load_in_fresh_process(tmp_path)
     second = _load_in_fresh_process(tmp_path)
     assert first == second  # bit-identical logits, same captions
@@ -102,3 +107,15 @@ def test_weights_that_do_not_fit_the_config_are_a_one_line_error(tmp_path: Path)
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError, match=r"model.weights.h5: does not match .*config.json"):
         load_bundle(tmp_path)
+
+
+def test_an_ensembles_weights_need_its_member_count(tmp_path: Path) -> None:
+    """The weights file of a two-member ensemble does not load as one model, nor the other way
+    round: a one-line error each, not a model with half its weights missing."""
+    _saved(tmp_path, members=2)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for members in (1, 3):
+        config["model"]["ensemble"] = members
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(InputError, match=r"model.weights.h5: does not match"):
+            load_bundle(tmp_path)

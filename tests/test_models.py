@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 from cxr_impressions.captioning.decoding import Decoder
-from cxr_impressions.captioning.models import MaskedAccuracy, build_model, masked_loss
+from cxr_impressions.captioning.models import MaskedAccuracy, build_model, ensemble, masked_loss
 from cxr_impressions.captioning.studies import LABELS
 from cxr_impressions.captioning.training import compile_for_training
-from cxr_impressions.config import ModelParams
+from cxr_impressions.config import DecodeParams, ModelParams
 from cxr_impressions.data.labeller import FINDINGS
 from cxr_impressions.data.tokenizer import Vocabulary
 
@@ -112,3 +112,32 @@ def test_each_finding_state_changes_the_output(kind: str) -> None:
         flipped[0, j] = 1.0
         changed, _ = decoder.step({**memory, "condition": flipped}, tokens, 1)
         assert not np.allclose(base, changed), model.labels[j]
+
+
+def test_an_ensemble_averages_its_members_label_and_word_probabilities() -> None:
+    members = [tiny("transformer", seed=seed, condition="findings")[0] for seed in (0, 1, 2)]
+    vocab = tiny("transformer")[1]
+    joint = ensemble(members)
+    inputs = study_inputs(4)
+    each = [Decoder(m, vocab).encode(inputs) for m in members]
+    memory = Decoder(joint, vocab).encode(inputs)
+    np.testing.assert_allclose(memory["probabilities"],
+                               np.mean([e["probabilities"] for e in each], axis=0), rtol=1e-5)
+    assert not np.allclose(each[0]["probabilities"], each[1]["probabilities"])
+    tokens = np.tile(np.array([[2, 4, 5, 6, 3]], np.int32), (4, 1))
+    condition = (memory["probabilities"] >= 0.5).astype(np.float32)
+    words = [m.decoder({**{k: e[k] for k in ("regions", "region_mask")},
+                        "condition": condition, "tokens": tokens})
+             for m, e in zip(members, each, strict=True)]
+    probabilities = [tf.nn.softmax(w["logits"]).numpy() for w in words]
+    out = joint.decoder({**{k: v for k, v in memory.items() if k in joint.decoder.input},
+                         "condition": condition, "tokens": tokens})
+    np.testing.assert_allclose(np.exp(out["logits"].numpy()), np.mean(probabilities, axis=0),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["attention"].numpy(),
+                               np.mean([w["attention"].numpy() for w in words], axis=0),
+                               rtol=1e-4, atol=1e-6)
+    # Every decoding method runs on it as on one model.
+    decoded = Decoder(joint, vocab).decode(inputs, DecodeParams(beam_size=2))
+    assert len(decoded) == 4 and all(d.abnormal is not None for d in decoded)
+    assert ensemble(members[:1]) is members[0]

@@ -244,3 +244,13 @@ def test_report_page_draws_heatmaps_and_follows_the_word(tmp_path) -> None:
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_the_summary_line_names_each_ensemble_members_kept_epoch() -> None:
+    from cxr_impressions.reporting.page import _training
+
+    assert _training({"best_epoch": 7, "epochs_run": 10}) == "best epoch 7 of 10"
+    ensemble = {"members": 2, "epochs_run": 22,
+                "member": {"0": {"best_epoch": 12, "epochs_run": 12},
+                           "1": {"best_epoch": 8, "epochs_run": 10}}}
+    assert _training(ensemble) == "an ensemble of 2, best epochs 12 of 12, 8 of 10"

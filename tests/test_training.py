@@ -1,6 +1,7 @@
 """Training inputs, the validation-chosen label threshold, and the resume state."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from cxr_impressions.captioning.training import (
     make_dataset,
     restore_live,
     train,
+    train_members,
     training_pairs,
 )
 from cxr_impressions.schedules import learning_rate
@@ -257,3 +259,50 @@ def test_train_follows_its_schedule_to_the_last_step(tmp_path: Path) -> None:
         optimizer = model.train_model.optimizer
         assert int(optimizer.iterations) == 4  # 2 epochs of 16 studies in batches of 8
         assert float(optimizer.learning_rate) == pytest.approx(last_rate, abs=1e-9)
+
+
+def test_ensemble_members_train_on_their_own_seeds_and_resume_member_by_member(
+        tmp_path: Path) -> None:
+    """`model.ensemble: 2` trains two members, on train seeds seed x 2 and seed x 2 + 1. A
+    rerun after the first member finished (the second's state lost to a kill) loads the first
+    rather than training it again, trains the second, and ends with the weights of an
+    uninterrupted run."""
+    from cxr_impressions.config import ModelParams, TrainParams
+
+    from .tiny_models import random_studies
+
+    train_set, val_set = random_studies(16, seed=0), random_studies(8, seed=1, first_uid=100)
+    model_params = ModelParams(ensemble=2)
+    params = TrainParams(epochs=2, batch_size=8, patience=99, seed=1)
+    assert model_params.member_seeds(params.seed) == [2, 3]
+    assert ModelParams().member_seeds(5) == [5]
+
+    def run(state: Path):
+        built = []
+
+        def build():
+            # tiny() seeds itself: the member's seed (set by train_members) picks tiny's
+            built.append(tiny("transformer", seed=int(np.random.randint(1000)))[0])
+            return built[-1]
+
+        vocab = tiny("transformer")[1]
+        model, summary = train_members(build, model_params, vocab, train_set, val_set, params,
+                                       state, tmp_path / "live")
+        return model, summary, built
+
+    whole, summary, built = run(tmp_path / "whole")
+    assert summary["members"] == 2 and summary["epochs_run"] == 4
+    assert [summary["member"][i]["seed"] for i in ("0", "1")] == [2, 3]
+    first, second = (m.train_model.get_weights() for m in built)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert (tmp_path / "live" / "member1").is_dir()  # the second member's curves
+
+    state = tmp_path / "interrupted"
+    run(state)
+    shutil.rmtree(state / "member1")  # killed while training the second member
+    resumed, _, rebuilt = run(state)
+    assert getattr(rebuilt[0].train_model, "optimizer", None) is None  # loaded, not trained
+    assert rebuilt[1].train_model.optimizer is not None  # trained
+    for ours, theirs in zip(resumed.train_model.get_weights(), whole.train_model.get_weights(),
+                            strict=True):
+        np.testing.assert_array_equal(ours, theirs)

@@ -183,11 +183,19 @@ class ModelParams:
     # titles of fewer training studies than exam_title_min_count count as unknown
     exam_title: bool = True  # chosen on validation (README "Results")
     exam_title_min_count: int = at_least(1, 5)
+    # Train this many models (train seeds `member_seeds`) and decode with their average: the
+    # mean of their label probabilities and of each next word's probability (models.ensemble)
+    ensemble: int = at_least(1, 1)
 
     def validate(self, source: str) -> None:
         if self.retrieval_k and self.kind != "transformer":
             raise InputError(f"{source}: model.retrieval_k needs model.kind: transformer (the "
                              f"memory is cross-attended), got {self.kind}; set it to 0")
+
+    def member_seeds(self, seed: int) -> list[int]:
+        """The train seed of each ensemble member under `train.seed: seed`: seed x ensemble + i,
+        so that the ensembles of two train seeds share no member (ensemble 1: `seed` itself)."""
+        return [seed * self.ensemble + i for i in range(self.ensemble)]
 
     @property
     def needs_grid(self) -> bool:

@@ -3,7 +3,8 @@
 - `config.json`: the model params, the backbone settings of the features it was trained on,
   the shapes needed to rebuild it, and the label thresholds chosen on validation
   (`label_thresholds`, one per label of `model.condition`);
-- `model.weights.h5`: the Keras weights; `vocab.json`: the vocabulary;
+- `model.weights.h5`: the Keras weights (of every member, in order, for `model.ensemble` > 1);
+  `vocab.json`: the vocabulary;
 - `retrieval.npz`: the retrieval memory bank (the training studies' uids, pooled vectors and
   impression token ids; empty when `model.retrieval_k` is 0), so that evaluate and `cxr predict`
   retrieve from the same training studies as the train stage;
@@ -30,7 +31,7 @@ from ..config import DecodeParams, ModelParams, build_section
 from ..data.titles import TitleVocabulary
 from ..data.tokenizer import Vocabulary
 from ..errors import InputError
-from .models import CaptionModel, build_model
+from .models import CaptionModel, build_model, ensemble
 from .retrieval import MemoryBank
 
 
@@ -148,8 +149,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
                 raise ValueError("exam_titles must be a list of strings")
             titles = TitleVocabulary(keys)
         matrix = np.zeros((shapes["vocab_size"], shapes["embedding_dim"]), dtype=np.float32)
-        model = build_model(params, matrix, shapes["feature_dim"], shapes["max_len"],
-                            shapes["regions"], len(titles) if titles is not None else 0)
+        model = ensemble([build_model(params, matrix, shapes["feature_dim"], shapes["max_len"],
+                                      shapes["regions"], len(titles) if titles is not None else 0)
+                          for _ in range(params.ensemble)])
     except KeyError as exc:
         raise InputError(f"{config_path}: not a model config (no {exc.args[0]!r})") from None
     except (TypeError, ValueError) as exc:

@@ -32,6 +32,7 @@ image vector (LSTM models) or to every word and attended to as one more memory t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import keras
@@ -55,6 +56,7 @@ class CaptionModel:
     train_model: keras.Model  # study inputs (+ condition) + tokens -> logits (+ labels)
     prefix_training: bool  # True: trained on (prefix -> next word) samples
     labels: tuple[str, ...] = ()  # the condition's labels, in the order of its columns
+    members: list[CaptionModel] = field(default_factory=list)  # an ensemble's (`ensemble`)
     _functions: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -396,6 +398,72 @@ def build_model(params: ModelParams, matrix: np.ndarray, feature_dim: int, max_l
     if regions is None:
         raise ValueError("the transformer needs the spatial grid (features.grid: true)")
     return _transformer(params, matrix, feature_dim, max_len, regions, exam_titles)
+
+
+def ensemble(members: Sequence[CaptionModel]) -> CaptionModel:
+    """One caption model that averages `members` (same kind, vocabulary and inputs; other
+    weights, e.g. other training seeds): the label probabilities and each next word's
+    probability are the members' means, and its attention is their mean. Its encoder returns
+    each member's memory under `member<i>_<name>` (the labels once, averaged) and its decoder
+    takes them back, so every decoding method runs on it unchanged; its `train_model` holds
+    every member's weights, in order, for saving and loading as one file."""
+    if len(members) == 1:
+        return members[0]
+    first = members[0]
+    # A functional model's operations need unique names; Keras saves weights by class name and
+    # position, not by these names, so renaming changes no weights file.
+    for i, member in enumerate(members):
+        for network in (member.encoder, member.decoder, member.train_model):
+            if not network.name.startswith("member"):
+                network.name = f"member{i}_{network.name}"
+    memory_names = [set(m.encoder.output) - {"labels"} for m in members]
+    study = {name: keras.Input(t.shape[1:], dtype=t.dtype, name=name)
+             for name, t in first.encoder.input.items()}
+    memory: dict[str, keras.KerasTensor] = {}
+    probabilities = []
+    for i, member in enumerate(members):
+        for name, value in member.encoder(study).items():
+            if name == "labels":
+                probabilities.append(ops.sigmoid(ops.cast(value, "float32")))
+            else:
+                memory[f"member{i}_{name}"] = value
+    if probabilities:
+        mean = ops.clip(ops.mean(ops.stack(probabilities), axis=0), 1e-7, 1.0 - 1e-7)
+        memory["labels"] = ops.log(mean) - ops.log1p(-mean)  # back to logits
+    encoder = keras.Model(study, memory, name=f"{first.kind}_ensemble_encoder")
+
+    given: dict[str, keras.KerasTensor] = {}
+    word_logp, attention = [], []
+    for i, member in enumerate(members):
+        feed = {}
+        for name, t in member.decoder.input.items():
+            key = f"member{i}_{name}" if name in memory_names[i] else name
+            if key not in given:
+                given[key] = keras.Input(t.shape[1:], dtype=t.dtype, name=key)
+            feed[name] = given[key]
+        out = member.decoder(feed)
+        word_logp.append(ops.log_softmax(ops.cast(out["logits"], "float32"), axis=-1))
+        if "attention" in out:
+            attention.append(out["attention"])
+    outputs = {"logits": _log_mean_exp(word_logp)}
+    if attention:
+        outputs["attention"] = ops.mean(ops.stack(attention), axis=0)
+    decoder = keras.Model(given, outputs, name=f"{first.kind}_ensemble_decoder")
+
+    inputs = {name: keras.Input(t.shape[1:], dtype=t.dtype, name=name)
+              for name, t in first.train_model.input.items()}
+    trained = [m.train_model(inputs) for m in members]
+    combined = {"logits": _log_mean_exp([ops.log_softmax(t["logits"], axis=-1)
+                                         for t in trained])}
+    train_model = keras.Model(inputs, combined, name=f"{first.kind}_ensemble")
+    return CaptionModel(first.kind, encoder, decoder, train_model, first.prefix_training,
+                        first.labels, members=list(members))
+
+
+def _log_mean_exp(log_probabilities: list[keras.KerasTensor]) -> keras.KerasTensor:
+    """log(mean(p)) of log-probabilities, stably."""
+    return (ops.logsumexp(ops.stack(log_probabilities), axis=0)
+            - float(np.log(len(log_probabilities))))
 
 
 def masked_loss(targets: keras.KerasTensor, logits: keras.KerasTensor) -> keras.KerasTensor:

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import keras
@@ -33,7 +33,7 @@ from ..evaluation.scoring import text_metrics
 from ..schedules import learning_rate
 from .decoding import Decoder
 from .distribute import per_replica
-from .models import CaptionModel, MaskedAccuracy, masked_loss
+from .models import CaptionModel, MaskedAccuracy, ensemble, masked_loss
 from .retrieval import MemoryBank
 from .studies import Studies
 
@@ -485,3 +485,48 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
     return {"epochs_run": selection.epochs_done, "best_epoch": selection.best_epoch + 1,
             "monitor": params.monitor, "best_value": round(selection.best_value, 4),
             "resumed": resuming}
+
+
+def train_members(build: Callable[[], CaptionModel], model_params: ModelParams,
+                  vocab: Vocabulary, train_set: Studies, val_set: Studies, params: TrainParams,
+                  state_dir: Path, live_dir: Path | None) -> tuple[CaptionModel, dict[str, object]]:
+    """`train` each of the `model.ensemble` members (built by `build`, seeded by
+    `model_params.member_seeds`), and return them as one model (`models.ensemble`) with the
+    training summary. A single model trains as before. An ensemble's member i keeps its resume
+    state in `state_dir/member<i>` and logs to `live_dir` (member 0) or `live_dir/member<i>`; a
+    member already trained when the stage is rerun after an interruption is loaded, not
+    trained again."""
+    seeds = model_params.member_seeds(params.seed)
+    if len(seeds) == 1:
+        keras.utils.set_random_seed(seeds[0])
+        model = build()
+        return model, train(model, vocab, train_set, val_set, params, state_dir, live_dir)
+    members, summaries = [], []
+    for i, seed in enumerate(seeds):
+        keras.utils.set_random_seed(seed)
+        member = build()
+        member_state = state_dir / f"member{i}"
+        member_live = None if live_dir is None else (live_dir if i == 0 else
+                                                     live_dir / f"member{i}")
+        done = member_state / "trained.json"
+        if done.exists():
+            summary = json.loads(done.read_text())
+            log.info("ensemble member %d (seed %d): trained before the interruption, loaded",
+                     i, seed)
+            member.train_model.load_weights(member_state / "best.weights.h5")
+            if member_live is not None:
+                restore_live(member_state, member_live, int(summary["epochs_run"]))
+        else:
+            log.info("ensemble member %d of %d: train.seed %d", i + 1, len(seeds), seed)
+            summary = train(member, vocab, train_set, val_set,
+                            dataclasses.replace(params, seed=seed), member_state, member_live)
+            write_json(done, summary)
+        members.append(member)
+        summaries.append({"seed": seed, **summary})
+    return ensemble(members), {
+        "members": len(members),
+        "epochs_run": sum(int(s["epochs_run"]) for s in summaries),
+        "monitor": params.monitor,
+        "best_value": round(float(np.mean([s["best_value"] for s in summaries])), 4),
+        "resumed": any(s["resumed"] for s in summaries),
+        "member": {str(i): s for i, s in enumerate(summaries)}}

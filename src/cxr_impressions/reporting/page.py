@@ -348,6 +348,16 @@ def attention_payload(attention: dict[str, np.ndarray]) -> dict[str, dict]:
     return payload
 
 
+def _training(summary: dict) -> str:
+    """Which epochs were kept: the model's, or each member's of a `model.ensemble`."""
+    members = summary.get("member")
+    if isinstance(members, dict) and members:
+        kept = ", ".join(f"{m.get('best_epoch', '?')} of {m.get('epochs_run', '?')}"
+                         for m in members.values())
+        return f"an ensemble of {len(members)}, best epochs {kept}"
+    return f"best epoch {summary.get('best_epoch', '?')} of {summary.get('epochs_run', '?')}"
+
+
 def build_report(out_dir: str | os.PathLike[str], scores: dict, train_summary: dict,
                  table: pd.DataFrame, curves: dict[str, dict[str, list]],
                  by_length: pd.DataFrame, image_paths: dict[str, tuple[Path | None, Path | None]],
@@ -401,8 +411,7 @@ def build_report(out_dir: str | os.PathLike[str], scores: dict, train_summary: d
     decode = scores.get("decode", {})
     summary = (f"{scores.get('kind', '?')} model, {scores.get('test_studies', len(table))} test "
                f"studies, {decode.get('method', '?')} decoding (beam {decode.get('beam_size')}), "
-               f"best epoch {train_summary.get('best_epoch', '?')} of "
-               f"{train_summary.get('epochs_run', '?')} (selected on validation "
+               f"{_training(train_summary)} (selected on validation "
                f"{train_summary.get('monitor', '?')}). Model BLEU-4 {model.get('bleu4', 0):.3f}, "
                f"ROUGE-L {model.get('rouge_l', 0):.3f}, CIDEr {model.get('cider', 0):.3f}, "
                f"abnormal F1 {_value(scores, 'model', 'abnormal_f1') or 0:.3f}, "
