@@ -56,7 +56,6 @@ class CaptionModel:
     train_model: keras.Model  # study inputs (+ condition) + tokens -> logits (+ labels)
     prefix_training: bool  # True: trained on (prefix -> next word) samples
     labels: tuple[str, ...] = ()  # the condition's labels, in the order of its columns
-    members: list[CaptionModel] = field(default_factory=list)  # an ensemble's (`ensemble`)
     _functions: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -433,7 +432,7 @@ def ensemble(members: Sequence[CaptionModel]) -> CaptionModel:
     encoder = keras.Model(study, memory, name=f"{first.kind}_ensemble_encoder")
 
     given: dict[str, keras.KerasTensor] = {}
-    word_logp, attention = [], []
+    word_logits, attention = [], []
     for i, member in enumerate(members):
         feed = {}
         for name, t in member.decoder.input.items():
@@ -442,26 +441,26 @@ def ensemble(members: Sequence[CaptionModel]) -> CaptionModel:
                 given[key] = keras.Input(t.shape[1:], dtype=t.dtype, name=key)
             feed[name] = given[key]
         out = member.decoder(feed)
-        word_logp.append(ops.log_softmax(ops.cast(out["logits"], "float32"), axis=-1))
+        word_logits.append(out["logits"])
         if "attention" in out:
             attention.append(out["attention"])
-    outputs = {"logits": _log_mean_exp(word_logp)}
+    outputs = {"logits": _mean_probability(word_logits)}
     if attention:
         outputs["attention"] = ops.mean(ops.stack(attention), axis=0)
     decoder = keras.Model(given, outputs, name=f"{first.kind}_ensemble_decoder")
 
     inputs = {name: keras.Input(t.shape[1:], dtype=t.dtype, name=name)
               for name, t in first.train_model.input.items()}
-    trained = [m.train_model(inputs) for m in members]
-    combined = {"logits": _log_mean_exp([ops.log_softmax(t["logits"], axis=-1)
-                                         for t in trained])}
+    combined = {"logits": _mean_probability([m.train_model(inputs)["logits"] for m in members])}
     train_model = keras.Model(inputs, combined, name=f"{first.kind}_ensemble")
     return CaptionModel(first.kind, encoder, decoder, train_model, first.prefix_training,
-                        first.labels, members=list(members))
+                        first.labels)
 
 
-def _log_mean_exp(log_probabilities: list[keras.KerasTensor]) -> keras.KerasTensor:
-    """log(mean(p)) of log-probabilities, stably."""
+def _mean_probability(logits: list[keras.KerasTensor]) -> keras.KerasTensor:
+    """log of the members' mean next-word probability (normalised logits), computed stably
+    from each member's logits."""
+    log_probabilities = [ops.log_softmax(ops.cast(x, "float32"), axis=-1) for x in logits]
     return (ops.logsumexp(ops.stack(log_probabilities), axis=0)
             - float(np.log(len(log_probabilities))))
 
