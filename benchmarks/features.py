@@ -81,7 +81,7 @@ def main() -> None:
     import tensorflow as tf
     from PIL import Image
 
-    from cxr_impressions.config import FeaturesParams, build_section
+    from cxr_impressions.config import build_section
     from cxr_impressions.data.images import load_image
     from cxr_impressions.features.backbones import (
         build_backbone,
@@ -91,6 +91,7 @@ def main() -> None:
         resolve_weights,
     )
     from cxr_impressions.features.extraction import extract_features
+    from cxr_impressions.settings.features import FeaturesParams
 
     weights = resolve_weights(get_spec(args.backbone), args.weights, args.weights_dir, False)
     model = build_backbone(args.backbone, weights, args.image_size, grid=False)

@@ -71,7 +71,6 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from cxr_impressions.config import FeaturesParams, FinetuneParams
     from cxr_impressions.data.images import image_dataset
     from cxr_impressions.features.backbones import (
         build_backbone,
@@ -80,6 +79,8 @@ def main() -> None:
         resolve_precision,
     )
     from cxr_impressions.features.finetune import TARGETS, build_adapter, make_train_step
+    from cxr_impressions.settings.features import FeaturesParams
+    from cxr_impressions.settings.finetune import FinetuneParams
 
     cut = args.cut or get_spec("xception").default_cut
     precision = resolve_precision(args.precision)

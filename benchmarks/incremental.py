@@ -25,8 +25,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cxr_impressions.config import FeaturesParams
 from cxr_impressions.features.extraction import configure_threads, extract_features, file_sha256
+from cxr_impressions.settings.features import FeaturesParams
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm")
 

@@ -36,7 +36,7 @@ def main() -> None:
         predict_batch,
         studies_from_projections,
     )
-    from cxr_impressions.config import DecodeParams
+    from cxr_impressions.settings.decode import DecodeParams
 
     sample = Path(args.sample)
     studies, _ = studies_from_projections(sample / "indiana_projections.csv", sample / "images")

@@ -52,9 +52,11 @@ def main() -> None:
         compile_for_training,
         make_dataset,
     )
-    from cxr_impressions.config import DecodeParams, ModelParams, build_section, load_section
+    from cxr_impressions.config import build_section, load_section
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
+    from cxr_impressions.settings.decode import DecodeParams
+    from cxr_impressions.settings.model import ModelParams
 
     model_params = load_section("model")
     train_params = load_section("train")

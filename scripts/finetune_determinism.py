@@ -35,9 +35,10 @@ def steps_weights(cache: np.ndarray, steps: int, weights: str) -> list[list[np.n
     import keras
     import tensorflow as tf
 
-    from cxr_impressions.config import FeaturesParams, FinetuneParams
     from cxr_impressions.features.backbones import get_spec
     from cxr_impressions.features.finetune import TARGETS, build_adapter, make_train_step
+    from cxr_impressions.settings.features import FeaturesParams
+    from cxr_impressions.settings.finetune import FinetuneParams
 
     batch = 32
     x = np.asarray(cache[: steps * batch], np.float32)
@@ -58,9 +59,10 @@ def epochs_weights(root: Path, cache: tuple[np.ndarray, np.ndarray], weights: st
                    n_train: int, n_val: int, frozen_pass: bool) -> list[list[np.ndarray]]:
     import pandas as pd
 
-    from cxr_impressions.config import FeaturesParams, FinetuneParams
     from cxr_impressions.features import finetune as ft
     from cxr_impressions.features.backbones import get_spec
+    from cxr_impressions.settings.features import FeaturesParams
+    from cxr_impressions.settings.finetune import FinetuneParams
 
     examples = pd.read_parquet(root / "data" / "clean" / "examples.parquet")
     images = pd.read_parquet(root / "data" / "clean" / "images.parquet")

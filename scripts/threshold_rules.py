@@ -35,7 +35,7 @@ from cxr_impressions.stage import run_stage
 
 if TYPE_CHECKING:
     from cxr_impressions.captioning.bundle import Bundle
-    from cxr_impressions.config import DecodeParams
+    from cxr_impressions.settings.decode import DecodeParams
 
 RULES = ("f1", "prevalence", "0.5")
 

@@ -43,7 +43,8 @@ def main() -> None:
     args = cli.parse_args()
 
     from cxr_impressions.captioning.distribute import current_task, make_strategy, run_paths
-    from cxr_impressions.config import ModelParams, TrainParams
+    from cxr_impressions.settings.model import ModelParams
+    from cxr_impressions.settings.train import TrainParams
     from cxr_impressions.stage import run_stage
 
     def run() -> None:

@@ -18,7 +18,7 @@ from .imports import PACKAGE, closure, import_graph, imports_of, module_path
 # Lower layers never import higher ones. The top-level utilities are the base; the stage runner
 # and the CLI sit above everything.
 LAYERS = {
-    "errors": 0, "config": 0, "atomic": 0, "schedules": 0,
+    "errors": 0, "config": 0, "atomic": 0, "schedules": 0, "settings": 0,
     "data": 1,
     "features": 2,
     "evaluation": 3,
@@ -71,13 +71,36 @@ def _stages() -> dict[str, dict]:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
+def _settings_module(section: str) -> str:
+    """The module of a section's dataclass, which `load_section` imports by name."""
+    return f"{PACKAGE}.settings.{section}"
+
+
+def test_each_section_is_a_module_of_settings_holding_its_dataclass() -> None:
+    """The deps check below finds a loaded section's module by this name."""
+    for section in SECTIONS:
+        assert SECTIONS[section].__module__ == _settings_module(section), section
+    modules = {m for m in import_graph() if m.startswith(f"{PACKAGE}.settings.")}
+    shared = {_settings_module("fields")}  # what several sections' dataclasses use
+    assert modules == {_settings_module(s) for s in SECTIONS} | shared
+
+
+def _modules_run(stage: str) -> set[str]:
+    """The package modules a stage's script runs: those it imports, at any depth, and the
+    settings module of each section it loads or tracks, which `load_section` imports by name
+    (no import statement shows it), with what that module imports."""
+    script = REPO / "stages" / f"{stage}.py"
+    sections = _loaded_sections(script) | set(_stages()[stage].get("params", []))
+    start = imports_of(script) | {_settings_module(s) for s in sections}
+    return closure(start, import_graph())
+
+
 @pytest.mark.parametrize("stage", sorted(_stages()))
 def test_dvc_deps_cover_every_module_the_stage_runs(stage: str) -> None:
     spec = _stages()[stage]
-    script = REPO / "stages" / f"{stage}.py"
     assert f"stages/{stage}.py" in spec["deps"]
     deps = [REPO / d for d in spec["deps"] if isinstance(d, str) and "${" not in d]
-    used = closure(imports_of(script), import_graph())
+    used = _modules_run(stage)
     missing = []
     for module in sorted(used):
         path = module_path(module)

@@ -12,8 +12,8 @@ from cxr_impressions.captioning.bundle import bundle_config, load_bundle, save_b
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.models import ensemble
 from cxr_impressions.captioning.retrieval import MemoryBank, empty_bank
-from cxr_impressions.config import ModelParams
 from cxr_impressions.errors import InputError
+from cxr_impressions.settings.model import ModelParams
 
 from .helpers import REPO
 from .tiny_models import study_inputs, tiny

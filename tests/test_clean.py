@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_impressions.config import CleanParams
 from cxr_impressions.data.clean import clean_reports, r2gen_split, random_split
 from cxr_impressions.data.layout import resolve_layout
 from cxr_impressions.data.parse import parse_inputs
 from cxr_impressions.data.text import normalise, sentences
 from cxr_impressions.data.tokenizer import Vocabulary
+from cxr_impressions.settings.clean import CleanParams
 
 from .helpers import IUXRAY, SAMPLE, needs_shared
 

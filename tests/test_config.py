@@ -4,16 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from cxr_impressions.config import (
-    SECTIONS,
-    UNTRACKED,
-    CleanParams,
-    MachineParams,
-    build_section,
-    load_section,
-    read_params,
-)
+from cxr_impressions.config import SECTIONS, UNTRACKED, build_section, load_section, read_params
 from cxr_impressions.errors import InputError
+from cxr_impressions.settings.clean import CleanParams
+from cxr_impressions.settings.machine import MachineParams
 
 from .helpers import REPO, write_params
 
@@ -133,7 +127,7 @@ def test_machine_settings_live_in_their_own_section(tmp_path: Path) -> None:
 
 
 def test_decoding_candidates_are_lists_checked_in_one_line() -> None:
-    from cxr_impressions.config import DecodeParams
+    from cxr_impressions.settings.decode import DecodeParams
 
     params = build_section("decode", DecodeParams, {"beam_sizes": [1, 4], "length_penalties": [1]})
     assert params.beam_sizes == (1, 4) and params.length_penalties == (1.0,)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cxr_impressions.captioning.decoding import Decoder, consistent_condition, rerank
-from cxr_impressions.config import DecodeParams
+from cxr_impressions.settings.decode import DecodeParams
 
 from .tiny_models import WORDS, study_inputs, tiny
 

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_impressions.config import FeaturesParams
 from cxr_impressions.data.images import load_image
 from cxr_impressions.errors import InputError
 from cxr_impressions.features.backbones import (
@@ -22,6 +21,7 @@ from cxr_impressions.features.backbones import (
 )
 from cxr_impressions.features.extraction import extract_features, partial_dir
 from cxr_impressions.features.store import FeatureStore
+from cxr_impressions.settings.features import FeaturesParams
 
 from .helpers import IUXRAY, REPO, SAMPLE, XCEPTION_WEIGHTS, needs_shared, write_params
 

@@ -449,8 +449,9 @@ def test_bfloat16_adapter_computes_in_bf16_and_keeps_float32_weights_head_and_ou
     import keras
     import tensorflow as tf
 
-    from cxr_impressions.config import FeaturesParams, FinetuneParams
     from cxr_impressions.features.finetune import build_adapter, make_train_step
+    from cxr_impressions.settings.features import FeaturesParams
+    from cxr_impressions.settings.finetune import FinetuneParams
 
     params, features = FinetuneParams(weights="none"), FeaturesParams(weights="none",
                                                                       image_size=71)

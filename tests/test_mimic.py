@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_impressions.config import CleanParams
 from cxr_impressions.data.clean import clean_reports
 from cxr_impressions.data.images import encode_dicom
 from cxr_impressions.data.layout import MIMIC_METADATA, resolve_layout, view_slots
 from cxr_impressions.data.parse import parse_inputs
 from cxr_impressions.errors import InputError
+from cxr_impressions.settings.clean import CleanParams
 
 from .helpers import REPO, SAMPLE, SHARED, needs_shared, run_stage, write_params
 from .repos import DVC, set_params, sh, small_pipeline_repo

@@ -9,9 +9,10 @@ from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.models import MaskedAccuracy, build_model, ensemble, masked_loss
 from cxr_impressions.captioning.studies import LABELS
 from cxr_impressions.captioning.training import compile_for_training
-from cxr_impressions.config import DecodeParams, ModelParams
 from cxr_impressions.data.labeller import FINDINGS
 from cxr_impressions.data.tokenizer import Vocabulary
+from cxr_impressions.settings.decode import DecodeParams
+from cxr_impressions.settings.model import ModelParams
 
 from .tiny_models import WORDS, study_inputs, tiny
 

@@ -17,8 +17,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from cxr_impressions.config import FeaturesParams
 from cxr_impressions.features.extraction import extract_features, partial_dir
+from cxr_impressions.settings.features import FeaturesParams
 
 from .helpers import REPO, run_stage, write_params
 from .seaweed import free_port

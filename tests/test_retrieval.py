@@ -6,8 +6,10 @@ import pytest
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.retrieval import MemoryBank
 from cxr_impressions.captioning.training import make_dataset
-from cxr_impressions.config import DecodeParams, ModelParams, build_section
+from cxr_impressions.config import build_section
 from cxr_impressions.errors import InputError
+from cxr_impressions.settings.decode import DecodeParams
+from cxr_impressions.settings.model import ModelParams
 
 from .tiny_models import random_studies, study_inputs, tiny
 

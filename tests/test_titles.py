@@ -10,10 +10,11 @@ from cxr_impressions.captioning.bundle import bundle_config, load_bundle, save_b
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.retrieval import empty_bank
 from cxr_impressions.captioning.training import make_dataset
-from cxr_impressions.config import ModelParams, build_section
+from cxr_impressions.config import build_section
 from cxr_impressions.data.titles import UNKNOWN, TitleVocabulary, hide_titles, title_key
 from cxr_impressions.errors import InputError
 from cxr_impressions.evaluation.baselines import title_constant_baseline
+from cxr_impressions.settings.model import ModelParams
 
 from .tiny_models import random_studies, study_inputs, tiny
 

@@ -120,8 +120,8 @@ def test_a_label_never_positive_in_training_is_never_predicted() -> None:
 
 
 def test_decode_prevalence_multipliers_are_checked() -> None:
-    from cxr_impressions.config import DecodeParams
     from cxr_impressions.errors import InputError
+    from cxr_impressions.settings.decode import DecodeParams
 
     for bad in ((), (0.0,), (-1.0, 2.0), (True,)):
         with pytest.raises(InputError, match="decode.prevalence_multipliers"):
@@ -247,7 +247,7 @@ def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path, sched
 def test_train_follows_its_schedule_to_the_last_step(tmp_path: Path) -> None:
     """`train.schedule: cosine` runs over `epochs` x the batches per epoch: the last step's
     learning rate is 0, where `constant` keeps `train.learning_rate`."""
-    from cxr_impressions.config import TrainParams
+    from cxr_impressions.settings.train import TrainParams
 
     from .tiny_models import random_studies
 
@@ -267,7 +267,8 @@ def test_ensemble_members_train_on_their_own_seeds_and_resume_member_by_member(
     rerun after the first member finished (the second's state lost to a kill) loads the first
     rather than training it again, trains the second, and ends with the weights of an
     uninterrupted run."""
-    from cxr_impressions.config import ModelParams, TrainParams
+    from cxr_impressions.settings.model import ModelParams
+    from cxr_impressions.settings.train import TrainParams
 
     from .tiny_models import random_studies
 

@@ -6,8 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from cxr_impressions.captioning.models import build_model
-from cxr_impressions.config import ModelParams
 from cxr_impressions.data.tokenizer import Vocabulary
+from cxr_impressions.settings.model import ModelParams
 
 WORDS = ("<pad>", "<unk>", "startseq", "endseq", "no", "effusion", ".")
 

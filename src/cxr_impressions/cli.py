@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from .config import EvaluateParams, MachineParams
+from .settings.evaluate import EvaluateParams
+from .settings.machine import MachineParams
 from .stage import run_stage
 
 
@@ -179,8 +180,9 @@ def _compare(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from .config import ServeParams, build_section, load_section
+    from .config import build_section, load_section
     from .serving.server import serve
+    from .settings.serve import ServeParams
 
     params = (load_section("serve", ServeParams, args.params) if args.params.is_file()
               else ServeParams())

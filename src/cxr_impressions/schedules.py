@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import Schedule
+from .settings.fields import Schedule
 
 
 def learning_rate(rate: float, schedule: Schedule, steps: int) -> float | object:

@@ -27,10 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, write_json
-from ..config import DecodeParams, ModelParams, build_section
+from ..config import build_section
 from ..data.titles import TitleVocabulary
 from ..data.tokenizer import Vocabulary
 from ..errors import InputError
+from ..settings.decode import DecodeParams
+from ..settings.model import ModelParams
 from .models import CaptionModel, build_model, ensemble
 from .retrieval import MemoryBank
 

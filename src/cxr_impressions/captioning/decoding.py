@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import DecodeParams
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
+from ..settings.decode import DecodeParams
 from .models import CaptionModel
 
 if TYPE_CHECKING:  # the scoring modules load only where a selection runs, not in `cxr serve`

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from ..config import ModelParams
+from ..settings.model import ModelParams
 from .studies import LABELS
 
 

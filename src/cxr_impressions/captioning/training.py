@@ -26,11 +26,13 @@ import numpy as np
 import tensorflow as tf
 
 from ..atomic import atomic_path, write_json
-from ..config import DecodeParams, ModelParams, TrainParams
 from ..data.titles import TitleVocabulary, hide_titles
 from ..data.tokenizer import Vocabulary
 from ..evaluation.scoring import text_metrics
 from ..schedules import learning_rate
+from ..settings.decode import DecodeParams
+from ..settings.model import ModelParams
+from ..settings.train import TrainParams
 from .decoding import Decoder
 from .distribute import per_replica
 from .models import CaptionModel, MaskedAccuracy, ensemble, masked_loss

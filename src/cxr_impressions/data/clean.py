@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import CleanParams, project_path
+from ..config import project_path
 from ..errors import InputError
+from ..settings.clean import CleanParams
 from .layout import uid_of_image
 from .text import normalise
 from .tokenizer import Vocabulary

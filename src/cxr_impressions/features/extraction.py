@@ -38,8 +38,9 @@ import h5py
 import numpy as np
 
 from ..atomic import atomic_path
-from ..config import FeaturesParams, MachineParams
 from ..errors import InputError
+from ..settings.features import FeaturesParams
+from ..settings.machine import MachineParams
 from .shards import compute_shards, configure_threads, package_versions, shard_files
 
 __all__ = ["ExtractionSettings", "configure_threads", "extract_features", "partial_dir"]

@@ -41,11 +41,12 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path, write_json
-from ..config import FeaturesParams, FinetuneParams
 from ..data.labeller import FINDINGS, MESH_TERMS, NORMAL_MESH, label_text, mesh_labels
 from ..data.layout import view_slots
 from ..errors import InputError
 from ..schedules import learning_rate
+from ..settings.features import FeaturesParams
+from ..settings.finetune import FinetuneParams
 from .shards import compute_shards, noting_interrupts, shard_files
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import FeaturesParams, MachineParams
 from ..errors import InputError
+from ..settings.features import FeaturesParams
+from ..settings.machine import MachineParams
 from .shards import ShardRun, write_shards
 
 log = logging.getLogger(__name__)

@@ -28,12 +28,12 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from ..captioning.predict import Prediction, Predictor
-from ..config import ServeParams
 from ..data.images import load_image_bytes
 from ..data.labeller import label_text
 from ..errors import InputError, TooLargeError
 from ..reporting.assets import read_static as read_report_static
 from ..reporting.heatmaps import grid_side
+from ..settings.serve import ServeParams
 from .batching import Batcher, QueueFullError
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import socket
 import time
 from pathlib import Path
 
-from ..config import ServeParams
 from ..errors import InputError
+from ..settings.serve import ServeParams
 
 log = logging.getLogger(__name__)
 

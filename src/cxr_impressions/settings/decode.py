@@ -1,0 +1,70 @@
+"""The `decode` section: how captions are decoded, and how train chooses among candidates."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, get_args
+
+from ..errors import InputError
+from .fields import at_least
+
+LabelMode = Literal["independent", "consistent"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeParams:
+    """How captions are decoded. With `select: true` (the default) the train stage chooses
+    method, beam_size, length_penalty and labels among the candidate lists by `select_metric`
+    on the validation split and writes them to models/decoding.json, which evaluate and
+    `cxr predict` use; with `select: false` it writes them as given."""
+
+    method: Literal["greedy", "beam"] = "beam"
+    beam_size: int = at_least(1, 3)
+    length_penalty: float = at_least(0.0, 0.7, at_most=3.0)  # score / length ** length_penalty
+    no_repeat_ngram: int = at_least(0, 3)  # 0: no blocking
+    # How a conditioned model's predicted labels become the decoder's condition: `independent`,
+    # each label on where its probability passes its threshold; `consistent`, then made
+    # consistent the way the training labels are (abnormal on exactly when some finding is on).
+    labels: LabelMode = "independent"
+    select: bool = True
+    beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
+    length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
+    label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
+    select_metric: Literal["bleu4", "cider", "rouge_l", "abnormal_f1",
+                           "findings_macro_f1"] = "bleu4"
+    # Only candidates whose most frequent validation caption is at most this share of the
+    # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
+    max_top_share: float = at_least(0.01, 1.0, at_most=1.0)
+    # `varied`: among the candidates whose `select_metric` validation cannot tell from the
+    # best's (the paired bootstrap interval of candidate minus best reaches 0), the one whose
+    # commonest caption goes to the fewest studies; `best`: the best, however small its lead.
+    select_ties: Literal["best", "varied"] = "varied"
+    select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
+    select_seed: int = at_least(0, 0)  # seeds those resamples
+    # How the train stage sets a conditioned model's label thresholds on validation:
+    # `prevalence`, each label positive for m times its training prevalence, one m for all
+    # labels chosen among `prevalence_multipliers`; `f1`, each label its own best-F1 threshold.
+    thresholds: Literal["prevalence", "f1"] = "prevalence"
+    prevalence_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+    # What models/decoding.json holds: the settings one decodes with.
+    SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram", "labels")
+    LABEL_MODES = get_args(LabelMode)
+
+    def settings(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.SETTINGS}
+
+    def validate(self, source: str) -> None:
+        if not self.beam_sizes or any(isinstance(b, bool) or b < 1 for b in self.beam_sizes):
+            raise InputError(f"{source}: decode.beam_sizes must be a non-empty list of integers "
+                             f">= 1, got {list(self.beam_sizes)}")
+        if not self.length_penalties or any(not 0.0 <= a <= 3.0 for a in self.length_penalties):
+            raise InputError(f"{source}: decode.length_penalties must be a non-empty list of "
+                             f"numbers in [0, 3], got {list(self.length_penalties)}")
+        if not self.prevalence_multipliers or any(
+                isinstance(m, bool) or not 0.0 < m <= 100.0 for m in self.prevalence_multipliers):
+            raise InputError(f"{source}: decode.prevalence_multipliers must be a non-empty list "
+                             f"of numbers in (0, 100], got {list(self.prevalence_multipliers)}")
+        if not self.label_modes or any(m not in self.LABEL_MODES for m in self.label_modes):
+            raise InputError(f"{source}: decode.label_modes must be a non-empty list of "
+                             f"{' | '.join(self.LABEL_MODES)}, got {list(self.label_modes)}")
