@@ -111,6 +111,23 @@ def test_dvc_deps_cover_every_module_the_stage_runs(stage: str) -> None:
     assert not missing, f"dvc.yaml stage {stage} misses deps: {missing}"
 
 
+@pytest.mark.parametrize("stage", sorted(_stages()))
+def test_dvc_deps_list_no_module_the_stage_does_not_run(stage: str) -> None:
+    """Exactly the modules it runs: a package module listed but not run would rerun the stage
+    for nothing. A folder is a dep only where the stage runs every module in it (reporting/, whose
+    static files the page reads too)."""
+    used = {module_path(m) for m in _modules_run(stage)}
+    unused = []
+    for dep in _stages()[stage]["deps"]:
+        path = REPO / dep
+        if not isinstance(dep, str) or REPO / "src" not in path.parents:
+            continue
+        modules = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        unused += [str(m.relative_to(REPO)) for m in modules
+                   if m not in used and m.name != "__init__.py"]
+    assert not unused, f"dvc.yaml stage {stage} lists modules it does not run: {unused}"
+
+
 def _loaded_sections(path: Path) -> set[str]:
     """The params sections a script loads: the literal names of its `load_section` calls."""
     sections = set()
