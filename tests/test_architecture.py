@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,31 @@ def test_dvc_deps_list_no_module_the_stage_does_not_run(stage: str) -> None:
         unused += [str(m.relative_to(REPO)) for m in modules
                    if m not in used and m.name != "__init__.py"]
     assert not unused, f"dvc.yaml stage {stage} lists modules it does not run: {unused}"
+
+
+def test_a_decode_param_reruns_no_stage_before_train() -> None:
+    """Why each section has its own module: a new or changed field of DecodeParams reruns the
+    stages that load `decode` or decode (train, evaluate), never the data, finetune and features
+    stages before them (hours on the full data, and finetune is not bitwise reproducible)."""
+    decode = "src/cxr_impressions/settings/decode.py"
+    rerun = {stage for stage, spec in _stages().items() if decode in spec["deps"]}
+    assert "train" in rerun
+    assert not rerun & {"parse", "clean", "finetune", "features", "embeddings"}, sorted(rerun)
+
+
+def test_loading_a_section_imports_only_its_own_settings_module() -> None:
+    """The loader's import of a section's module is lazy, in a fresh process as a stage runs:
+    loading `decode` imports settings.decode (and what it imports), not finetune's module."""
+    code = ("import sys\n"
+            "from cxr_impressions.config import load_section\n"
+            "load_section('decode')\n"
+            "print(*sorted(m for m in sys.modules if m.startswith('cxr_impressions.settings.')))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = result.stdout.split()
+    assert "cxr_impressions.settings.finetune" not in imported
+    assert imported == [_settings_module("decode"), _settings_module("fields")]
 
 
 def _loaded_sections(path: Path) -> set[str]:
