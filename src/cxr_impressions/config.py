@@ -8,9 +8,10 @@ Rules (tests/test_config.py and tests/test_architecture.py enforce them, for eve
 
 - **One module per section.** Section `decode` is `DecodeParams` in `settings/decode.py`, with
   its defaults and checks; this loader imports that module only when the section is loaded. So
-  a stage's DVC deps list the settings modules of exactly the sections it loads, and a new
-  decode param reruns the stages that load `decode`, not every stage, as it would if the
-  dataclasses lived in this module, a dep of every stage.
+  a stage's DVC deps list the settings modules of the sections it loads and of the dataclasses
+  its code imports, no others, and a new decode param reruns only the stages that run
+  `DecodeParams` (train, evaluate), not every stage, as it would if the dataclasses lived in
+  this module, a dep of every stage.
 - **One source of defaults.** The dataclasses hold the defaults. `params.yaml` lists every
   section of `SECTIONS` and every field of each, with exactly these values, so that DVC tracks
   every value a stage uses; a new section is a module in `settings/`, an entry in `SECTIONS`
@@ -50,8 +51,8 @@ T = TypeVar("T")
 
 # Each section's dataclass, by class name: section `decode` is `DecodeParams` in
 # `settings/decode.py`. The loader imports a section's module only when that section is loaded,
-# so a stage runs, and lists in its DVC deps, only the settings modules of the sections it loads
-# (tests/test_architecture.py), and a changed section reruns only those stages.
+# so loading one section runs no other section's module, and a stage's DVC deps need not list
+# them (tests/test_architecture.py).
 _SECTION_CLASSES = {
     "data": "DataParams",
     "parse": "ParseParams",
