@@ -82,7 +82,7 @@ def main() -> None:
                                    len(titles) if titles is not None else 0)
                        for _ in range(params.ensemble)]
             model = members[0]
-            compile_for_training(model, train_params.learning_rate)
+            compile_for_training(model, train_params.learning_rate, train_params.ema_momentum)
             data = make_dataset(split["train"], model, train_params.batch_size, True, 0)
             batches = iter(data.repeat())
             for _ in range(args.warmup):

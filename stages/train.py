@@ -135,6 +135,7 @@ def main() -> None:
         selection["decoding"] = {"metric": decode.select_metric,
                                  "max_top_share": decode.max_top_share,
                                  "ties": decode.select_ties,
+                                 "guards": list(decode.select_guards),
                                  "chosen": decode.settings(), "candidates": candidates}
     else:
         selection["decoding"] = {"chosen": decode.settings()}  # as given in params.yaml

@@ -7,6 +7,7 @@ import pytest
 from cxr_impressions.config import SECTIONS, UNTRACKED, build_section, load_section, read_params
 from cxr_impressions.errors import InputError
 from cxr_impressions.settings.clean import CleanParams
+from cxr_impressions.settings.decode import DecodeParams
 from cxr_impressions.settings.machine import MachineParams
 
 from .helpers import REPO, write_params
@@ -34,6 +35,13 @@ def test_defaults_and_overrides() -> None:
 def test_wrong_param_is_one_line_error(raw: dict, message: str) -> None:
     with pytest.raises(InputError, match=message) as info:
         build_section("clean", CleanParams, raw)
+    assert "\n" not in str(info.value)
+
+
+def test_an_unknown_guard_metric_is_one_line_error() -> None:
+    with pytest.raises(InputError, match=r"decode\.select_guards must be one of 'bleu4'.*"
+                                         r"got 'rouge'") as info:
+        build_section("decode", DecodeParams, {"select_guards": ["rouge_l", "rouge"]})
     assert "\n" not in str(info.value)
 
 

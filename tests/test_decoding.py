@@ -302,6 +302,47 @@ def test_varied_ties_take_the_least_uniform_candidate_validation_cannot_tell_apa
                                                    max_top_share=0.5)) == 2
 
 
+def test_a_guard_metric_unties_a_candidate_significantly_below_the_best_on_it() -> None:
+    from collections import Counter
+
+    from cxr_impressions.captioning.decoding import choose
+    from cxr_impressions.evaluation.bootstrap import metric_values, study_statistics
+
+    normal = "no acute cardiopulmonary abnormality ."
+    effusion = "small left pleural effusion number ."
+    references = [normal] * 45 + [f"{effusion[:-2]} {i} ." for i in range(15)]
+    candidates = {
+        "template": [normal] * 45 + [effusion] * 15,  # the best BLEU-4
+        "reworded": ["heart size is normal ."] * 2 + [normal] * 43 + [effusion] * 15,
+        # Within noise of the best on BLEU-4, the least uniform, and significantly below it on
+        # ROUGE-L: 12 normal studies with their words out of order.
+        "reordered": (["cardiopulmonary abnormality no acute ."] * 12 + [normal] * 33
+                      + references[45:]),
+    }
+    statistics = [study_statistics(references, texts) for texts in candidates.values()]
+
+    def rows() -> list[dict]:
+        return [{**{m: float(metric_values(s, np.ones((1, 60)))[m][0])
+                    for m in ("bleu4", "rouge_l")},
+                 "top_share": Counter(t).most_common(1)[0][1] / len(t)}
+                for s, t in zip(statistics, candidates.values(), strict=True)]
+
+    assert max(range(3), key=lambda i: rows()[i]["bleu4"]) == 0
+    assert choose(rows(), statistics, DecodeParams(select_ties="varied")) == 2
+    guarded = rows()
+    assert choose(guarded, statistics, DecodeParams(select_ties="varied",
+                                                    select_guards=("rouge_l",))) == 1
+    assert guarded[2]["vs_best_low"] < 0 <= guarded[2]["vs_best_high"]  # tied on BLEU-4
+    assert guarded[2]["vs_best_rouge_l_high"] < 0  # but below on ROUGE-L
+    assert guarded[1]["vs_best_rouge_l_high"] >= 0
+    assert guarded[0]["vs_best_rouge_l_low"] == guarded[0]["vs_best_rouge_l_high"] == 0
+    # A guard on the select metric itself adds nothing, and no second interval.
+    same = rows()
+    assert choose(same, statistics, DecodeParams(select_ties="varied",
+                                                 select_guards=("bleu4",))) == 2
+    assert "vs_best_bleu4_low" not in same[0]
+
+
 def test_selection_with_varied_ties_reports_each_candidates_interval() -> None:
     decoder, inputs, references, params = twelve_study_selection(select_ties="varied",
                                                                  select_resamples=200)

@@ -11,6 +11,7 @@ from cxr_impressions.captioning.studies import LABELS, Studies
 from cxr_impressions.captioning.training import (
     FALLBACK_THRESHOLD,
     AtomicBackupAndRestore,
+    AveragedWeights,
     MirrorLive,
     SelectOnValidation,
     backed_up_epochs,
@@ -210,13 +211,16 @@ def test_cosine_schedule_falls_from_the_rate_to_zero_over_the_run() -> None:
     assert learning_rate(1e-3, "constant", 10) == 1e-3
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path, schedule: str) -> None:
+@pytest.mark.parametrize(("schedule", "ema"), [("constant", False), ("cosine", False),
+                                               ("constant", True)])
+def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path, schedule: str,
+                                                           ema: bool) -> None:
     """Dropout draws its masks from Keras seed generators, whose state the weights file does
     not hold: the backup keeps it, so a fit resumed after its first epoch ends with the weights
     of an uninterrupted fit, bit for bit (the optimizer's state comes back with the weights,
-    and with it the step count a cosine schedule is a function of). A later epoch's weights
-    file that a kill left without its metadata is not used."""
+    and with it the step count a cosine schedule is a function of, and the moving average of
+    `train.ema_momentum`). A later epoch's weights file that a kill left without its metadata
+    is not used."""
     import keras
 
     rng = np.random.default_rng(0)
@@ -228,10 +232,13 @@ def test_a_resumed_fit_ends_with_the_uninterrupted_weights(tmp_path: Path, sched
         keras.utils.set_random_seed(0)  # as stages/train.py does in each process
         model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
                                   keras.layers.Dropout(0.5), keras.layers.Dense(1)])
-        model.compile(keras.optimizers.Adam(learning_rate(0.01, schedule, 3 * 4)), "mse")
-        callbacks = [AtomicBackupAndRestore(str(backup), delete_checkpoint=False)]
-        model.fit(x, y, epochs=epochs, batch_size=8, shuffle=False, verbose=0,
-                  callbacks=callbacks if backed_up else [])
+        model.compile(keras.optimizers.Adam(learning_rate(0.01, schedule, 3 * 4), use_ema=ema),
+                      "mse")
+        use_average, use_raw = AveragedWeights(model).callbacks() if ema else ([], [])
+        backups = [AtomicBackupAndRestore(str(backup), delete_checkpoint=False)]
+        model.fit(x, y, validation_data=(x[:8], y[:8]), epochs=epochs, batch_size=8,
+                  shuffle=False, verbose=0,
+                  callbacks=[*use_average, *use_raw, *(backups if backed_up else [])])
         return model
 
     uninterrupted = fit(3, backed_up=False)
@@ -307,3 +314,62 @@ def test_ensemble_members_train_on_their_own_seeds_and_resume_member_by_member(
     for ours, theirs in zip(resumed.train_model.get_weights(), whole.train_model.get_weights(),
                             strict=True):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_validation_scores_and_keeps_the_moving_average_while_training_goes_on_raw() -> None:
+    """`train.ema_momentum`: each epoch's validation (and whatever keeps the weights at the
+    epoch's end) sees the optimizer's moving average of the weights, and training continues
+    from the raw weights, which follow the same path as without the average."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype(np.float32)
+    y = (x @ rng.normal(size=(4, 1))).astype(np.float32)
+
+    class Record(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights: list[list[np.ndarray]] = []
+            self.val_loss: list[float] = []
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.weights.append([np.array(w) for w in self.model.get_weights()])
+            self.val_loss.append(float((logs or {})["val_loss"]))
+
+    def fit(ema: bool) -> tuple[keras.Model, Record, Record]:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                                  keras.layers.Dense(1)])
+        model.compile(keras.optimizers.Adam(0.05, use_ema=ema, ema_momentum=0.9), "mse")
+        validated, raw = Record(), Record()
+        use_average, use_raw = AveragedWeights(model).callbacks() if ema else ([], [])
+        model.fit(x, y, validation_data=(x[:8], y[:8]), epochs=3, batch_size=8, shuffle=False,
+                  verbose=0, callbacks=[*use_average, validated, *use_raw, raw])
+        return model, validated, raw
+
+    model, validated, raw = fit(ema=True)
+    _, plain, _ = fit(ema=False)
+    for epoch in range(3):
+        for ours, theirs in zip(raw.weights[epoch], plain.weights[epoch], strict=True):
+            np.testing.assert_array_equal(ours, theirs)  # the raw path is untouched
+        assert not all(np.array_equal(a, b) for a, b in zip(validated.weights[epoch],
+                                                              raw.weights[epoch], strict=True))
+        model.set_weights(validated.weights[epoch])
+        assert model.evaluate(x[:8], y[:8], verbose=0) == pytest.approx(
+            validated.val_loss[epoch], rel=1e-5)  # validation scored the average
+
+
+def test_train_keeps_the_best_epochs_moving_average(tmp_path: Path) -> None:
+    """With `train.ema_momentum`, the weights `train` leaves in the model are the ones its
+    validation scored best: their validation loss is the kept epoch's."""
+    from cxr_impressions.settings.train import TrainParams
+
+    from .tiny_models import random_studies
+
+    train_set, val_set = random_studies(16, seed=0), random_studies(8, seed=1, first_uid=100)
+    model, vocab = tiny("transformer")
+    params = TrainParams(epochs=3, batch_size=8, patience=99, ema_momentum=0.9)
+    summary = train(model, vocab, train_set, val_set, params, tmp_path / "state", None)
+    val_data = make_dataset(val_set, model, params.batch_size, False, params.seed)
+    logs = model.train_model.evaluate(val_data, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(summary["best_value"], abs=1e-4)

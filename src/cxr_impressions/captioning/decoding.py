@@ -303,13 +303,13 @@ class Decoder:
         those whose most frequent caption is at most `params.max_top_share` of the studies (if
         none is, those with the lowest such share); ties go to the earlier candidate (the
         smaller beam). With `params.select_ties: varied`, the candidates whose metric the
-        studies cannot tell from the best's (`paired_differences`) count as tied with it, and
-        the one among them with the lowest top share wins. Also a row per candidate with its
-        scores (and, under `varied`, its paired interval against the best), and the chosen
-        row. Each beam
-        size is searched once per label mode; its length penalties only re-rank the finished
-        hypotheses. Beam 1 is greedy decoding, for which
-        the length penalty changes nothing. Label modes apply to models conditioned on findings
+        studies cannot tell from the best's (`paired_differences`), nor fall significantly
+        below the best's on any of `params.select_guards`, count as tied with it, and the one
+        among them with the lowest top share wins. Also a row per candidate with its scores
+        (and, under `varied`, its paired intervals against the best), and the chosen row. Each
+        beam size is searched once per label mode; its length penalties only re-rank the
+        finished hypotheses. Beam 1 is greedy decoding, for which the length penalty changes
+        nothing. Label modes apply to models conditioned on findings
         and abnormal (elsewhere `consistent` changes nothing, and only `independent` is
         tried)."""
         from tqdm import tqdm
@@ -366,7 +366,9 @@ def choose(rows: list[dict], statistics: Sequence[StudyStatistics],
            params: DecodeParams) -> int:
     """The index of the chosen candidate row (see `Decoder.select`). Under `select_ties:
     varied`, each row gets `vs_best_low`/`vs_best_high`: the paired 95% interval of its metric
-    minus the best's, from `statistics` (per candidate, on the same studies)."""
+    minus the best's, from `statistics` (per candidate, on the same studies); and for each of
+    `params.select_guards`, `vs_best_<guard>_low`/`_high`, the same for that metric. A row is
+    tied with the best when none of those intervals lies wholly below 0."""
     from ..evaluation.bootstrap import paired_differences
 
     def eligible(row: dict) -> float:
@@ -378,13 +380,17 @@ def choose(rows: list[dict], statistics: Sequence[StudyStatistics],
     best = max(range(len(rows)), key=lambda i: (eligible(rows[i]), rows[i][metric], -i))
     if params.select_ties == "best":
         return best
-    bounds = paired_differences(statistics[best], statistics, metric, params.select_resamples,
-                                params.select_seed)
-    tied = []
-    for i, (low, high) in enumerate(bounds):
-        rows[i]["vs_best_low"], rows[i]["vs_best_high"] = round(low, 4), round(high, 4)
-        if eligible(rows[i]) == eligible(rows[best]) and (i == best or high >= 0):
-            tied.append(i)
+    guards = [g for g in dict.fromkeys(params.select_guards) if g != metric]
+    below = [False] * len(rows)  # significantly below the best on the metric or a guard
+    differences = paired_differences(statistics[best], statistics, (metric, *guards),
+                                     params.select_resamples, params.select_seed)
+    for name, bounds in differences.items():
+        prefix = "vs_best" if name == metric else f"vs_best_{name}"
+        for i, (low, high) in enumerate(bounds):
+            rows[i][f"{prefix}_low"], rows[i][f"{prefix}_high"] = round(low, 4), round(high, 4)
+            below[i] = below[i] or high < 0
+    tied = [i for i in range(len(rows))
+            if eligible(rows[i]) == eligible(rows[best]) and (i == best or not below[i])]
     return min(tied, key=lambda i: (rows[i]["top_share"], -rows[i][metric], i))
 
 

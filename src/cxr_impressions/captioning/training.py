@@ -137,6 +137,43 @@ class ValidationBleu(keras.callbacks.Callback):
             logs["val_distinct"] = float(scores["distinct"])
 
 
+class AveragedWeights:
+    """Validation on the optimizer's exponential moving average of the weights
+    (`train.ema_momentum`), with training going on from the raw weights: the average goes in
+    as the epoch's validation begins (`callbacks()[0]`, before anything scores or keeps the
+    weights) and the raw weights come back at the epoch's end (`callbacks()[1]`, placed before
+    the backup, so that a resume continues from the raw weights and the average in the
+    optimizer's state)."""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        self.raw: list[np.ndarray] | None = None
+
+    def use_average(self) -> None:
+        if self.raw is None:
+            self.raw = [np.array(v.numpy()) for v in self.model.trainable_weights]
+            self.model.optimizer.finalize_variable_values(self.model.trainable_weights)
+
+    def use_raw(self) -> None:
+        if self.raw is not None:
+            for variable, value in zip(self.model.trainable_weights, self.raw, strict=True):
+                variable.assign(value)
+            self.raw = None
+
+    def callbacks(self) -> tuple[list[keras.callbacks.Callback], list[keras.callbacks.Callback]]:
+        weights = self
+
+        class UseAverage(keras.callbacks.Callback):
+            def on_test_begin(self, logs: dict | None = None) -> None:
+                weights.use_average()
+
+        class UseRaw(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                weights.use_raw()
+
+        return [UseAverage()], [UseRaw()]
+
+
 class SelectOnValidation(keras.callbacks.Callback):
     """Keeps the weights of the best epoch on the monitored validation score, stops training
     after `patience` epochs without improvement, and persists both across a resume.
@@ -415,10 +452,12 @@ def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
     return thresholds, {"rule": "prevalence", **choice, "labels": per_label}
 
 
-def compile_for_training(caption_model: CaptionModel, rate: float | object) -> None:
+def compile_for_training(caption_model: CaptionModel, rate: float | object,
+                         ema_momentum: float = 0.0) -> None:
     """Compile the training model: masked caption loss and accuracy, plus, when conditioned,
     the label head's binary cross-entropy (averaged over its labels) and AUC (over all).
-    `rate`: Adam's learning rate, a number or a Keras schedule (`schedules.learning_rate`)."""
+    `rate`: Adam's learning rate, a number or a Keras schedule (`schedules.learning_rate`);
+    `ema_momentum` > 0: Adam also keeps a moving average of the weights (`AveragedWeights`)."""
     # per_replica: the caption loss is a scalar mean, which Keras leaves unscaled across
     # replicas (it divides only its own per-example losses); see captioning/distribute.py.
     losses: dict[str, object] = {"logits": per_replica(masked_loss)}
@@ -428,7 +467,9 @@ def compile_for_training(caption_model: CaptionModel, rate: float | object) -> N
         metrics["labels"] = [keras.metrics.AUC(from_logits=True, name="auc")]
     # Keras' default jit_compile="auto" turns XLA on, which is several times slower on CPU here.
     caption_model.train_model.compile(
-        optimizer=keras.optimizers.Adam(rate, clipnorm=5.0), loss=losses,
+        optimizer=keras.optimizers.Adam(rate, clipnorm=5.0, use_ema=ema_momentum > 0,
+                                        ema_momentum=ema_momentum or 0.99),
+        loss=losses,
         metrics=metrics, jit_compile=False)
 
 
@@ -469,7 +510,10 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
                               first_epoch=first_epoch, title_dropout=params.exam_title_dropout)
     val_data = make_dataset(val_set, caption_model, params.batch_size, False, params.seed)
     steps = params.epochs * int(train_data.cardinality())
-    compile_for_training(caption_model, learning_rate(params.learning_rate, params.schedule, steps))
+    compile_for_training(caption_model, learning_rate(params.learning_rate, params.schedule, steps),
+                         params.ema_momentum)
+    use_average, use_raw = (AveragedWeights(model).callbacks() if params.ema_momentum > 0
+                            else ([], []))
     with live_logging(live_dir, state_dir, resuming, first_epoch) as live_callbacks:
         model.fit(
             train_data, validation_data=val_data, epochs=params.epochs, verbose=2,
@@ -477,9 +521,11 @@ def train(caption_model: CaptionModel, vocab: Vocabulary, train_set: Studies, va
             # At each epoch's end in this order, the backup last: whatever the others wrote
             # after the last backup is cut back on resume (SelectOnValidation, restore_live).
             callbacks=[
+                *use_average,
                 ValidationBleu(caption_model, vocab, val_set),
                 selection,
                 *live_callbacks,
+                *use_raw,
                 AtomicBackupAndRestore(str(backup_dir)),
             ])
     if selection.weights_path.exists():

@@ -205,13 +205,15 @@ def significance(systems: Mapping[str, StudyStatistics], resamples: int, seed: i
 
 
 def paired_differences(reference: StudyStatistics, others: Sequence[StudyStatistics],
-                       metric: str, resamples: int, seed: int) -> list[tuple[float, float]]:
-    """For each of `others`, the 95% interval of its `metric` minus that of `reference`, all on
-    the same resampled studies (paired): an interval that reaches 0 is a difference the
-    studies cannot tell from none."""
+                       metrics: Sequence[str], resamples: int, seed: int
+                       ) -> dict[str, list[tuple[float, float]]]:
+    """For each of `metrics` and each of `others`, the 95% interval of its metric minus that of
+    `reference`, all on the same resampled studies (paired): an interval that reaches 0 is a
+    difference the studies cannot tell from none."""
     counts = resample_counts(len(reference), resamples, seed)
-    base = metric_values(reference, counts)[metric]
-    return [interval(metric_values(other, counts)[metric] - base) for other in others]
+    base = metric_values(reference, counts)
+    values = [metric_values(other, counts) for other in others]
+    return {metric: [interval(v[metric] - base[metric]) for v in values] for metric in metrics}
 
 
 def finetune_intervals(labels: np.ndarray, scores: Mapping[str, np.ndarray],

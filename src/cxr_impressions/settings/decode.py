@@ -9,6 +9,7 @@ from ..errors import InputError
 from .fields import at_least
 
 LabelMode = Literal["independent", "consistent"]
+SelectMetric = Literal["bleu4", "cider", "rouge_l", "abnormal_f1", "findings_macro_f1"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +31,7 @@ class DecodeParams:
     beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
     length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
     label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
-    select_metric: Literal["bleu4", "cider", "rouge_l", "abnormal_f1",
-                           "findings_macro_f1"] = "bleu4"
+    select_metric: SelectMetric = "bleu4"
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
     max_top_share: float = at_least(0.01, 1.0, at_most=1.0)
@@ -39,6 +39,10 @@ class DecodeParams:
     # best's (the paired bootstrap interval of candidate minus best reaches 0), the one whose
     # commonest caption goes to the fewest studies; `best`: the best, however small its lead.
     select_ties: Literal["best", "varied"] = "varied"
+    # Under `varied`, a candidate tied with the best on `select_metric` must also not be
+    # significantly below that best on each of these (the same paired interval reaches 0):
+    # BLEU-4 alone let ties trade ROUGE-L away for variety.
+    select_guards: tuple[SelectMetric, ...] = ()
     select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
     select_seed: int = at_least(0, 0)  # seeds those resamples
     # How the train stage sets a conditioned model's label thresholds on validation:

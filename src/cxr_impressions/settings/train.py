@@ -18,6 +18,9 @@ class TrainParams:
     # constant: `learning_rate` throughout; cosine: from `learning_rate` down to 0 at the last
     # step of `epochs` (an early stop ends the run before it).
     schedule: Schedule = "constant"
+    # > 0: validation scores, and the model keeps, the optimizer's exponential moving average of
+    # the weights (this momentum per step) while training continues from the raw ones; 0: off.
+    ema_momentum: float = at_least(0.0, 0.0, at_most=0.9999)
     seed: int = at_least(0, 0)
     # default | mirrored (every local GPU) | multi_worker (TF_CONFIG); README "Scaling out".
     # A param, not a machine setting: replicas round the loss differently, so the model differs.
