@@ -74,8 +74,9 @@ class _Sections(Mapping[str, type]):
     """Section name -> its dataclass, its module imported when the class is first asked for."""
 
     def __getitem__(self, name: str) -> type:
+        class_name = _SECTION_CLASSES[name]  # a KeyError for an unknown section, as a dict's
         module = importlib.import_module(f"{__package__}.settings.{name}")
-        return getattr(module, _SECTION_CLASSES[name])
+        return getattr(module, class_name)
 
     def __contains__(self, name: object) -> bool:  # Mapping's default would import the module
         return name in _SECTION_CLASSES
