@@ -99,7 +99,8 @@ def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     assert {"bleu4", "rouge_l", "cider", "abnormal_f1"} <= set(scores["model"])
     assert "seconds" not in json.dumps(workspace)
     table = sh(DVC, "metrics", "show", cwd=pipeline_repo)
-    assert len(table) < 2000 and max(map(len, table.splitlines())) < 800, table
+    # A header and a row per file, each short: no file holds a number per label or candidate.
+    assert len(table) < 2600 and max(map(len, table.splitlines())) < 800, table
     # The data stages' counts are still in git, for reading.
     parse = json.loads((pipeline_repo / "metrics/parse.json").read_text())
     assert parse["reports"] == 100
