@@ -12,7 +12,7 @@ text (findings macro-F1 over the findings with a positive there, and abnormal F1
 - `0.5` for every label, for reference.
 
 With `--captions`, each of `f1` and `prevalence` also sets the thresholds on the whole
-validation split, as the train stage does, and the decoding selection (the `decode` section of
+validation split, as the selection stage does, and the decoding selection (the `decode` section of
 the workspace's params.yaml) runs again under them: the captions' validation scores of the
 setting chosen under each rule (minutes per rule on the full data).
 
@@ -43,7 +43,7 @@ RULES = ("f1", "prevalence", "0.5")
 def scores_on(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndarray,
               names: tuple[str, ...]) -> tuple[float, float]:
     """(findings macro-F1 over the findings with a positive, abnormal F1) of the label head."""
-    from cxr_impressions.captioning.training import f1_at
+    from cxr_impressions.captioning.selection import f1_at
 
     findings = [j for j, name in enumerate(names) if name != "abnormal" and labels[:, j].any()]
     macro = float(np.mean([f1_at(probabilities[:, j], labels[:, j], thresholds[j])
@@ -55,7 +55,7 @@ def scores_on(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndar
 def thresholds_by(rule: str, probabilities: np.ndarray, labels: np.ndarray,
                   prevalence: np.ndarray, multipliers: tuple[float, ...],
                   names: tuple[str, ...]) -> np.ndarray:
-    from cxr_impressions.captioning.training import (
+    from cxr_impressions.captioning.selection import (
         choose_prevalence_thresholds,
         choose_thresholds,
     )
@@ -135,12 +135,12 @@ def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
                             references: list[str], probabilities: np.ndarray,
                             val_labels: np.ndarray, train_labels: np.ndarray,
                             decode: DecodeParams) -> None:
-    """Under each rule's thresholds (set on the whole validation split, as the train stage sets
-    them), the decoding setting the selection chooses on validation, and its scores there."""
+    """Under each rule's thresholds (set on the whole validation split, as the selection stage
+    sets them), the decoding setting the selection chooses on validation, and its scores there."""
     from dataclasses import replace
 
     from cxr_impressions.captioning.decoding import Decoder
-    from cxr_impressions.captioning.training import select_thresholds
+    from cxr_impressions.captioning.selection import select_thresholds
 
     names = tuple(bundle.model.labels)
     metric = decode.select_metric

@@ -1,4 +1,5 @@
-"""train: a caption model on cached features and the GloVe matrix, selected on validation.
+"""train: a caption model on cached features and the GloVe matrix, its epoch chosen on
+validation. The label thresholds and decoding settings are the selection stage's.
 
 With `train.strategy: multi_worker`, `dvc repro` runs the chief and the same command runs on each
 other worker with its own TF_CONFIG; only the chief writes the declared outputs.
@@ -15,13 +16,6 @@ from cxr_impressions.config import load_section
 from cxr_impressions.stage import run_stage
 
 
-def mean_val_f1(chosen: dict[str, dict]) -> float | None:
-    """The mean validation F1 of the labels with a validation positive (the others have no
-    F1 there)."""
-    f1s = [row["val_f1"] for row in chosen.values() if row["val_f1"] is not None]
-    return round(float(np.mean(f1s)), 4) if f1s else None
-
-
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__)
     cli.add_argument("--clean", required=True, help="input: directory of the clean outputs")
@@ -30,13 +24,10 @@ def main() -> None:
     cli.add_argument("--out", required=True, help="output: model directory")
     cli.add_argument("--live", required=True, help="output: DVCLive directory")
     cli.add_argument("--metrics", required=True, help="output: training summary (JSON)")
-    cli.add_argument("--selection", required=True,
-                     help="output: every candidate of the validation selection (JSON)")
     args = cli.parse_args()
 
     model_params = load_section("model")
     params = load_section("train")
-    decode = load_section("decode")
     machine = load_section("machine")  # not tracked by DVC: collective_timeout
     from cxr_impressions.captioning.distribute import current_task, make_strategy, run_paths
 
@@ -49,17 +40,14 @@ def main() -> None:
     strategy = make_strategy(params.strategy, machine.collective_timeout)
 
     from cxr_impressions.captioning.bundle import bundle_config, save_bundle
-    from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.models import CaptionModel, build_model
     from cxr_impressions.captioning.retrieval import empty_bank
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.captioning.training import (
         attach_memory,
         prepare_state_dir,
-        select_thresholds,
         train_members,
     )
-    from cxr_impressions.data.titles import UNKNOWN
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
 
@@ -98,51 +86,12 @@ def main() -> None:
     with strategy.scope():
         model, summary = train_members(build, model_params, vocab, splits["train"],
                                        splits["val"], params, paths.state, paths.live)
-    if not task.is_chief:  # what follows is the chief's: thresholds, decoding, the outputs
-        shutil.rmtree(paths.state)
-        paths.cleanup()
-        return
-    config = bundle_config(model_params, features, feature_dim, regions, matrix.shape[1], vocab,
-                           titles)
-    # Everything selected is chosen on the validation split: the label thresholds first, then
-    # the decoding settings, decoding under those thresholds.
-    val = splits["val"]
-    thresholds = np.zeros(0)
-    # The DVC metric (`metrics/train.json`) stays a short summary, as `dvc metrics show` prints
-    # one column per number; every threshold and candidate weighed is in `metrics/selection.json`.
-    summary = {"kind": model_params.kind, "parameters": model.train_model.count_params(),
-               **summary}
-    selection: dict[str, object] = {"selected_on": "val", "train_studies": len(splits["train"]),
-                                    "val_studies": len(val),
-                                    "val_abnormal_share": round(float(val.abnormal.mean()), 4)}
-    if titles is not None:
-        selection["exam_titles"] = {
-            "known": len(titles) - 1,
-            **{f"{name}_share_known": round(float(np.mean(split.exam_title != UNKNOWN)), 4)
-               for name, split in splits.items()}}
-    if model.conditioned:
-        probabilities = Decoder(model, vocab).encode(val.inputs())["probabilities"]
-        thresholds, chosen = select_thresholds(
-            probabilities, val.label_matrix(model.labels),
-            splits["train"].label_matrix(model.labels), model.labels, decode)
-        config["label_thresholds"] = dict(zip(model.labels, thresholds.tolist(), strict=True))
-        selection["label_thresholds"] = chosen
-        summary["val_label_f1"] = mean_val_f1(chosen["labels"])
-    if decode.select:
-        decode, candidates, best = Decoder(model, vocab, thresholds).select(
-            val.inputs(), val.texts, decode)
-        summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
-        selection["decoding"] = {"metric": decode.select_metric,
-                                 "max_top_share": decode.max_top_share,
-                                 "ties": decode.select_ties,
-                                 "guards": list(decode.select_guards),
-                                 "chosen": decode.settings(), "candidates": candidates}
-    else:
-        selection["decoding"] = {"chosen": decode.settings()}  # as given in params.yaml
-    save_bundle(paths.out, model, vocab, config, bank)
-    write_json(paths.out / "decoding.json", decode.settings())
-    write_json(paths.metrics, summary)
-    write_json(args.selection, selection)
+    if task.is_chief:  # the others' outputs would only be deleted
+        config = bundle_config(model_params, features, feature_dim, regions, matrix.shape[1],
+                               vocab, titles)
+        save_bundle(paths.out, model, vocab, config, bank)
+        write_json(paths.metrics, {"kind": model_params.kind,
+                                   "parameters": model.train_model.count_params(), **summary})
     shutil.rmtree(paths.state)
     paths.cleanup()
 

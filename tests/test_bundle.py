@@ -1,6 +1,7 @@
 """The model bundle: what one process saves, any other process loads to the same numbers."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_impressions.captioning.bundle import bundle_config, load_bundle, save_bundle
+from cxr_impressions.captioning.bundle import (
+    bundle_config,
+    load_bundle,
+    save_bundle,
+    save_decoding,
+)
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.models import ensemble
 from cxr_impressions.captioning.retrieval import MemoryBank, empty_bank
 from cxr_impressions.errors import InputError
+from cxr_impressions.settings.decode import DecodeParams
 from cxr_impressions.settings.model import ModelParams
 
 from .helpers import REPO
@@ -55,8 +62,9 @@ def _saved(directory: Path, members: int = 1) -> tuple:
              for seed in range(members)]
     model, vocab = ensemble([m for m, _ in built]), built[0][1]
     config = bundle_config(ModelParams(**PARAMS, ensemble=members), {}, 8, 3, 4, vocab)
-    config["label_thresholds"] = dict.fromkeys(model.labels, 0.4)
     save_bundle(directory, model, vocab, config, _bank())
+    save_decoding(directory, DecodeParams(beam_size=2, labels="consistent"),
+                  dict.fromkeys(model.labels, 0.4))
     return model, vocab
 
 
@@ -93,6 +101,40 @@ def test_the_bundle_carries_what_predict_needs(tmp_path: Path) -> None:
     # A retrieval model without its memory bank is a one-line error, not a traceback.
     (tmp_path / "retrieval.npz").unlink()
     with pytest.raises(InputError, match="retrieval.npz: not found"):
+        load_bundle(tmp_path)
+
+
+def test_a_bundle_from_before_the_selection_stage_decodes_as_it_did(tmp_path: Path) -> None:
+    """A model folder saved when train chose everything: the label thresholds in config.json,
+    decoding.json without them. It loads with the same thresholds and settings, and decodes
+    the same captions as the same model saved today."""
+    _saved(tmp_path / "new")
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "new", old)
+    decoding = json.loads((old / "decoding.json").read_text())
+    config = json.loads((old / "config.json").read_text())
+    config["label_thresholds"] = decoding.pop("label_thresholds")
+    (old / "config.json").write_text(json.dumps(config))
+    (old / "decoding.json").write_text(json.dumps(decoding))
+    new, before = load_bundle(tmp_path / "new"), load_bundle(old)
+    np.testing.assert_array_equal(before.thresholds, np.full(14, 0.4))
+    assert before.label_thresholds == new.label_thresholds
+    assert before.decode == new.decode == DecodeParams(beam_size=2, labels="consistent")
+    inputs = new.model_inputs(study_inputs(3, seed=5))
+    decoded = [Decoder(b.model, b.vocab, b.thresholds).decode(inputs, b.decode)
+               for b in (new, before)]
+    assert [d.ids for d in decoded[0]] == [d.ids for d in decoded[1]]
+    # Without decoding.json at all (older still): the default settings, the same thresholds.
+    (old / "decoding.json").unlink()
+    assert load_bundle(old).decode == DecodeParams()
+    assert load_bundle(old).label_thresholds == new.label_thresholds
+
+
+def test_malformed_label_thresholds_are_a_one_line_error(tmp_path: Path) -> None:
+    _saved(tmp_path)
+    decoding = json.loads((tmp_path / "decoding.json").read_text())
+    (tmp_path / "decoding.json").write_text(json.dumps({**decoding, "label_thresholds": [0.4]}))
+    with pytest.raises(InputError, match=r"decoding.json: label_thresholds must map labels"):
         load_bundle(tmp_path)
 
 

@@ -166,7 +166,6 @@ def test_train_stage_with_malformed_tf_config_fails_in_one_line(tmp_path: Path) 
     try:
         result = run_stage("train.py", "--clean", "c", "--features", "f.h5", "--embeddings",
                            "e.npy", "--out", "m", "--live", "l", "--metrics", "t.json",
-                           "--selection", "s.json",
                            cwd=tmp_path, check=False)
     finally:
         del os.environ["TF_CONFIG"]

@@ -38,7 +38,10 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
                    "metrics/eval/per_study.csv"):
         assert (repo / output).is_file(), output
     train = json.loads((repo / "metrics/train.json").read_text())
-    assert {"kind", "parameters", "best_epoch", "val_label_f1", "val_bleu4"} <= set(train)
+    assert {"kind", "parameters", "best_epoch", "monitor"} <= set(train)
+    assert not {"val_label_f1", "val_bleu4"} & set(train)  # the selection stage's
+    chosen_scores = json.loads((repo / "metrics/select.json").read_text())
+    assert set(chosen_scores) == {"val_label_f1", "val_bleu4"}
     selection = json.loads((repo / "metrics/selection.json").read_text())
     thresholds = selection["label_thresholds"]  # decode.thresholds: prevalence (the default)
     assert len(thresholds["labels"]) == 14  # condition: findings
@@ -52,7 +55,12 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
         (1, 0.7, "independent"), (2, 0.0, "independent"), (2, 0.7, "independent"),
         (1, 0.7, "consistent"), (2, 0.0, "consistent"), (2, 0.7, "consistent")]
     chosen = selection["decoding"]["chosen"]  # selected on validation, used by evaluate
-    assert json.loads((repo / "models/decoding.json").read_text()) == chosen
+    decoding = json.loads((repo / "models/decoding.json").read_text())
+    label_thresholds = decoding.pop("label_thresholds")
+    assert decoding == chosen
+    assert {name: round(value, 4) for name, value in label_thresholds.items()} == {
+        name: row["threshold"] for name, row in thresholds["labels"].items()}
+    assert "label_thresholds" not in json.loads((repo / "models/config.json").read_text())
     assert json.loads((repo / "metrics/evaluate.json").read_text())["decode"] == chosen
     parse = json.loads((repo / "metrics/parse.json").read_text())
     assert parse["reports"] == 100 and parse["images_found"] == 200
@@ -77,18 +85,22 @@ def test_repro_output_has_no_tensorflow_chatter(finished_pipeline: Path) -> None
 def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     dag = sh(DVC, "dag", "--dot", cwd=pipeline_repo)
     for edge in ('"parse" -> "clean"', '"parse" -> "features"', '"clean" -> "embeddings"',
-                 '"clean" -> "finetune"', '"finetune" -> "features"'):
+                 '"clean" -> "finetune"', '"finetune" -> "features"', '"train" -> "selection"',
+                 '"selection" -> "evaluate"', '"evaluate" -> "report"'):
         assert edge in dag
     shown = sh(DVC, "metrics", "show", "--json", cwd=pipeline_repo)
     workspace = next(iter(json.loads(shown).values()))["data"]
-    # Two well-named files: the headline scores and the training summary, no timings.
-    assert set(workspace) == {"metrics/scores.json", "metrics/train.json"}, set(workspace)
+    # Well-named files: the headline scores, the training summary and the validation scores of
+    # what the selection stage chose, no timings.
+    assert set(workspace) == {"metrics/scores.json", "metrics/train.json",
+                              "metrics/select.json"}, set(workspace)
     scores = workspace["metrics/scores.json"]["data"]
     assert set(scores) == {"model", "constant", "title_constant", "nearest_neighbour"}
     assert {"bleu4", "rouge_l", "cider", "abnormal_f1"} <= set(scores["model"])
     assert "seconds" not in json.dumps(workspace)
     table = sh(DVC, "metrics", "show", cwd=pipeline_repo)
-    assert len(table) < 2000 and max(map(len, table.splitlines())) < 800, table
+    # A header and a row per file, each short: no file holds a number per label or candidate.
+    assert len(table) < 2600 and max(map(len, table.splitlines())) < 800, table
     # The data stages' counts are still in git, for reading.
     parse = json.loads((pipeline_repo / "metrics/parse.json").read_text())
     assert parse["reports"] == 100
@@ -166,6 +178,34 @@ def test_only_affected_stages_rerun(pipeline_repo: Path) -> None:
     assert "Running stage 'features'" in out and "Running stage 'clean'" not in out
     assert "Running stage 'parse'" not in out
     (repo / "params.yaml").write_text(params)  # or the later tests would rerun finetune
+    assert "up to date" in sh(DVC, "status", cwd=repo)
+
+
+@needs_shared(SHARED)
+def test_a_decode_param_reruns_the_selection_never_train(pipeline_repo: Path) -> None:
+    """Why selection is a stage of its own: a decode experiment reruns it (and what its new
+    outputs make stale), on the saved model, which stays as it is: never a retraining."""
+    repo = pipeline_repo
+    params = (repo / "params.yaml").read_text()
+    weights = repo / "models/model.weights.h5"
+    before = (weights.read_bytes(), weights.stat().st_mtime_ns)
+    set_params(repo, decode={"select_ties": "best"})
+    status = sh(DVC, "status", cwd=repo)
+    assert re.search(r"^selection:\n\s+changed deps:\n\s+params.yaml:\n\s+modified:\s+decode",
+                     status, re.MULTILINE), status
+    assert set(re.findall(r"^(\w+):$", status, re.MULTILINE)) == {"selection"}, status
+    out = sh(DVC, "repro", cwd=repo)
+    assert "Running stage 'selection'" in out and "Stage 'train' didn't change" in out, out
+    assert "Running stage 'train'" not in out
+    assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
+    chosen = json.loads((repo / "metrics/selection.json").read_text())["decoding"]
+    assert chosen["ties"] == "best"
+    assert json.loads((repo / "metrics/evaluate.json").read_text())["decode"] == chosen["chosen"]
+    assert "up to date" in sh(DVC, "status", cwd=repo)
+    (repo / "params.yaml").write_text(params)
+    out = sh(DVC, "repro", cwd=repo)  # back: from the run-cache, the model still untouched
+    assert "Running stage" not in out, out
+    assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
     assert "up to date" in sh(DVC, "status", cwd=repo)
 
 
@@ -301,7 +341,7 @@ def test_prompt_oracle_decodes_validation_under_both_conditions(pipeline_repo: P
 def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> None:
     """scripts/threshold_rules.py on the sample model: each rule scored on held-out halves;
     with --captions, the decoding selection rerun under each rule, which under the params' own
-    rule (prevalence) finds what the train stage chose."""
+    rule (prevalence) finds what the selection stage chose."""
     out = sh(sys.executable, "scripts/threshold_rules.py", "--repeats", "5", "--captions",
              cwd=pipeline_repo)
     rows = dict(re.findall(r"^(f1|prevalence|0\.5) +(\d\.\d{3} +\d\.\d{3})$", out, re.MULTILINE))
@@ -311,8 +351,8 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
     chosen = dict(re.findall(r"^(f1|prevalence) +beam \d, lp \S+, \w+ +(\d\.\d{4}) ", out,
                              re.MULTILINE))
     assert set(chosen) == {"f1", "prevalence"}, out
-    trained = json.loads((pipeline_repo / "metrics/train.json").read_text())
-    assert float(chosen["prevalence"]) == pytest.approx(trained["val_bleu4"], abs=1e-4), out
+    selected = json.loads((pipeline_repo / "metrics/select.json").read_text())
+    assert float(chosen["prevalence"]) == pytest.approx(selected["val_bleu4"], abs=1e-4), out
 
 
 @needs_shared(SHARED)

@@ -23,7 +23,8 @@ from .seaweed import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, free_port, weed_
 # A pipeline run (and, for experiments, three) under a loaded CPU can pass the default timeout.
 pytestmark = [needs_shared(SHARED), pytest.mark.timeout(2400)]
 
-STAGES = ("parse", "clean", "features", "embeddings", "train", "evaluate", "report")
+STAGES = ("parse", "clean", "features", "embeddings", "train", "selection", "evaluate",
+          "report")
 # botocore's own setting, two tries per request: its default, five with backoff, only makes a
 # failure take a minute longer to arrive.
 TWO_S3_TRIES = {"AWS_MAX_ATTEMPTS": "2"}
@@ -207,7 +208,7 @@ def test_metrics_diff_across_branches(team_repo: Path, tmp_path: Path) -> None:
     *commands, back = readme_commands("### Comparing branches")
     outputs = {line: sh("bash", "-c", line, cwd=repo) for line in commands}
     assert ran_or_restored(outputs["dvc exp run -S model.kind=merge"]) == {
-        "train", "evaluate", "report"}
+        "train", "selection", "evaluate", "report"}
     # --all: also the metrics equal on both branches (a tiny model may score 0 on both).
     diff = json.loads(sh(DVC, "metrics", "diff", "main", "merge-model", "--all", "--json",
                          cwd=repo))
@@ -256,7 +257,7 @@ def test_experiments_queue_show_and_plots_diff(team_repo: Path, tmp_path: Path) 
     sh(DVC, "checkout", cwd=repo)
     out = sh(DVC, "exp", "run", "-n", "merge", "-S", "model.kind=merge", cwd=repo)
     # The branches test may have run these params already, with the same cache.
-    assert ran_or_restored(out) == {"train", "evaluate", "report"}, out
+    assert ran_or_restored(out) == {"train", "selection", "evaluate", "report"}, out
     assert json.loads((repo / "metrics/train.json").read_text())["kind"] == "merge"
     # The README's queued sweep, exactly as written there (default, repo-relative params: the
     # queue runs in a copy under .dvc/tmp/exps/, where `../` would point elsewhere).
@@ -319,13 +320,13 @@ def test_run_cache_through_the_remote(team_repo: Path, s3: SeaweedS3, tmp_path: 
     sh(DVC, "pull", cwd=b)
     earlier = yaml.safe_load((b / "params.yaml").read_text())["train"]["learning_rate"]
     set_params(b, train={"learning_rate": earlier * 3})
-    assert ran(sh(DVC, "repro", cwd=b)) == {"train", "evaluate", "report"}
+    assert ran(sh(DVC, "repro", cwd=b)) == {"train", "selection", "evaluate", "report"}
     assert digest(b / "features/xception.h5") == digest(team_repo / "features/xception.h5")
     set_params(b, train={"learning_rate": earlier})  # back to the value main was run with
     out = sh(DVC, "repro", "--pull", cwd=b)
     assert ran(out) == set(), out
     assert all(f"Stage '{stage}' is cached - skipping run" in out
-               for stage in ("train", "evaluate", "report")), out
+               for stage in ("train", "selection", "evaluate", "report")), out
     for output in ("models/model.weights.h5", "metrics/scores.json", "metrics/eval/per_study.csv"):
         assert digest(b / output) == digest(team_repo / output), output
     assert "Data and pipelines are up to date" in sh(DVC, "status", cwd=b)

@@ -7,17 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxr_impressions.captioning.selection import (
+    FALLBACK_THRESHOLD,
+    choose_prevalence_thresholds,
+    choose_threshold,
+    choose_thresholds,
+)
 from cxr_impressions.captioning.studies import LABELS, Studies
 from cxr_impressions.captioning.training import (
-    FALLBACK_THRESHOLD,
     AtomicBackupAndRestore,
     AveragedWeights,
     MirrorLive,
     SelectOnValidation,
     backed_up_epochs,
-    choose_prevalence_thresholds,
-    choose_threshold,
-    choose_thresholds,
     live_copies,
     make_dataset,
     restore_live,

@@ -78,9 +78,10 @@ def serving_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int 
     """A model folder as `cxr predict` and `cxr serve` load it: an untrained tiny transformer
     over random-weight Xception grids (3x3 per view at 71 px), conditioned on `abnormal`;
     with `exam_titles`, a `model.exam_title` model that knows those titles."""
-    from cxr_impressions.captioning.bundle import bundle_config, save_bundle
+    from cxr_impressions.captioning.bundle import bundle_config, save_bundle, save_decoding
     from cxr_impressions.captioning.retrieval import empty_bank
     from cxr_impressions.data.titles import TitleVocabulary
+    from cxr_impressions.settings.decode import DecodeParams
 
     tf.keras.utils.set_random_seed(seed)
     vocab = Vocabulary(BUNDLE_WORDS, "startseq", "endseq", max_len)
@@ -109,6 +110,6 @@ def serving_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int 
     features = {"backbone": "xception", "weights": str(weights), "image_size": image_size,
                 "resize": "squash", "precision": "float32"}
     config = bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab, titles)
-    config["label_thresholds"] = {label: 0.3 for label in model.labels}
     save_bundle(directory, model, vocab, config, empty_bank(2048, max_len - 1))
+    save_decoding(directory, DecodeParams(), {label: 0.3 for label in model.labels})
     return directory

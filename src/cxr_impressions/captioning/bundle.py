@@ -1,8 +1,7 @@
 """The trained model as files under `models/`, loadable without DVC.
 
-- `config.json`: the model params, the backbone settings of the features it was trained on,
-  the shapes needed to rebuild it, and the label thresholds chosen on validation
-  (`label_thresholds`, one per label of `model.condition`);
+- `config.json`: the model params, the backbone settings of the features it was trained on and
+  the shapes needed to rebuild it (the train stage writes it);
 - `model.weights.h5`: the Keras weights (of every member, in order, for `model.ensemble` > 1);
   `vocab.json`: the vocabulary;
 - `retrieval.npz`: the retrieval memory bank (the training studies' uids, pooled vectors and
@@ -10,9 +9,11 @@
   retrieve from the same training studies as the train stage;
 - `config.json` also holds, for a model with `model.exam_title`, the exam-title vocabulary
   (`exam_titles`, data/titles.py);
-- `decoding.json`: the decoding settings (method, beam size, length penalty, n-gram blocking),
-  chosen on the validation split by the train stage (`decode.select`), used by evaluate and
-  `cxr predict`.
+- `decoding.json`: the decoding settings (method, beam size, length penalty, n-gram blocking,
+  label mode) and the label thresholds (`label_thresholds`, one per label of
+  `model.condition`), all chosen on the validation split by the selection stage, used by evaluate
+  and `cxr predict`. A bundle saved before the selection stage existed has its thresholds in
+  `config.json` instead; it loads with those.
 """
 
 from __future__ import annotations
@@ -47,17 +48,19 @@ class Bundle:
     bank: MemoryBank | None = None  # the retrieval memory (None: the model retrieves nothing)
     sha256: str = ""  # the bundle's identity: `bundle_hash` of its files
     titles: TitleVocabulary | None = None  # model.exam_title: the titles it knows
+    # By label, chosen on validation (decoding.json); a label missing decodes at 0.5.
+    label_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def thresholds(self) -> np.ndarray:
         """The label thresholds chosen on validation, in the order of the model's labels."""
-        chosen = self.config.get("label_thresholds", {})
-        return np.array([chosen.get(name, 0.5) for name in self.model.labels], np.float64)
+        return np.array([self.label_thresholds.get(name, 0.5) for name in self.model.labels],
+                        np.float64)
 
     @property
     def abnormal_threshold(self) -> float:
         """The abnormal label's threshold chosen on validation (0.5 where none was chosen)."""
-        return float(self.config.get("label_thresholds", {}).get("abnormal", 0.5))
+        return float(self.label_thresholds.get("abnormal", 0.5))
 
     def model_inputs(self, inputs: dict[str, np.ndarray],
                      exam_titles: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
@@ -86,6 +89,14 @@ def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: V
     vocab.save(directory / "vocab.json")
     bank.save(directory / "retrieval.npz")
     write_json(directory / "config.json", config)
+
+
+def save_decoding(directory: str | os.PathLike[str], decode: DecodeParams,
+                  label_thresholds: dict[str, float]) -> None:
+    """What the selection stage chose on validation: the settings to decode with and the label
+    thresholds (empty for a model without labels)."""
+    write_json(Path(directory) / "decoding.json",
+               {**decode.settings(), "label_thresholds": label_thresholds})
 
 
 def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
@@ -159,13 +170,24 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     except (TypeError, ValueError) as exc:
         raise InputError(f"{config_path}: not a model config ({_first_line(exc)})") from None
     _load_weights(model, directory / "model.weights.h5", config_path)
-    decode = DecodeParams()
-    if (directory / "decoding.json").is_file():
-        decode = build_section("decode", DecodeParams,
-                               _read_json(directory / "decoding.json", "decoding settings"),
-                               source=str(directory / "decoding.json"))
+    decode, label_thresholds = _load_decoding(directory / "decoding.json", config)
     bank = MemoryBank.load(directory / "retrieval.npz") if params.retrieval_k else None
-    return Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory), titles)
+    return Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory), titles,
+                  label_thresholds)
+
+
+def _load_decoding(path: Path, config: dict) -> tuple[DecodeParams, dict[str, float]]:
+    """The decoding settings and label thresholds of `path` (decoding.json). A bundle made
+    before the selection stage kept its thresholds in config.json and none in decoding.json: it
+    keeps decoding under those."""
+    settings = _read_json(path, "decoding settings") if path.is_file() else {}
+    label_thresholds = settings.pop("label_thresholds", config.get("label_thresholds", {}))
+    if not (isinstance(label_thresholds, dict) and all(
+            isinstance(v, int | float) and not isinstance(v, bool)
+            for v in label_thresholds.values())):
+        raise InputError(f"{path}: label_thresholds must map labels to numbers")
+    decode = build_section("decode", DecodeParams, settings, source=str(path))
+    return decode, {str(k): float(v) for k, v in label_thresholds.items()}
 
 
 def _read_json(path: Path, what: str) -> dict:

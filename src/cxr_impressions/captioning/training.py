@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import keras
@@ -344,112 +344,6 @@ def prepare_state_dir(state_dir: Path, model_params: ModelParams, params: TrainP
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     stamp.write_text(fingerprint)
-
-
-def choose_threshold(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """The probability threshold with the best F1 for one label (on validation), and that F1.
-    Ties go to the highest threshold, the most conservative one."""
-    labels = labels.astype(bool)
-    best_f1, best_t = -1.0, 0.5
-    for t in np.unique(probabilities)[::-1]:
-        guess = probabilities >= t
-        true_positive = float((guess & labels).sum())
-        f1 = 2 * true_positive / max(guess.sum() + labels.sum(), 1)
-        if f1 > best_f1:
-            best_f1, best_t = f1, float(t)
-    return best_t, best_f1
-
-
-# A label with no positive on validation has no F1 to maximise: it keeps this threshold, the
-# one its binary cross-entropy is calibrated for, rather than one fitted to no evidence.
-FALLBACK_THRESHOLD = 0.5
-
-
-def choose_thresholds(probabilities: np.ndarray, labels: np.ndarray, names: tuple[str, ...]
-                      ) -> tuple[np.ndarray, dict[str, dict]]:
-    """Per label (columns of the (N, L) arrays): the threshold with the best validation F1,
-    or FALLBACK_THRESHOLD where validation has no positive. Also a summary per label."""
-    thresholds = np.full(len(names), FALLBACK_THRESHOLD)
-    summary: dict[str, dict] = {}
-    for j, name in enumerate(names):
-        positives = int(labels[:, j].sum())
-        if positives:
-            thresholds[j], f1 = choose_threshold(probabilities[:, j], labels[:, j])
-        else:
-            f1 = None
-        summary[name] = {"threshold": round(float(thresholds[j]), 4),
-                         "val_f1": None if f1 is None else round(f1, 4),
-                         "val_positives": positives, "fallback": not positives}
-    return thresholds, summary
-
-
-def f1_at(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> float:
-    """F1 of `probabilities >= threshold` against 0/1 `labels` (one label)."""
-    guess, truth = probabilities >= threshold, labels.astype(bool)
-    return 2 * float((guess & truth).sum()) / max(float(guess.sum() + truth.sum()), 1.0)
-
-
-def prevalence_thresholds(probabilities: np.ndarray, prevalence: np.ndarray, multiplier: float
-                          ) -> np.ndarray:
-    """Per label, the threshold at which `multiplier` times its training prevalence of the
-    given studies is predicted positive: a quantile of their probabilities. A label never
-    positive in training gets 1.0, which a sigmoid does not reach in practice."""
-    thresholds = np.ones(probabilities.shape[1])
-    for j, share in enumerate(np.minimum(multiplier * prevalence, 1.0)):
-        if share > 0:
-            thresholds[j] = float(np.quantile(probabilities[:, j], 1.0 - share))
-    return thresholds
-
-
-def choose_prevalence_thresholds(probabilities: np.ndarray, labels: np.ndarray,
-                                 prevalence: np.ndarray, multipliers: Sequence[float],
-                                 names: tuple[str, ...]
-                                 ) -> tuple[np.ndarray, dict[str, dict], dict[str, object]]:
-    """`decode.thresholds: prevalence`: one multiplier m for every label, the candidate with
-    the best mean validation F1 over the labels with a validation positive (ties: the earlier);
-    each label then predicted positive for m times its training prevalence of the validation
-    studies. One number fitted instead of one threshold per label, so a label with a handful
-    of validation positives (or none) is not fitted to them (README "train").
-    Returns the thresholds, a summary per label as `choose_thresholds`', and the candidates'
-    mean F1 with the multiplier chosen."""
-    scored = [j for j in range(len(names)) if labels[:, j].any()]
-    candidates: dict[str, float] = {}
-    best_m, best_score = multipliers[0], -1.0
-    for m in multipliers:
-        thresholds = prevalence_thresholds(probabilities, prevalence, m)
-        score = float(np.mean([f1_at(probabilities[:, j], labels[:, j], thresholds[j])
-                               for j in scored])) if scored else 0.0
-        candidates[str(m)] = round(score, 4)
-        if score > best_score:
-            best_m, best_score = m, score
-    thresholds = prevalence_thresholds(probabilities, prevalence, best_m)
-    summary: dict[str, dict] = {}
-    for j, name in enumerate(names):
-        positives = int(labels[:, j].sum())
-        f1 = f1_at(probabilities[:, j], labels[:, j], thresholds[j]) if positives else None
-        summary[name] = {"threshold": round(float(thresholds[j]), 4),
-                         "val_f1": None if f1 is None else round(f1, 4),
-                         "val_positives": positives,
-                         "train_prevalence": round(float(prevalence[j]), 4),
-                         "val_predicted_share": round(float(np.mean(
-                             probabilities[:, j] >= thresholds[j])), 4)}
-    return thresholds, summary, {"multiplier": best_m, "candidates_mean_val_f1": candidates}
-
-
-def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
-                      train_labels: np.ndarray, names: tuple[str, ...], decode: DecodeParams
-                      ) -> tuple[np.ndarray, dict[str, object]]:
-    """The label thresholds by `decode.thresholds`, from the validation split's probabilities
-    and labels (and, for `prevalence`, the training split's labels), and what metrics/
-    selection.json records of the choice: the rule, a row per label, and for `prevalence`
-    the multiplier chosen with every candidate's mean validation F1."""
-    if decode.thresholds == "f1":
-        thresholds, per_label = choose_thresholds(probabilities, val_labels, names)
-        return thresholds, {"rule": "f1", "labels": per_label}
-    prevalence = train_labels.mean(axis=0) if len(train_labels) else np.zeros(len(names))
-    thresholds, per_label, choice = choose_prevalence_thresholds(
-        probabilities, val_labels, prevalence, decode.prevalence_multipliers, names)
-    return thresholds, {"rule": "prevalence", **choice, "labels": per_label}
 
 
 def compile_for_training(caption_model: CaptionModel, rate: float | object,

@@ -1,4 +1,4 @@
-"""The `decode` section: how captions are decoded, and how train chooses among candidates."""
+"""The `decode` section: how captions are decoded, and how select chooses among candidates."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SelectMetric = Literal["bleu4", "cider", "rouge_l", "abnormal_f1", "findings_mac
 
 @dataclasses.dataclass(frozen=True)
 class DecodeParams:
-    """How captions are decoded. With `select: true` (the default) the train stage chooses
+    """How captions are decoded. With `select: true` (the default) the selection stage chooses
     method, beam_size, length_penalty and labels among the candidate lists by `select_metric`
     on the validation split and writes them to models/decoding.json, which evaluate and
     `cxr predict` use; with `select: false` it writes them as given."""
@@ -45,7 +45,7 @@ class DecodeParams:
     select_guards: tuple[SelectMetric, ...] = ()
     select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
     select_seed: int = at_least(0, 0)  # seeds those resamples
-    # How the train stage sets a conditioned model's label thresholds on validation:
+    # How the selection stage sets a conditioned model's label thresholds on validation:
     # `prevalence`, each label positive for m times its training prevalence, one m for all
     # labels chosen among `prevalence_multipliers`; `f1`, each label its own best-F1 threshold.
     thresholds: Literal["prevalence", "f1"] = "prevalence"
