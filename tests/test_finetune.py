@@ -32,7 +32,8 @@ from .helpers import REPO, SAMPLE, run_stage, write_params
 # Small: random weights, 71-pixel images (block 12's output is 5x5x728), 2 epochs, the
 # cached activations shifted (so the resume test covers the shifts' seeding too), the
 # positives weighted, the learning rate on the cosine schedule (so a resumed run must
-# restore the optimizer's step count) and auxiliary MeSH headings trained beside the targets.
+# restore the optimizer's step count) and auxiliary MeSH headings and the text's reading
+# trained beside the targets.
 PARAMS = f"""data:
   root: {SAMPLE}
 features:
@@ -46,6 +47,7 @@ finetune:
   positive_weight_power: 0.5
   schedule: cosine
   auxiliary_mesh: 3
+  auxiliary_text: true
 """
 OUT = "models/finetuned/xception.weights.h5"
 CACHE = Path("features/.finetune-cache")
@@ -129,6 +131,7 @@ def test_stage_on_the_sample(reference: Path) -> None:
     assert metrics["cut_shape"] == [5, 5, 728] and metrics["cut"] == "block12_sepconv1_act"
     # The sample's training studies' most frequent unscored heading is "lung" (15 studies).
     assert metrics["auxiliary_targets"][0] == "lung" and len(metrics["auxiliary_targets"]) > 3
+    assert metrics["auxiliary_targets"][-len(TARGETS):] == [f"text:{t}" for t in TARGETS]
     assert len(metrics["epochs"]) == 2 and metrics["best_epoch"] in (1, 2)
     assert metrics["best_epoch"] == 1 + int(np.argmax([e["val_mean_auc"]
                                                        for e in metrics["epochs"]]))
@@ -305,6 +308,32 @@ def test_auxiliary_headings_come_from_training_studies_and_are_never_scored() ->
     assert data.training_targets.shape == (6, len(TARGETS) + 3)
     np.testing.assert_array_equal(data.training_targets[:, :len(TARGETS)], data.labels)
     assert labelled_images(examples, images, "mesh").auxiliary.shape == (6, 0)
+
+
+def test_auxiliary_text_trains_the_labellers_reading_beside_the_mesh_targets() -> None:
+    import pandas as pd
+
+    from cxr_impressions.config import build_section
+    from cxr_impressions.settings.finetune import FinetuneParams
+
+    examples = pd.DataFrame({
+        "uid": [1, 2, 3], "split": ["train", "val", "test"],
+        # Study 1's MeSH codes say normal and its text a cardiomegaly; study 2 the reverse.
+        "mesh": ["normal", "Cardiomegaly/mild", "Cardiomegaly"],
+        "text": ["the heart is enlarged .", "no acute cardiopulmonary abnormality .",
+                 "cardiomegaly ."]})
+    images = pd.DataFrame({"uid": [1, 2, 3], "image_id": ["a", "b", "c"],
+                           "path": ["pa", "pb", "pc"], "view": ["frontal"] * 3})
+    data = labelled_images(examples, images, "mesh", 0, auxiliary_text=True)
+    assert data.auxiliary_names == [f"text:{t}" for t in TARGETS]
+    cardiomegaly = TARGETS.index("cardiomegaly")
+    # Scored: the MeSH codes; trained besides: the text's reading, row for row.
+    np.testing.assert_array_equal(data.labels[:, cardiomegaly], [0, 1, 1])
+    np.testing.assert_array_equal(data.auxiliary[:, cardiomegaly], [1, 0, 1])
+    np.testing.assert_array_equal(data.auxiliary[:, TARGETS.index("abnormal")], [1, 0, 1])
+    assert data.training_targets.shape == (3, 2 * len(TARGETS))
+    with pytest.raises(InputError, match="finetune.auxiliary_text needs finetune.labels: mesh"):
+        build_section("finetune", FinetuneParams, {"labels": "text", "auxiliary_text": True})
 
 
 def test_positive_weights_follow_each_targets_training_odds() -> None:

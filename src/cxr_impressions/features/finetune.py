@@ -2,10 +2,11 @@
 
 Targets: `abnormal` and the labeller's 13 findings, per study, from its MeSH codes
 (`labeller.mesh_labels`) or from the labeller's reading of the target text; with
-`auxiliary_mesh: N`, also every other MeSH heading on at least N training studies, trained but
-never scored (`auxiliary_headings`). Every image of a
-training-split study is one training example with its study's labels; the epoch with the best
-mean validation AUC (the head's probabilities averaged over the study's views) is kept.
+`auxiliary_mesh: N`, also every other MeSH heading on at least N training studies, and with
+`auxiliary_text`, the labeller's reading of the text beside the MeSH targets, both trained but
+never scored (`auxiliary_headings`). Every image of a training-split study is one training
+example with its study's labels; the epoch with the best mean validation AUC (the head's
+probabilities averaged over the study's views) is kept.
 BatchNorm layers stay frozen (inference mode, moving statistics kept): batches of 32 X-rays
 would otherwise overwrite the ImageNet statistics with noisy ones.
 
@@ -118,12 +119,20 @@ def auxiliary_headings(examples: pd.DataFrame, min_studies: int) -> list[str]:
 
 
 def labelled_images(examples: pd.DataFrame, images: pd.DataFrame, source: str,
-                    auxiliary_mesh: int = 0) -> LabelledImages:
+                    auxiliary_mesh: int = 0, auxiliary_text: bool = False) -> LabelledImages:
+    """The images of the clean split with their study's targets from `source`, and the
+    auxiliary targets: the MeSH headings on at least `auxiliary_mesh` training studies, then
+    (`auxiliary_text`) the labeller's reading of the text, named "text:<target>"."""
     labels = study_labels(examples, source)
     names = auxiliary_headings(examples, auxiliary_mesh)
     headings = [mesh_headings(m) for m in examples["mesh"].fillna("")]
     for name in names:
         labels[f"auxiliary:{name}"] = np.array([name in h for h in headings], np.float32)
+    if auxiliary_text:
+        text = study_labels(examples, "text")
+        for target in TARGETS:
+            names.append(f"text:{target}")
+            labels[f"auxiliary:text:{target}"] = text[target].to_numpy()
     table = images.merge(examples[["uid", "split"]], on="uid").merge(labels, on="uid")
     table = table.sort_values(["uid", "image_id"]).reset_index(drop=True)
     if table.empty:
@@ -664,7 +673,8 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
     if params.train_from == "top" and not cut:
         raise InputError(f"finetune.cut: {spec.name} has no default cut; name the first layer "
                          "above the cut")
-    data = labelled_images(examples, images, params.labels, params.auxiliary_mesh)
+    data = labelled_images(examples, images, params.labels, params.auxiliary_mesh,
+                           params.auxiliary_text)
     precision = resolve_precision(params.precision)
     adapter, bottom = build_adapter(params, features, weights_path, cut, precision,
                                     len(data.auxiliary_names))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from ..errors import InputError
 from .fields import Schedule, at_least
 
 
@@ -32,6 +33,10 @@ class FinetuneParams:
     # before "/", e.g. calcinosis, aorta, scoliosis) on at least this many training studies; 0:
     # none. More to tell apart may teach the backbone more than the 14 targets alone.
     auxiliary_mesh: int = at_least(0, 0)
+    # With labels: mesh, also train the head on the labeller's reading of the target text (the
+    # same 14 targets, read from the words the captioning model learns to write), trained and
+    # not scored: the backbone then learns what the impressions say as well as the MeSH codes.
+    auxiliary_text: bool = False
     # Each target's positives weigh (training negatives / positives) ** this in the loss, so
     # rare findings are not drowned by the common negatives; 0: unweighted, 1: balanced.
     positive_weight_power: float = at_least(0.0, 0.0, at_most=1.0)
@@ -39,3 +44,8 @@ class FinetuneParams:
     # the CPU (AVX512_BF16 or AMX) or a GPU supports it, else float32 with a one-line notice.
     # Chosen on validation (README "Results"): as good, and 2.4x faster steps where supported.
     precision: Literal["float32", "bfloat16"] = "bfloat16"
+
+    def validate(self, source: str) -> None:
+        if self.auxiliary_text and self.labels == "text":
+            raise InputError(f"{source}: finetune.auxiliary_text needs finetune.labels: mesh "
+                             "(with labels: text the text is already the target); set it false")
