@@ -5,7 +5,10 @@ Decodes the validation studies greedily twice: under the label head's predicted 
 oracle). Each set of texts is read by the labeller and scored against the references' labels:
 findings macro-F1 (over the findings with a positive), abnormal F1, distinct texts, top share.
 Also the label head alone. High oracle scores with low predicted ones put the gap in the label
-head (what the image shows), not in the decoder (how it writes what it is told).
+head (what the image shows), not in the decoder (how it writes what it is told). Last, per
+label, under the model's own decoding settings (models/decoding.json): how many studies the
+label head prompts with it, the share of those whose caption the labeller reads it in, and the
+share of the others (a decoder that drops what it is told, or writes what it is not).
 
     python scripts/prompt_oracle.py [--root .] [--features features/xception.h5]
 
@@ -81,6 +84,17 @@ def main() -> None:
                                     for row in head])
     print(f"the label head alone (independent thresholds): findings macro-F1 "
           f"{scores['findings_macro_f1']:.3f}")
+    decoded = predicted.decode(inputs, bundle.decode)
+    prompted = np.stack([d.condition for d in decoded]) > 0.5
+    read = [label_text(t) for t in predicted.texts(decoded)]
+    written = np.array([[r[name] for name in names] for r in read], dtype=bool)
+    print(f"per label, under the model's decoding {bundle.decode.settings()}:")
+    for j, name in enumerate(names):
+        on, off = prompted[:, j], ~prompted[:, j]
+        when_on = f"{written[on, j].mean():.0%}" if on.any() else "-"
+        when_off = f"{written[off, j].mean():.1%}" if off.any() else "-"
+        print(f"  {name}: prompted {int(on.sum())}, written when prompted {when_on}, "
+              f"when not {when_off}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from cxr_impressions.captioning.training import backed_up_epochs
+from cxr_impressions.data.labeller import FINDINGS
 
 from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM, SHARED, launch_chromium, needs_shared
 from .repos import DVC, copy_repo, env, run, set_params, sh
@@ -336,6 +337,10 @@ def test_prompt_oracle_decodes_validation_under_both_conditions(pipeline_repo: P
     for line in lines[:2]:
         abnormal_f1 = float(re.search(r"abnormal F1 (\S+),", line).group(1))
         assert 0.0 <= abnormal_f1 <= 1.0 and re.search(r"\b\d+ distinct", line), line
+    # One fidelity row per label of the model, in its order.
+    rows = re.findall(r"^  (\w+): prompted (\d+), written when prompted (\S+), when not (\S+)$",
+                      out, flags=re.MULTILINE)
+    assert [r[0] for r in rows] == [*FINDINGS, "abnormal"], out
 
 
 def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> None:
