@@ -36,7 +36,7 @@ def main() -> None:
         predict_batch,
         studies_from_projections,
     )
-    from cxr_impressions.settings.decode import DecodeParams
+    from cxr_impressions.settings.decoding import DecodingSettings
 
     sample = Path(args.sample)
     studies, _ = studies_from_projections(sample / "indiana_projections.csv", sample / "images")
@@ -51,7 +51,7 @@ def main() -> None:
 
     predictor = Predictor(args.model, args.weights_dir, beam_size=3)
 
-    def latency(params: DecodeParams, repeats: int = 5) -> float:
+    def latency(params: DecodingSettings, repeats: int = 5) -> float:
         predictor.decode_params = params
         predictor.predict([one])  # warm-up: traces the tf.functions for this shape
         times = []
@@ -61,9 +61,9 @@ def main() -> None:
             times.append(time.perf_counter() - began)
         return statistics.median(times)
 
-    beam = DecodeParams(method="beam", beam_size=3)
+    beam = DecodingSettings(method="beam", beam_size=3)
     warm_beam = latency(beam)
-    warm_greedy = latency(DecodeParams(method="greedy"))
+    warm_greedy = latency(DecodingSettings(method="greedy"))
     predictor.decode_params = beam
     began = time.perf_counter()
     images = [predictor.load(one)]

@@ -55,7 +55,7 @@ def main() -> None:
     from cxr_impressions.config import build_section, load_section
     from cxr_impressions.data.tokenizer import Vocabulary
     from cxr_impressions.features.store import FeatureStore
-    from cxr_impressions.settings.decode import DecodeParams
+    from cxr_impressions.settings.decoding import DecodingSettings
     from cxr_impressions.settings.model import ModelParams
 
     model_params = load_section("model")
@@ -94,7 +94,7 @@ def main() -> None:
             steps = int(data.cardinality())
             began = time.perf_counter()
             Decoder(ensemble(members), vocab).decode(split["val"].inputs(),
-                                                     DecodeParams(method="greedy"))
+                                                     DecodingSettings(method="greedy"))
             validation = time.perf_counter() - began
             rows.append({"kind": variant, "members": len(members),
                          "parameters": len(members) * model.train_model.count_params(),

@@ -140,7 +140,7 @@ def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
     from dataclasses import replace
 
     from cxr_impressions.captioning.decoding import Decoder
-    from cxr_impressions.captioning.selection import select_thresholds
+    from cxr_impressions.captioning.selection import select_decoding, select_thresholds
 
     names = tuple(bundle.model.labels)
     metric = decode.select_metric
@@ -148,8 +148,8 @@ def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
     for rule in ("prevalence", "f1"):
         under = replace(decode, thresholds=rule)
         thresholds, _ = select_thresholds(probabilities, val_labels, train_labels, names, under)
-        chosen, _, row = Decoder(bundle.model, bundle.vocab, thresholds).select(
-            inputs, references, under)
+        chosen, _, row = select_decoding(Decoder(bundle.model, bundle.vocab, thresholds),
+                                         inputs, references, under)
         rows.append((rule, f"beam {chosen.beam_size}, lp {chosen.length_penalty}, "
                            f"{chosen.labels}", row))
     print(f"\nthe decoding selection on validation under each rule (by {metric}):")

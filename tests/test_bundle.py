@@ -19,7 +19,7 @@ from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.models import ensemble
 from cxr_impressions.captioning.retrieval import MemoryBank, empty_bank
 from cxr_impressions.errors import InputError
-from cxr_impressions.settings.decode import DecodeParams
+from cxr_impressions.settings.decoding import DecodingSettings
 from cxr_impressions.settings.model import ModelParams
 
 from .helpers import REPO
@@ -63,7 +63,7 @@ def _saved(directory: Path, members: int = 1) -> tuple:
     model, vocab = ensemble([m for m, _ in built]), built[0][1]
     config = bundle_config(ModelParams(**PARAMS, ensemble=members), {}, 8, 3, 4, vocab)
     save_bundle(directory, model, vocab, config, _bank())
-    save_decoding(directory, DecodeParams(beam_size=2, labels="consistent"),
+    save_decoding(directory, DecodingSettings(beam_size=2, labels="consistent"),
                   dict.fromkeys(model.labels, 0.4))
     return model, vocab
 
@@ -119,14 +119,14 @@ def test_a_bundle_from_before_the_selection_stage_decodes_as_it_did(tmp_path: Pa
     new, before = load_bundle(tmp_path / "new"), load_bundle(old)
     np.testing.assert_array_equal(before.thresholds, np.full(14, 0.4))
     assert before.label_thresholds == new.label_thresholds
-    assert before.decode == new.decode == DecodeParams(beam_size=2, labels="consistent")
+    assert before.decode == new.decode == DecodingSettings(beam_size=2, labels="consistent")
     inputs = new.model_inputs(study_inputs(3, seed=5))
     decoded = [Decoder(b.model, b.vocab, b.thresholds).decode(inputs, b.decode)
                for b in (new, before)]
     assert [d.ids for d in decoded[0]] == [d.ids for d in decoded[1]]
     # Without decoding.json at all (older still): the default settings, the same thresholds.
     (old / "decoding.json").unlink()
-    assert load_bundle(old).decode == DecodeParams()
+    assert load_bundle(old).decode == DecodingSettings()
     assert load_bundle(old).label_thresholds == new.label_thresholds
 
 

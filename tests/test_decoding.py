@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from cxr_impressions.captioning.decoding import Decoder, consistent_condition, rerank
+from cxr_impressions.captioning.selection import choose, select_decoding
 from cxr_impressions.settings.decode import DecodeParams
+from cxr_impressions.settings.decoding import DecodingSettings
 
 from .tiny_models import WORDS, study_inputs, tiny
 
@@ -38,7 +40,7 @@ def test_wide_beam_finds_the_exact_best_caption(kind: str) -> None:
     model, vocab = tiny(kind, max_len=5)
     decoder = Decoder(model, vocab)
     inputs = study_inputs(2)
-    params = DecodeParams(beam_size=40, length_penalty=0.7, no_repeat_ngram=0)
+    params = DecodingSettings(beam_size=40, length_penalty=0.7, no_repeat_ngram=0)
     beam = decoder.beam(inputs, params)
     best_score, best_ids = _all_hypotheses(decoder, inputs, 0.7)
     assert beam[0].ids == best_ids
@@ -52,11 +54,11 @@ def test_greedy_equals_beam_of_one_and_blocking_works() -> None:
     model, vocab = tiny("merge", max_len=8)
     decoder = Decoder(model, vocab)
     inputs = study_inputs(4, seed=3)
-    greedy = decoder.decode(inputs, DecodeParams(method="greedy"))
-    beam_one = decoder.beam(inputs, DecodeParams(beam_size=1, length_penalty=0.0,
+    greedy = decoder.decode(inputs, DecodingSettings(method="greedy"))
+    beam_one = decoder.beam(inputs, DecodingSettings(beam_size=1, length_penalty=0.0,
                                                  no_repeat_ngram=0))
     assert [g.ids for g in greedy] == [b.ids for b in beam_one]
-    blocked = decoder.beam(inputs, DecodeParams(beam_size=3, no_repeat_ngram=2))
+    blocked = decoder.beam(inputs, DecodingSettings(beam_size=3, no_repeat_ngram=2))
     for hypothesis in blocked:
         bigrams = list(zip(hypothesis.ids, hypothesis.ids[1:], strict=False))
         assert len(bigrams) == len(set(bigrams))
@@ -92,8 +94,8 @@ def test_inference_functions_are_traced_once_per_model() -> None:
     # of one model share one trace of each function.
     model, vocab = tiny("transformer", max_len=6, condition="findings")
     for n in (5, 2, 7):
-        Decoder(model, vocab).decode(study_inputs(n, seed=n), DecodeParams(method="greedy"))
-        Decoder(model, vocab).decode(study_inputs(n, seed=n), DecodeParams(beam_size=3),
+        Decoder(model, vocab).decode(study_inputs(n, seed=n), DecodingSettings(method="greedy"))
+        Decoder(model, vocab).decode(study_inputs(n, seed=n), DecodingSettings(beam_size=3),
                                      batch_size=4)
     for part in ("encoder", "decoder"):
         assert model.inference_function(part).experimental_get_tracing_count() == 1, part
@@ -103,9 +105,9 @@ def test_length_penalty_reranks_without_a_new_search() -> None:
     model, vocab = tiny("transformer", max_len=6)
     decoder = Decoder(model, vocab)
     inputs = study_inputs(4, seed=9)
-    searched = decoder.beam(inputs, DecodeParams(beam_size=4, length_penalty=0.0))
+    searched = decoder.beam(inputs, DecodingSettings(beam_size=4, length_penalty=0.0))
     for alpha in (0.7, 2.0):
-        direct = decoder.beam(inputs, DecodeParams(beam_size=4, length_penalty=alpha))
+        direct = decoder.beam(inputs, DecodingSettings(beam_size=4, length_penalty=alpha))
         assert [d.ids for d in rerank(searched, alpha)] == [d.ids for d in direct]
 
 
@@ -116,7 +118,7 @@ def test_decoding_settings_are_selected_on_the_given_split(capsys) -> None:
     references = ["no effusion .", ".", "no .", "effusion .", "no effusion .", "effusion"]
     params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.0, 2.0),
                           select_metric="rouge_l", select_ties="best")
-    chosen, rows, row = decoder.select(inputs, references, params)
+    chosen, rows, row = select_decoding(decoder, inputs, references, params)
     # Minutes per search on the full data: a bar on stderr counts the searches, stdout stays clean.
     shown = capsys.readouterr()
     assert "select decoding on val" in shown.err and "2/2" in shown.err and shown.out == ""
@@ -151,10 +153,10 @@ def test_selection_on_a_clinical_metric_scores_the_labellers_reading() -> None:
     references = ["no effusion .", "effusion .", "effusion .", "no .", "effusion", "."]
     params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.0, 2.0),
                           select_metric="findings_macro_f1", select_ties="best")
-    chosen, rows, row = decoder.select(inputs, references, params)
+    chosen, rows, row = select_decoding(decoder, inputs, references, params)
     assert row["findings_macro_f1"] == max(r["findings_macro_f1"] for r in rows)
     for r in rows:  # each row's clinical figures are the labeller's, on that row's captions
-        settings = DecodeParams(method=r["method"], beam_size=r["beam_size"],
+        settings = DecodingSettings(method=r["method"], beam_size=r["beam_size"],
                                 length_penalty=r["length_penalty"], labels=r["labels"])
         texts = decoder.texts(decoder.decode(inputs, settings))
         clinical = clinical_scores([label_text(t) for t in references],
@@ -203,7 +205,7 @@ def test_label_modes_are_candidates_and_each_caption_keeps_its_labels() -> None:
     maps = decoder.explain(inputs, consistent)
     assert [m.shape[0] for m in maps] == [min(len(d.ids) + 1, decoder.length) for d in consistent]
     params = DecodeParams(beam_sizes=(1, 2), length_penalties=(0.0,), select_metric="bleu1")
-    _, rows, _ = decoder.select(inputs, ["no effusion ."] * 4, params)
+    _, rows, _ = select_decoding(decoder, inputs, ["no effusion ."] * 4, params)
     assert [(r["beam_size"], r["labels"]) for r in rows] == [
         (1, "independent"), (2, "independent"), (1, "consistent"), (2, "consistent")]
 
@@ -214,7 +216,7 @@ def test_several_models_in_one_process_do_not_warn_of_retracing(caplog) -> None:
     caplog.set_level(logging.WARNING)
     for seed in range(4):
         model, vocab = tiny("merge", seed=seed)
-        Decoder(model, vocab).decode(study_inputs(3), DecodeParams(method="greedy"))
+        Decoder(model, vocab).decode(study_inputs(3), DecodingSettings(method="greedy"))
     assert "retracing" not in caplog.text
 
 
@@ -229,18 +231,18 @@ def twelve_study_selection(**params: object) -> tuple[Decoder, dict, list[str], 
 
 def test_max_top_share_lets_only_candidates_under_it_compete() -> None:
     decoder, inputs, references, params = twelve_study_selection(select_ties="best")
-    _, rows, free = decoder.select(inputs, references, params)
+    _, rows, free = select_decoding(decoder, inputs, references, params)
     shares = sorted({r["top_share"] for r in rows})
     assert len(shares) > 1, shares  # otherwise the cap could not change the choice
     best = max(r["bleu1"] for r in rows)
     assert free is next(r for r in rows if r["bleu1"] == best)
     for cap in shares:
-        _, _, row = decoder.select(inputs, references, replace(params, max_top_share=cap))
+        _, _, row = select_decoding(decoder, inputs, references, replace(params, max_top_share=cap))
         under = [r for r in rows if r["top_share"] <= cap]
         assert row["top_share"] <= cap
         assert row["bleu1"] == max(r["bleu1"] for r in under)
     # None under the cap: the lowest share wins (then the metric).
-    _, _, row = decoder.select(inputs, references, replace(params, max_top_share=0.01))
+    _, _, row = select_decoding(decoder, inputs, references, replace(params, max_top_share=0.01))
     lowest = [r for r in rows if r["top_share"] == shares[0]]
     assert row["top_share"] == shares[0]
     assert row["bleu1"] == max(r["bleu1"] for r in lowest)
@@ -250,10 +252,11 @@ def test_decoding_shows_a_bar_only_when_asked(capsys) -> None:
     model, vocab = tiny("merge", max_len=6)
     decoder = Decoder(model, vocab)
     inputs = study_inputs(5, seed=12)
-    quiet = decoder.decode(inputs, DecodeParams(beam_size=2), batch_size=2)
+    quiet = decoder.decode(inputs, DecodingSettings(beam_size=2), batch_size=2)
     assert capsys.readouterr().err == ""
     # evaluate decodes the whole test split (minutes on the full data): the bar counts studies.
-    shown = decoder.decode(inputs, DecodeParams(beam_size=2), batch_size=2, progress="decode test")
+    shown = decoder.decode(inputs, DecodingSettings(beam_size=2), batch_size=2,
+                           progress="decode test")
     bar = capsys.readouterr()
     assert "decode test" in bar.err and "5/5" in bar.err and bar.out == ""
     assert [d.ids for d in shown] == [d.ids for d in quiet]
@@ -269,7 +272,6 @@ def test_serving_does_not_import_tqdm() -> None:
 def test_varied_ties_take_the_least_uniform_candidate_validation_cannot_tell_apart() -> None:
     from collections import Counter
 
-    from cxr_impressions.captioning.decoding import choose
     from cxr_impressions.evaluation.bootstrap import metric_values, study_statistics
 
     normal = "no acute cardiopulmonary abnormality ."
@@ -305,7 +307,6 @@ def test_varied_ties_take_the_least_uniform_candidate_validation_cannot_tell_apa
 def test_a_guard_metric_unties_a_candidate_significantly_below_the_best_on_it() -> None:
     from collections import Counter
 
-    from cxr_impressions.captioning.decoding import choose
     from cxr_impressions.evaluation.bootstrap import metric_values, study_statistics
 
     normal = "no acute cardiopulmonary abnormality ."
@@ -346,13 +347,14 @@ def test_a_guard_metric_unties_a_candidate_significantly_below_the_best_on_it() 
 def test_selection_with_varied_ties_reports_each_candidates_interval() -> None:
     decoder, inputs, references, params = twelve_study_selection(select_ties="varied",
                                                                  select_resamples=200)
-    _, rows, row = decoder.select(inputs, references, params)
+    _, rows, row = select_decoding(decoder, inputs, references, params)
     best = max(r["bleu1"] for r in rows)
     tied = [r for r in rows if r["vs_best_high"] >= 0]
     assert all(r["vs_best_low"] <= r["vs_best_high"] for r in rows)
     assert row in tied and row["top_share"] == min(r["top_share"] for r in tied)
     assert any(r["bleu1"] == best and r["vs_best_low"] == r["vs_best_high"] == 0 for r in rows)
     # The same rows under `best` carry no interval and choose the best.
-    _, plain, chosen = decoder.select(inputs, references, replace(params, select_ties="best"))
+    _, plain, chosen = select_decoding(decoder, inputs, references,
+                                       replace(params, select_ties="best"))
     assert chosen["bleu1"] == best and "vs_best_low" not in chosen
     assert [r["bleu1"] for r in plain] == [r["bleu1"] for r in rows]

@@ -11,7 +11,7 @@ from cxr_impressions.captioning.studies import LABELS
 from cxr_impressions.captioning.training import compile_for_training
 from cxr_impressions.data.labeller import FINDINGS
 from cxr_impressions.data.tokenizer import Vocabulary
-from cxr_impressions.settings.decode import DecodeParams
+from cxr_impressions.settings.decoding import DecodingSettings
 from cxr_impressions.settings.model import ModelParams
 
 from .tiny_models import WORDS, study_inputs, tiny
@@ -139,6 +139,6 @@ def test_an_ensemble_averages_its_members_label_and_word_probabilities() -> None
                                np.mean([w["attention"].numpy() for w in words], axis=0),
                                rtol=1e-4, atol=1e-6)
     # Every decoding method runs on it as on one model.
-    decoded = Decoder(joint, vocab).decode(inputs, DecodeParams(beam_size=2))
+    decoded = Decoder(joint, vocab).decode(inputs, DecodingSettings(beam_size=2))
     assert len(decoded) == 4 and all(d.abnormal is not None for d in decoded)
     assert ensemble(members[:1]) is members[0]

@@ -208,6 +208,15 @@ def test_a_decode_param_reruns_the_selection_never_train(pipeline_repo: Path) ->
     assert "Running stage" not in out, out
     assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
     assert "up to date" in sh(DVC, "status", cwd=repo)
+    # A new decode field is a change to settings/decode.py: that too reruns the selection
+    # alone (the decoder, the bundle and training take only settings/decoding.py).
+    module = repo / "src/cxr_impressions/settings/decode.py"
+    code = module.read_text()
+    module.write_text(code + "# a new field of the selection's params\n")
+    status = sh(DVC, "status", cwd=repo)
+    assert set(re.findall(r"^(\w+):$", status, re.MULTILINE)) == {"selection"}, status
+    module.write_text(code)
+    assert "up to date" in sh(DVC, "status", cwd=repo)
 
 
 @needs_shared(SHARED)

@@ -8,7 +8,7 @@ from cxr_impressions.captioning.retrieval import MemoryBank
 from cxr_impressions.captioning.training import make_dataset
 from cxr_impressions.config import build_section
 from cxr_impressions.errors import InputError
-from cxr_impressions.settings.decode import DecodeParams
+from cxr_impressions.settings.decoding import DecodingSettings
 from cxr_impressions.settings.model import ModelParams
 
 from .tiny_models import random_studies, study_inputs, tiny
@@ -66,7 +66,7 @@ def test_retrieved_impressions_are_decoder_memory() -> None:
     assert attention.shape == (2, 6)
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-3)
     # Beam search tiles the memory with the rest: one caption per study.
-    assert len(decoder.decode(query, DecodeParams(beam_size=3))) == 2
+    assert len(decoder.decode(query, DecodingSettings(beam_size=3))) == 2
 
 
 def test_retrieval_needs_the_transformer() -> None:

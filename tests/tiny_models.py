@@ -81,7 +81,7 @@ def serving_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int 
     from cxr_impressions.captioning.bundle import bundle_config, save_bundle, save_decoding
     from cxr_impressions.captioning.retrieval import empty_bank
     from cxr_impressions.data.titles import TitleVocabulary
-    from cxr_impressions.settings.decode import DecodeParams
+    from cxr_impressions.settings.decoding import DecodingSettings
 
     tf.keras.utils.set_random_seed(seed)
     vocab = Vocabulary(BUNDLE_WORDS, "startseq", "endseq", max_len)
@@ -111,5 +111,5 @@ def serving_bundle(directory, seed: int = 0, image_size: int = 71, max_len: int 
                 "resize": "squash", "precision": "float32"}
     config = bundle_config(params, features, 2048, side * side, matrix.shape[1], vocab, titles)
     save_bundle(directory, model, vocab, config, empty_bank(2048, max_len - 1))
-    save_decoding(directory, DecodeParams(), {label: 0.3 for label in model.labels})
+    save_decoding(directory, DecodingSettings(), {label: 0.3 for label in model.labels})
     return directory

@@ -32,7 +32,7 @@ from ..config import build_section
 from ..data.titles import TitleVocabulary
 from ..data.tokenizer import Vocabulary
 from ..errors import InputError
-from ..settings.decode import DecodeParams
+from ..settings.decoding import DecodingSettings
 from ..settings.model import ModelParams
 from .models import CaptionModel, build_model, ensemble
 from .retrieval import MemoryBank
@@ -43,7 +43,7 @@ class Bundle:
     model: CaptionModel
     vocab: Vocabulary
     config: dict
-    decode: DecodeParams
+    decode: DecodingSettings
     params: ModelParams
     bank: MemoryBank | None = None  # the retrieval memory (None: the model retrieves nothing)
     sha256: str = ""  # the bundle's identity: `bundle_hash` of its files
@@ -91,7 +91,7 @@ def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: V
     write_json(directory / "config.json", config)
 
 
-def save_decoding(directory: str | os.PathLike[str], decode: DecodeParams,
+def save_decoding(directory: str | os.PathLike[str], decode: DecodingSettings,
                   label_thresholds: dict[str, float]) -> None:
     """What the selection stage chose on validation: the settings to decode with and the label
     thresholds (empty for a model without labels)."""
@@ -176,7 +176,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
                   label_thresholds)
 
 
-def _load_decoding(path: Path, config: dict) -> tuple[DecodeParams, dict[str, float]]:
+def _load_decoding(path: Path, config: dict) -> tuple[DecodingSettings, dict[str, float]]:
     """The decoding settings and label thresholds of `path` (decoding.json). A bundle made
     before the selection stage kept its thresholds in config.json and none in decoding.json: it
     keeps decoding under those."""
@@ -186,7 +186,7 @@ def _load_decoding(path: Path, config: dict) -> tuple[DecodeParams, dict[str, fl
             isinstance(v, int | float) and not isinstance(v, bool)
             for v in label_thresholds.values())):
         raise InputError(f"{path}: label_thresholds must map labels to numbers")
-    decode = build_section("decode", DecodeParams, settings, source=str(path))
+    decode = build_section("decode", DecodingSettings, settings, source=str(path))
     return decode, {str(k): float(v) for k, v in label_thresholds.items()}
 
 

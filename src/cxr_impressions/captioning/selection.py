@@ -6,21 +6,31 @@ bundle, in minutes, instead of retraining.
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from tqdm import tqdm
 
+from ..data.labeller import label_text
 from ..data.titles import UNKNOWN
+from ..evaluation.bootstrap import StudyStatistics, paired_differences, study_statistics
+from ..evaluation.scoring import clinical_scores, text_metrics
 from ..settings.decode import DecodeParams
+from ..settings.decoding import DecodingSettings
 from .bundle import Bundle
-from .decoding import Decoder
+from .decoding import Decoder, has_consistency_rule, rerank
 from .studies import Studies
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Selection:
-    decode: DecodeParams  # the settings to decode with
+    decode: DecodingSettings  # the settings to decode with
     label_thresholds: dict[str, float]  # by label; empty for a model without labels
     record: dict  # every threshold and candidate weighed (metrics/selection.json)
     # The chosen candidate's validation score (`val_<select_metric>`) and the labels' mean
@@ -32,7 +42,7 @@ class Selection:
 def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: DecodeParams
                          ) -> Selection:
     """The label thresholds first (`decode.thresholds`, for a conditioned model), then the
-    decoding settings (`Decoder.select` with `decode.select`, else `decode` as given), decoding
+    decoding settings (`select_decoding` with `decode.select`, else `decode` as given), decoding
     under those thresholds: all chosen on `val`, the validation split (never the test split).
     `train`, the training split, gives the labels' prevalence and the record's counts."""
     model = bundle.model
@@ -57,18 +67,19 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
         label_thresholds = dict(zip(model.labels, thresholds.tolist(), strict=True))
         record["label_thresholds"] = chosen
         summary["val_label_f1"] = mean_val_f1(chosen["labels"])
+    chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
     if decode.select:
-        decode, candidates, best = Decoder(model, bundle.vocab, thresholds).select(
-            inputs, val.texts, decode)
+        chosen_decoding, candidates, best = select_decoding(
+            Decoder(model, bundle.vocab, thresholds), inputs, val.texts, decode)
         summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
         record["decoding"] = {"metric": decode.select_metric,
                               "max_top_share": decode.max_top_share,
                               "ties": decode.select_ties,
                               "guards": list(decode.select_guards),
-                              "chosen": decode.settings(), "candidates": candidates}
+                              "chosen": chosen_decoding.settings(), "candidates": candidates}
     else:
-        record["decoding"] = {"chosen": decode.settings()}  # as given in params.yaml
-    return Selection(decode, label_thresholds, record, summary)
+        record["decoding"] = {"chosen": chosen_decoding.settings()}
+    return Selection(chosen_decoding, label_thresholds, record, summary)
 
 
 def mean_val_f1(chosen: dict[str, dict]) -> float | None:
@@ -182,3 +193,97 @@ def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
     thresholds, per_label, choice = choose_prevalence_thresholds(
         probabilities, val_labels, prevalence, decode.prevalence_multipliers, names)
     return thresholds, {"rule": "prevalence", **choice, "labels": per_label}
+
+
+def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
+                    references: Sequence[str], params: DecodeParams
+                    ) -> tuple[DecodingSettings, list[dict], dict]:
+    """The decoding settings, among `params.beam_sizes` x `params.length_penalties` x
+    `params.label_modes`, whose captions of the given studies (the validation split: never
+    the test split) score best on `params.select_metric` (a text metric, or the labeller's
+    abnormal F1 or findings macro-F1 on the captions against that on the references), among
+    those whose most frequent caption is at most `params.max_top_share` of the studies (if
+    none is, those with the lowest such share); ties go to the earlier candidate (the
+    smaller beam). With `params.select_ties: varied`, the candidates whose metric the
+    studies cannot tell from the best's (`paired_differences`), nor fall significantly
+    below the best's on any of `params.select_guards`, count as tied with it, and the one
+    among them with the lowest top share wins. Also a row per candidate with its scores
+    (and, under `varied`, its paired intervals against the best), and the chosen row. Each
+    beam size is searched once per label mode; its length penalties only re-rank the
+    finished hypotheses. Beam 1 is greedy decoding, for which the length penalty changes
+    nothing. Label modes apply to models conditioned on findings
+    and abnormal (elsewhere `consistent` changes nothing, and only `independent` is
+    tried)."""
+    given = params.decoding()  # each candidate replaces some of these
+    reference_labels = [label_text(r) for r in references]
+    modes = (params.label_modes if has_consistency_rule(decoder.model.labels)
+             else ("independent",))
+    rows: list[dict] = []
+    statistics = []  # per candidate, for the paired bootstrap of `select_ties: varied`
+    searches = [(mode, beam_size) for mode in modes for beam_size in params.beam_sizes]
+    # Each search decodes every validation study: minutes apiece on the full data.
+    bar = tqdm(searches, desc="select decoding on val", unit="search", file=sys.stderr)
+    for mode, beam_size in bar:
+        bar.set_postfix_str(f"beam {beam_size}, labels {mode}")
+        if beam_size == 1:
+            greedy = replace(given, method="greedy", beam_size=1, labels=mode)
+            candidates = [(greedy, decoder.decode(inputs, greedy))]
+        else:
+            searched = decoder.decode(inputs, replace(given, method="beam",
+                                                      beam_size=beam_size, labels=mode))
+            candidates = [(replace(given, method="beam", beam_size=beam_size,
+                                   length_penalty=alpha, labels=mode),
+                           rerank(searched, alpha))
+                          for alpha in params.length_penalties]
+        for chosen, decoded in candidates:
+            texts = decoder.texts(decoded)
+            labels = [label_text(t) for t in texts]
+            clinical = clinical_scores(reference_labels, labels)
+            if params.select_ties == "varied":
+                statistics.append(study_statistics(references, texts,
+                                                   reference_labels=reference_labels,
+                                                   predicted_labels=labels))
+            rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
+                         "length_penalty": chosen.length_penalty, "labels": mode,
+                         **text_metrics(references, texts),
+                         "abnormal_f1": clinical["abnormal"]["f1"],
+                         "findings_macro_f1": clinical["findings_macro_f1"],
+                         "top_share": round(Counter(texts).most_common(1)[0][1]
+                                            / len(texts), 4)})
+    row = rows[choose(rows, statistics, params)]
+    if row["top_share"] > params.max_top_share:
+        log.warning("decode.max_top_share %s: no decoding candidate keeps its commonest "
+                    "caption under it on validation; chose the lowest share, %s",
+                    params.max_top_share, row["top_share"])
+    return replace(given, method=row["method"], beam_size=row["beam_size"],
+                   length_penalty=row["length_penalty"], labels=row["labels"]), rows, row
+
+
+def choose(rows: list[dict], statistics: Sequence[StudyStatistics],
+           params: DecodeParams) -> int:
+    """The index of the chosen candidate row (see `select_decoding`). Under `select_ties:
+    varied`, each row gets `vs_best_low`/`vs_best_high`: the paired 95% interval of its metric
+    minus the best's, from `statistics` (per candidate, on the same studies); and for each of
+    `params.select_guards`, `vs_best_<guard>_low`/`_high`, the same for that metric. A row is
+    tied with the best when none of those intervals lies wholly below 0."""
+    def eligible(row: dict) -> float:
+        """1 under `max_top_share`; else the less one caption dominates, the better."""
+        share = row["top_share"]
+        return 1.0 if share <= params.max_top_share else -share
+
+    metric = params.select_metric
+    best = max(range(len(rows)), key=lambda i: (eligible(rows[i]), rows[i][metric], -i))
+    if params.select_ties == "best":
+        return best
+    guards = [g for g in dict.fromkeys(params.select_guards) if g != metric]
+    below = [False] * len(rows)  # significantly below the best on the metric or a guard
+    differences = paired_differences(statistics[best], statistics, (metric, *guards),
+                                     params.select_resamples, params.select_seed)
+    for name, bounds in differences.items():
+        prefix = "vs_best" if name == metric else f"vs_best_{name}"
+        for i, (low, high) in enumerate(bounds):
+            rows[i][f"{prefix}_low"], rows[i][f"{prefix}_high"] = round(low, 4), round(high, 4)
+            below[i] = below[i] or high < 0
+    tied = [i for i in range(len(rows))
+            if eligible(rows[i]) == eligible(rows[best]) and (i == best or not below[i])]
+    return min(tied, key=lambda i: (rows[i]["top_share"], -rows[i][metric], i))

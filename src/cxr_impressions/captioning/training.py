@@ -30,7 +30,7 @@ from ..data.titles import TitleVocabulary, hide_titles
 from ..data.tokenizer import Vocabulary
 from ..evaluation.scoring import text_metrics
 from ..schedules import learning_rate
-from ..settings.decode import DecodeParams
+from ..settings.decoding import DecodingSettings
 from ..settings.model import ModelParams
 from ..settings.train import TrainParams
 from .decoding import Decoder
@@ -130,7 +130,7 @@ class ValidationBleu(keras.callbacks.Callback):
         self.val = val
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        decoded = self.decoder.decode(self.val.inputs(), DecodeParams(method="greedy"))
+        decoded = self.decoder.decode(self.val.inputs(), DecodingSettings(method="greedy"))
         scores = text_metrics(self.val.texts, self.decoder.texts(decoded))
         if logs is not None:
             logs["val_bleu4"] = scores["bleu4"]

@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, get_args
+from typing import Literal
 
 from ..errors import InputError
+from .decoding import DecodingSettings
 from .fields import at_least
 
-LabelMode = Literal["independent", "consistent"]
 SelectMetric = Literal["bleu4", "cider", "rouge_l", "abnormal_f1", "findings_macro_f1"]
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodeParams:
-    """How captions are decoded. With `select: true` (the default) the selection stage chooses
-    method, beam_size, length_penalty and labels among the candidate lists by `select_metric`
-    on the validation split and writes them to models/decoding.json, which evaluate and
-    `cxr predict` use; with `select: false` it writes them as given."""
+class DecodeParams(DecodingSettings):
+    """How captions are decoded (the `DecodingSettings` fields) and how the selection stage
+    chooses them. With `select: true` (the default) the selection stage chooses method,
+    beam_size, length_penalty and labels among the candidate lists by `select_metric` on the
+    validation split and writes them to models/decoding.json, which evaluate and `cxr predict`
+    use; with `select: false` it writes them as given."""
 
-    method: Literal["greedy", "beam"] = "beam"
-    beam_size: int = at_least(1, 3)
-    length_penalty: float = at_least(0.0, 0.7, at_most=3.0)  # score / length ** length_penalty
-    no_repeat_ngram: int = at_least(0, 3)  # 0: no blocking
-    # How a conditioned model's predicted labels become the decoder's condition: `independent`,
-    # each label on where its probability passes its threshold; `consistent`, then made
-    # consistent the way the training labels are (abnormal on exactly when some finding is on).
-    labels: LabelMode = "independent"
     select: bool = True
     beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
     length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
@@ -50,13 +43,6 @@ class DecodeParams:
     # labels chosen among `prevalence_multipliers`; `f1`, each label its own best-F1 threshold.
     thresholds: Literal["prevalence", "f1"] = "prevalence"
     prevalence_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
-
-    # What models/decoding.json holds: the settings one decodes with.
-    SETTINGS = ("method", "beam_size", "length_penalty", "no_repeat_ngram", "labels")
-    LABEL_MODES = get_args(LabelMode)
-
-    def settings(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.SETTINGS}
 
     def validate(self, source: str) -> None:
         if not self.beam_sizes or any(isinstance(b, bool) or b < 1 for b in self.beam_sizes):

@@ -1,0 +1,41 @@
+"""How a trained model decodes: the settings models/decoding.json holds, apart from the
+selection stage's params (`decode` section, `DecodeParams`, which extends this class).
+
+A module of its own, below `settings/decode.py`, because the decoder and the model bundle need
+only these settings: the train stage runs them (greedy validation decoding, the bundle's
+loader), so a new field of the selection's params reruns selection and what follows it, never
+training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal, get_args
+
+from .fields import at_least
+
+LabelMode = Literal["independent", "consistent"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingSettings:
+    """The settings one decodes with (models/decoding.json, `decode` in params.yaml)."""
+
+    method: Literal["greedy", "beam"] = "beam"
+    beam_size: int = at_least(1, 3)
+    length_penalty: float = at_least(0.0, 0.7, at_most=3.0)  # score / length ** length_penalty
+    no_repeat_ngram: int = at_least(0, 3)  # 0: no blocking
+    # How a conditioned model's predicted labels become the decoder's condition: `independent`,
+    # each label on where its probability passes its threshold; `consistent`, then made
+    # consistent the way the training labels are (abnormal on exactly when some finding is on).
+    labels: LabelMode = "independent"
+
+    LABEL_MODES: ClassVar[tuple[str, ...]] = get_args(LabelMode)
+
+    def settings(self) -> dict[str, Any]:
+        """These settings alone (also of a subclass): what models/decoding.json holds."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(DecodingSettings)}
+
+    def decoding(self) -> DecodingSettings:
+        """These settings alone, as a `DecodingSettings` (also of a subclass)."""
+        return DecodingSettings(**self.settings())
