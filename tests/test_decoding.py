@@ -8,8 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from cxr_impressions.captioning.decoding import Decoder, consistent_condition, rerank
+from cxr_impressions.captioning.decoding import (
+    Decoder,
+    consistent_condition,
+    minimum_bayes_risk,
+    rerank,
+    rouge_l,
+)
 from cxr_impressions.captioning.selection import choose, select_decoding
+from cxr_impressions.errors import InputError
 from cxr_impressions.settings.decode import DecodeParams
 from cxr_impressions.settings.decoding import DecodingSettings
 
@@ -111,6 +118,68 @@ def test_length_penalty_reranks_without_a_new_search() -> None:
         assert [d.ids for d in rerank(searched, alpha)] == [d.ids for d in direct]
 
 
+def test_rouge_l_on_word_ids_is_the_scorers() -> None:
+    from cxr_impressions.evaluation.scoring import rouge_l_per_study
+
+    rng = np.random.default_rng(3)
+    words = ["no", "acute", "effusion", "heart", "normal", "size", "."]
+    pairs = [([int(w) for w in rng.integers(0, len(words), rng.integers(1, 9))],
+              [int(w) for w in rng.integers(0, len(words), rng.integers(1, 9))])
+             for _ in range(40)]
+    ours = [rouge_l(h, r) for h, r in pairs]
+    scorer = rouge_l_per_study([" ".join(words[w] for w in r) for _, r in pairs],
+                               [" ".join(words[w] for w in h) for h, _ in pairs])
+    np.testing.assert_allclose(ours, scorer, atol=1e-12)
+    assert rouge_l([], [1, 2]) == rouge_l([1, 2], []) == 0.0
+
+
+def test_minimum_bayes_risk_takes_the_beams_consensus_not_its_likeliest() -> None:
+    from cxr_impressions.captioning.decoding import Decoded
+
+    # The likeliest hypothesis alone says something else; the two a little less likely agree
+    # with each other, and their mass together outweighs it.
+    hypotheses = [(-0.9, [9, 9]), (-1.0, [5, 6, 7]), (-1.1, [5, 6, 8])]
+    study = Decoded([], 0.0, hypotheses=hypotheses)
+    assert rerank([study], 0.0)[0].ids == [9, 9]
+    chosen = minimum_bayes_risk([study])[0]
+    assert chosen.ids == [5, 6, 7]
+    weights = np.exp([-0.9, -1.0, -1.1]) / np.exp([-0.9, -1.0, -1.1]).sum()
+    assert chosen.score == pytest.approx(weights[1] * 1.0 + weights[2] * rouge_l([5, 6, 7],
+                                                                                [5, 6, 8]))
+    # A likelier outlier wins back once it carries most of the mass.
+    lopsided = Decoded([], 0.0, hypotheses=[(-0.1, [9, 9]), *hypotheses[1:]])
+    assert minimum_bayes_risk([lopsided])[0].ids == [9, 9]
+    # The beam's own `beam_choice: mbr` is that choice among its finished hypotheses.
+    model, vocab = tiny("transformer", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(4, seed=9)
+    searched = decoder.beam(inputs, DecodingSettings(beam_size=4))
+    direct = decoder.beam(inputs, DecodingSettings(beam_size=4, beam_choice="mbr"))
+    assert [d.ids for d in minimum_bayes_risk(searched)] == [d.ids for d in direct]
+
+
+def test_mbr_is_a_candidate_of_each_beam_size_from_the_same_search() -> None:
+    model, vocab = tiny("transformer", max_len=6)
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(6, seed=4)
+    references = ["no effusion .", ".", "no .", "effusion .", "no effusion .", "effusion"]
+    params = DecodeParams(beam_sizes=(1, 3), length_penalties=(0.7,),
+                          beam_choices=("score", "mbr"), select_ties="best")
+    chosen, rows, _ = select_decoding(decoder, inputs, references, params)
+    assert [(r["beam_size"], r["beam_choice"]) for r in rows] == [
+        (1, "score"), (3, "score"), (3, "mbr")]
+    mbr = decoder.decode(inputs, DecodingSettings(beam_size=3, beam_choice="mbr"))
+    from cxr_impressions.evaluation.scoring import text_metrics
+
+    assert text_metrics(references, decoder.texts(mbr))["bleu4"] == rows[2]["bleu4"]
+    only_mbr = replace(params, beam_choices=("mbr",))
+    _, rows, _ = select_decoding(decoder, inputs, references, only_mbr)
+    assert [(r["beam_size"], r["beam_choice"]) for r in rows] == [(1, "score"), (3, "mbr")]
+    with pytest.raises(InputError, match=r"decode.beam_choices must be a non-empty list of "
+                                         r"score \| mbr, got \['best'\]"):
+        DecodeParams(beam_choices=("best",)).validate("params.yaml")
+
+
 def test_decoding_settings_are_selected_on_the_given_split(capsys) -> None:
     model, vocab = tiny("merge", max_len=6)
     decoder = Decoder(model, vocab)
@@ -138,7 +207,7 @@ def test_decoding_settings_are_selected_on_the_given_split(capsys) -> None:
     assert text_metrics(references, again)["rouge_l"] == best
     assert chosen.settings() == {"method": chosen.method, "beam_size": chosen.beam_size,
                                  "length_penalty": chosen.length_penalty, "no_repeat_ngram": 3,
-                                 "labels": "independent"}
+                                 "labels": "independent", "beam_choice": "score"}
 
 
 def test_selection_on_a_clinical_metric_scores_the_labellers_reading() -> None:

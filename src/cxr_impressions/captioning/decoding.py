@@ -4,7 +4,8 @@ Every hypothesis carries its own token prefix, and the decoder recomputes from t
 each step, so no beam shares recurrent or attention state with another (the earlier notebook's
 bug). Beams sum log-probabilities; finished hypotheses are ranked by
 `sum_logprob / length ** length_penalty`; `no_repeat_ngram` bans any token that would repeat an
-n-gram already in the hypothesis.
+n-gram already in the hypothesis. With `beam_choice: mbr` the caption is instead the finished
+hypothesis of highest expected ROUGE-L against the others (minimum Bayes risk).
 
 A conditioned model (`model.condition: abnormal | findings`) first predicts the study's labels;
 the decoder then writes under them, each label on where `probability >= its threshold` (the
@@ -83,6 +84,51 @@ def rerank(decoded: Sequence[Decoded], length_penalty: float) -> list[Decoded]:
             continue
         best = max(d.hypotheses, key=lambda h: _normalised(h, length_penalty))
         out.append(replace(d, ids=best[1], score=float(_normalised(best, length_penalty))))
+    return out
+
+
+# pycocoevalcap's ROUGE-L weighs recall beta^2 times as much as precision.
+ROUGE_BETA = 1.2
+
+
+def rouge_l(hypothesis: Sequence[int], reference: Sequence[int]) -> float:
+    """ROUGE-L of two word sequences as pycocoevalcap scores one reference: the F-measure of
+    the longest common subsequence's precision and recall, recall weighted by ROUGE_BETA."""
+    if not hypothesis or not reference:
+        return 0.0
+    previous = [0] * (len(reference) + 1)
+    for word in hypothesis:
+        current = [0]
+        for j, other in enumerate(reference):
+            current.append(previous[j] + 1 if word == other
+                           else max(previous[j + 1], current[j]))
+        previous = current
+    common = previous[-1]
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(hypothesis), common / len(reference)
+    return ((1 + ROUGE_BETA ** 2) * precision * recall
+            / (recall + ROUGE_BETA ** 2 * precision))
+
+
+def minimum_bayes_risk(decoded: Sequence[Decoded]) -> list[Decoded]:
+    """Beam search's results with, for each study, the finished hypothesis whose ROUGE-L
+    against the others (itself included) is highest in expectation, each weighted by the
+    model's probability of it renormalised over the finished ones; its `score` is that
+    expectation. A consensus of the beam rather than its single likeliest caption, the choice
+    that the expected ROUGE-L against an unseen reference favours. Ties go to the likelier."""
+    out = []
+    for d in decoded:
+        if not d.hypotheses:
+            out.append(d)
+            continue
+        totals = np.array([total for total, _ in d.hypotheses])
+        weights = np.exp(totals - totals.max())
+        weights /= weights.sum()
+        ids = [hypothesis for _, hypothesis in d.hypotheses]
+        expected = np.array([[rouge_l(a, b) for b in ids] for a in ids]) @ weights
+        best = max(range(len(ids)), key=lambda i: (expected[i], totals[i]))
+        out.append(replace(d, ids=ids[best], score=float(expected[best])))
     return out
 
 
@@ -234,6 +280,8 @@ class Decoder:
         for i in range(n):
             results.append(Decoded([], 0.0, abnormal=probabilities[i], hypotheses=finished[i],
                                    condition=conditions[i]))
+        if params.beam_choice == "mbr":
+            return minimum_bayes_risk(results)
         return rerank(results, params.length_penalty)
 
     def explain(self, inputs: dict[str, np.ndarray], decoded: Sequence[Decoded],

@@ -22,7 +22,7 @@ from ..evaluation.scoring import clinical_scores, text_metrics
 from ..settings.decode import DecodeParams
 from ..settings.decoding import DecodingSettings
 from .bundle import Bundle
-from .decoding import Decoder, has_consistency_rule, rerank
+from .decoding import Decoder, has_consistency_rule, minimum_bayes_risk, rerank
 from .studies import Studies
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,8 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
     among them with the lowest top share wins. Also a row per candidate with its scores
     (and, under `varied`, its paired intervals against the best), and the chosen row. Each
     beam size is searched once per label mode; its length penalties only re-rank the
-    finished hypotheses. Beam 1 is greedy decoding, for which the length penalty changes
+    finished hypotheses, and its `mbr` candidate (`params.beam_choices`) chooses among the
+    same ones by minimum Bayes risk. Beam 1 is greedy decoding, for which the length penalty changes
     nothing. Label modes apply to models conditioned on findings
     and abnormal (elsewhere `consistent` changes nothing, and only `independent` is
     tried)."""
@@ -226,15 +227,22 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
     for mode, beam_size in bar:
         bar.set_postfix_str(f"beam {beam_size}, labels {mode}")
         if beam_size == 1:
-            greedy = replace(given, method="greedy", beam_size=1, labels=mode)
+            greedy = replace(given, method="greedy", beam_size=1, labels=mode,
+                             beam_choice="score")
             candidates = [(greedy, decoder.decode(inputs, greedy))]
         else:
             searched = decoder.decode(inputs, replace(given, method="beam",
                                                       beam_size=beam_size, labels=mode))
-            candidates = [(replace(given, method="beam", beam_size=beam_size,
-                                   length_penalty=alpha, labels=mode),
-                           rerank(searched, alpha))
-                          for alpha in params.length_penalties]
+            candidates = []
+            if "score" in params.beam_choices:
+                candidates += [(replace(given, method="beam", beam_size=beam_size,
+                                        length_penalty=alpha, labels=mode, beam_choice="score"),
+                                rerank(searched, alpha))
+                               for alpha in params.length_penalties]
+            if "mbr" in params.beam_choices:
+                candidates.append((replace(given, method="beam", beam_size=beam_size,
+                                           labels=mode, beam_choice="mbr"),
+                                   minimum_bayes_risk(searched)))
         for chosen, decoded in candidates:
             texts = decoder.texts(decoded)
             labels = [label_text(t) for t in texts]
@@ -245,6 +253,7 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                                                    predicted_labels=labels))
             rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
                          "length_penalty": chosen.length_penalty, "labels": mode,
+                         "beam_choice": chosen.beam_choice,
                          **text_metrics(references, texts),
                          "abnormal_f1": clinical["abnormal"]["f1"],
                          "findings_macro_f1": clinical["findings_macro_f1"],
@@ -256,7 +265,8 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                     "caption under it on validation; chose the lowest share, %s",
                     params.max_top_share, row["top_share"])
     return replace(given, method=row["method"], beam_size=row["beam_size"],
-                   length_penalty=row["length_penalty"], labels=row["labels"]), rows, row
+                   length_penalty=row["length_penalty"], labels=row["labels"],
+                   beam_choice=row["beam_choice"]), rows, row
 
 
 def choose(rows: list[dict], statistics: Sequence[StudyStatistics],

@@ -24,6 +24,7 @@ class DecodeParams(DecodingSettings):
     beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
     length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
     label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
+    beam_choices: tuple[str, ...] = ("score",)  # candidates for `beam_choice` (beams > 1)
     select_metric: SelectMetric = "bleu4"
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
@@ -58,3 +59,6 @@ class DecodeParams(DecodingSettings):
         if not self.label_modes or any(m not in self.LABEL_MODES for m in self.label_modes):
             raise InputError(f"{source}: decode.label_modes must be a non-empty list of "
                              f"{' | '.join(self.LABEL_MODES)}, got {list(self.label_modes)}")
+        if not self.beam_choices or any(c not in self.BEAM_CHOICES for c in self.beam_choices):
+            raise InputError(f"{source}: decode.beam_choices must be a non-empty list of "
+                             f"{' | '.join(self.BEAM_CHOICES)}, got {list(self.beam_choices)}")

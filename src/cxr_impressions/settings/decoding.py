@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, get_args
 from .fields import at_least
 
 LabelMode = Literal["independent", "consistent"]
+BeamChoice = Literal["score", "mbr"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +30,14 @@ class DecodingSettings:
     # each label on where its probability passes its threshold; `consistent`, then made
     # consistent the way the training labels are (abnormal on exactly when some finding is on).
     labels: LabelMode = "independent"
+    # Which of the beam's finished hypotheses becomes the caption: `score`, the best by
+    # sum(log p) / length ** length_penalty; `mbr` (minimum Bayes risk), the one with the
+    # highest ROUGE-L against the others, expected under the model's probabilities of them
+    # (length_penalty then plays no part). Greedy decoding has one hypothesis.
+    beam_choice: BeamChoice = "score"
 
     LABEL_MODES: ClassVar[tuple[str, ...]] = get_args(LabelMode)
+    BEAM_CHOICES: ClassVar[tuple[str, ...]] = get_args(BeamChoice)
 
     def settings(self) -> dict[str, Any]:
         """These settings alone (also of a subclass): what models/decoding.json holds."""
