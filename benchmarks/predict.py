@@ -2,6 +2,7 @@
 
   cold:  `cxr predict FRONTAL LATERAL` as a fresh process (imports, model builds, one study);
   warm:  one study (two images) in a loaded Predictor, beam 3, against greedy in the same run;
+         beam 5 choosing its caption by minimum Bayes risk against by score;
   batch: studies per second through `predict_batch` (8 per backbone call) against one study
          per call, on the same studies.
 
@@ -64,6 +65,8 @@ def main() -> None:
     beam = DecodingSettings(method="beam", beam_size=3)
     warm_beam = latency(beam)
     warm_greedy = latency(DecodingSettings(method="greedy"))
+    warm_beam5 = latency(DecodingSettings(method="beam", beam_size=5))
+    warm_mbr5 = latency(DecodingSettings(method="beam", beam_size=5, beam_choice="mbr"))
     predictor.decode_params = beam
     began = time.perf_counter()
     images = [predictor.load(one)]
@@ -82,6 +85,8 @@ def main() -> None:
         ("cold: fresh process, one study, beam 3", f"{cold:.2f} s"),
         ("warm: one study, beam 3", f"{warm_beam:.3f} s"),
         ("warm: one study, greedy", f"{warm_greedy:.3f} s"),
+        ("warm: one study, beam 5", f"{warm_beam5:.3f} s"),
+        ("warm: one study, beam 5, beam_choice mbr", f"{warm_mbr5:.3f} s"),
         ("warm: backbone only (2 images)", f"{backbone_only:.3f} s"),
         (f"batch: {len(studies)} studies, 8 per call", f"{batched:.2f} studies/s"),
         (f"batch: {len(studies)} studies, 1 per call", f"{single:.2f} studies/s"),
@@ -89,6 +94,7 @@ def main() -> None:
     print(table.to_string(index=False))
     print(f"\nbeam 3 / greedy latency = {warm_beam / warm_greedy:.2f}x; warm goal <= 0.5 s "
           f"-> {'met' if warm_beam <= 0.5 else 'NOT met'}")
+    print(f"beam 5 mbr / beam 5 score latency = {warm_mbr5 / warm_beam5:.2f}x")
     print(f"batched / one-per-call throughput = {batched / single:.2f}x")
 
 
