@@ -49,7 +49,7 @@ def main() -> None:
     # TensorFlow loads here, after run_stage has quietened its logs.
     from cxr_impressions.captioning.bundle import load_bundle
     from cxr_impressions.captioning.decoding import Decoder, has_consistency_rule
-    from cxr_impressions.captioning.studies import load_split
+    from cxr_impressions.captioning.studies import LABELS, load_split, reference_labels
     from cxr_impressions.features.store import FeatureStore
 
     class OracleDecoder(Decoder):
@@ -86,8 +86,8 @@ def main() -> None:
           f"{scores['findings_macro_f1']:.3f}")
     decoded = predicted.decode(inputs, bundle.decode)
     prompted = np.stack([d.condition for d in decoded]) > 0.5
-    read = [label_text(t) for t in predicted.texts(decoded)]
-    written = np.array([[r[name] for name in names] for r in read], dtype=bool)
+    columns = [LABELS.index(name) for name in names]
+    written = reference_labels(predicted.texts(decoded))[:, columns] > 0.5
     print(f"per label, under the model's decoding {bundle.decode.settings()}:")
     for j, name in enumerate(names):
         on, off = prompted[:, j], ~prompted[:, j]

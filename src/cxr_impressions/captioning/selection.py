@@ -198,10 +198,11 @@ def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
 def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                     references: Sequence[str], params: DecodeParams
                     ) -> tuple[DecodingSettings, list[dict], dict]:
-    """The decoding settings, among `params.beam_sizes` x `params.length_penalties` x
-    `params.label_modes`, whose captions of the given studies (the validation split: never
-    the test split) score best on `params.select_metric` (a text metric, or the labeller's
-    abnormal F1 or findings macro-F1 on the captions against that on the references), among
+    """The decoding settings, among `params.beam_sizes` x (`params.length_penalties`, and
+    `mbr` where `params.beam_choices` holds it) x `params.label_modes`, whose captions of the
+    given studies (the validation split: never the test split) score best on
+    `params.select_metric` (a text metric, or the labeller's abnormal F1 or findings macro-F1
+    on the captions against that on the references), among
     those whose most frequent caption is at most `params.max_top_share` of the studies (if
     none is, those with the lowest such share); ties go to the earlier candidate (the
     smaller beam). With `params.select_ties: varied`, the candidates whose metric the
@@ -210,11 +211,10 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
     among them with the lowest top share wins. Also a row per candidate with its scores
     (and, under `varied`, its paired intervals against the best), and the chosen row. Each
     beam size is searched once per label mode; its length penalties only re-rank the
-    finished hypotheses, and its `mbr` candidate (`params.beam_choices`) chooses among the
-    same ones by minimum Bayes risk. Beam 1 is greedy decoding, for which the length penalty changes
-    nothing. Label modes apply to models conditioned on findings
-    and abnormal (elsewhere `consistent` changes nothing, and only `independent` is
-    tried)."""
+    finished hypotheses, and its `mbr` candidate chooses among the same ones by minimum Bayes
+    risk. Beam 1 is greedy decoding, for which the length penalty changes nothing. Label modes
+    apply to models conditioned on findings and abnormal (elsewhere `consistent` changes
+    nothing, and only `independent` is tried)."""
     given = params.decoding()  # each candidate replaces some of these
     reference_labels = [label_text(r) for r in references]
     modes = (params.label_modes if has_consistency_rule(decoder.model.labels)
@@ -231,8 +231,9 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                              beam_choice="score")
             candidates = [(greedy, decoder.decode(inputs, greedy))]
         else:
-            searched = decoder.decode(inputs, replace(given, method="beam",
-                                                      beam_size=beam_size, labels=mode))
+            # Every candidate of this beam size chooses among these finished hypotheses.
+            searched = decoder.decode(inputs, replace(given, method="beam", beam_size=beam_size,
+                                                      labels=mode, beam_choice="score"))
             candidates = []
             if "score" in params.beam_choices:
                 candidates += [(replace(given, method="beam", beam_size=beam_size,
