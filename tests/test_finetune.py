@@ -201,6 +201,25 @@ def test_killed_during_cache_then_training_resumes_to_identical_outputs(
         np.testing.assert_array_equal(ours[name], theirs[name])
 
 
+def test_moving_average_is_validated_and_kept_while_training_goes_on_raw(
+        tmp_path: Path, clean_dir: Path, reference: Path) -> None:
+    """`finetune.ema_momentum`: the same training steps as without it (the same losses, epoch
+    by epoch, as the reference run), each epoch's validation scores the moving average (other
+    AUCs), and the weights the stage keeps are the best epoch's average: their head scores
+    what validation recorded for that epoch."""
+    work = tmp_path / "w"
+    work.mkdir()
+    write_params(work, PARAMS + "  ema_momentum: 0.9\n")
+    shutil.copytree(clean_dir, work / "data" / "clean")
+    _finish(_stage(work))
+    ours, theirs = results_of(work), results_of(reference)
+    assert ours["loss"] == theirs["loss"]
+    assert ours["val"] != theirs["val"]
+    head = [a for a in json.loads((work / "metrics/finetune.json").read_text()
+                                  )["head"]["val"].values() if a is not None]
+    assert np.mean(head) == pytest.approx(ours["val"][ours["best_epoch"] - 1], abs=1e-4)
+
+
 def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) -> None:
     """`features.weights: finetuned` runs the adapted backbone and records its sha256."""
     import pandas as pd
@@ -240,6 +259,8 @@ def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) ->
     ("  epochs: 0\n", "error: params.yaml: finetune.epochs must be >= 1, got 0"),
     ("  train_from: middle\n", "error: params.yaml: finetune.train_from must be one of 'top', "
                                "'all', got 'middle'"),
+    ("  ema_momentum: 1.5\n", "error: params.yaml: finetune.ema_momentum must be <= 0.9999, "
+                              "got 1.5"),
     ("  precision: float16\n", "error: params.yaml: finetune.precision must be one of "
                                "'float32', 'bfloat16', got 'float16'"),
     ("  schedule: step\n", "error: params.yaml: finetune.schedule must be one of 'constant', "

@@ -29,7 +29,7 @@ from ..atomic import atomic_path, write_json
 from ..data.titles import TitleVocabulary, hide_titles
 from ..data.tokenizer import Vocabulary
 from ..evaluation.scoring import text_metrics
-from ..schedules import learning_rate
+from ..schedules import learning_rate, load_moving_average, restore_raw
 from ..settings.decoding import DecodingSettings
 from ..settings.model import ModelParams
 from ..settings.train import TrainParams
@@ -151,13 +151,11 @@ class AveragedWeights:
 
     def use_average(self) -> None:
         if self.raw is None:
-            self.raw = [np.array(v.numpy()) for v in self.model.trainable_weights]
-            self.model.optimizer.finalize_variable_values(self.model.trainable_weights)
+            self.raw = load_moving_average(self.model.trainable_weights, self.model.optimizer)
 
     def use_raw(self) -> None:
         if self.raw is not None:
-            for variable, value in zip(self.model.trainable_weights, self.raw, strict=True):
-                variable.assign(value)
+            restore_raw(self.model.trainable_weights, self.raw)
             self.raw = None
 
     def callbacks(self) -> tuple[list[keras.callbacks.Callback], list[keras.callbacks.Callback]]:

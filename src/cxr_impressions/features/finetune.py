@@ -45,7 +45,7 @@ from ..atomic import atomic_path, write_json
 from ..data.labeller import FINDINGS, MESH_TERMS, NORMAL_MESH, label_text, mesh_labels
 from ..data.layout import view_slots
 from ..errors import InputError
-from ..schedules import learning_rate
+from ..schedules import learning_rate, load_moving_average, restore_raw
 from ..settings.features import FeaturesParams
 from ..settings.finetune import FinetuneParams
 from .shards import compute_shards, noting_interrupts, shard_files
@@ -524,18 +524,21 @@ class TrainState:
         path = self.folder / f"{name}.npy"
         return np.load(path) if path.is_file() else None
 
-    def save_epoch(self, model: object, optimizer: object, progress: dict,
-                   best: bool) -> None:
-        """Weights and optimizer first, progress last: a run killed in between redoes the
-        epoch from the previous state, whose files the atomic renames left whole."""
+    def save_best(self, model: object, epoch: int) -> None:
+        """The weights that validation scored, kept as the best so far; before `save_epoch`,
+        which records the epoch as done."""
+        with atomic_path(self.folder / f"best{epoch}.weights.h5", suffix=".weights.h5") as tmp:
+            model.save_weights(tmp)
+
+    def save_epoch(self, model: object, optimizer: object, progress: dict) -> None:
+        """The weights training goes on from and the optimizer first, progress last: a run
+        killed in between redoes the epoch from the previous state, whose files the atomic
+        renames left whole."""
         epoch = progress["epochs_done"]
         with atomic_path(self.folder / f"epoch{epoch}.weights.h5", suffix=".weights.h5") as tmp:
             model.save_weights(tmp)
         with atomic_path(self.folder / f"epoch{epoch}.optimizer.npz", suffix=".npz") as tmp:
             np.savez(tmp, *[v.numpy() for v in optimizer.variables])
-        if best:
-            shutil.copyfile(self.folder / f"epoch{epoch}.weights.h5",
-                            self.folder / f"best{epoch}.weights.h5")
         write_json(self.progress_file, progress)
         for old in self.folder.glob("*.weights.h5"):  # keep only the latest and the best
             if old.name not in (f"epoch{epoch}.weights.h5",
@@ -610,7 +613,9 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
     train_rows = feed.available(images.rows("train"))
     val_rows = feed.available(images.rows("val"))
     steps = params.epochs * -(-len(train_rows) // params.batch_size)
-    optimizer = keras.optimizers.Adam(learning_rate(params.learning_rate, params.schedule, steps))
+    optimizer = keras.optimizers.Adam(learning_rate(params.learning_rate, params.schedule, steps),
+                                      use_ema=params.ema_momentum > 0,
+                                      ema_momentum=params.ema_momentum or 0.99)
     progress = state.progress()
     if progress["epochs_done"]:
         state.restore(model, optimizer, progress)
@@ -639,16 +644,22 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
             if interrupted.is_set():
                 raise KeyboardInterrupt
             epoch_seconds = time.perf_counter() - began
+            raw = (load_moving_average(model.trainable_variables, optimizer)
+                   if params.ema_momentum > 0 else None)
             _, probs = predict(adapter, feed, val_rows, params.batch_size, len(images.paths))
             score, _ = val_score(probs, images)
             best = progress["best_score"] is None or (score or 0) > progress["best_score"]
+            if best:
+                state.save_best(model, epoch)
+            if raw is not None:
+                restore_raw(model.trainable_variables, raw)
             progress["epochs_done"] = epoch
             if best:
                 progress["best_epoch"], progress["best_score"] = epoch, score
             progress["history"].append({"epoch": epoch, "loss": round(float(np.mean(losses)), 5),
                                         "val_mean_auc": _round(score)})
             log.info("epoch %d: loss %.4f, val mean AUC %s", epoch, np.mean(losses), score)
-            state.save_epoch(model, optimizer, progress, best)
+            state.save_epoch(model, optimizer, progress)
             seconds.append(epoch_seconds)
     model.load_weights(state.best_weights(progress))
     return {**progress, "train_images": int(len(train_rows)), "seconds_this_run": seconds}

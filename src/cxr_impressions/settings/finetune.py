@@ -25,6 +25,10 @@ class FinetuneParams:
     # constant: `learning_rate` throughout; cosine: from `learning_rate` down to 0 at the last
     # step, along half a cosine, so the last epochs take smaller steps.
     schedule: Schedule = "constant"
+    # > 0: each epoch's validation scores, and the stage keeps, the optimizer's exponential
+    # moving average of the trained weights (this momentum per step), while training goes on
+    # from the raw ones; 0: off.
+    ema_momentum: float = at_least(0.0, 0.0, at_most=0.9999)
     seed: int = at_least(0, 0)
     # train_from top: shift each training image's cached activations by up to this many cells
     # of the cut's grid, a random translation (zero fill) drawn per epoch; 0: none.
