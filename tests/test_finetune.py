@@ -206,18 +206,31 @@ def test_moving_average_is_validated_and_kept_while_training_goes_on_raw(
     """`finetune.ema_momentum`: the same training steps as without it (the same losses, epoch
     by epoch, as the reference run), each epoch's validation scores the moving average (other
     AUCs), and the weights the stage keeps are the best epoch's average: their head scores
-    what validation recorded for that epoch."""
-    work = tmp_path / "w"
-    work.mkdir()
-    write_params(work, PARAMS + "  ema_momentum: 0.9\n")
-    shutil.copytree(clean_dir, work / "data" / "clean")
-    _finish(_stage(work))
-    ours, theirs = results_of(work), results_of(reference)
+    what validation recorded for that epoch. The average is in the optimizer's saved state: a
+    run killed in its second epoch resumes to the same weights and AUCs."""
+    works = []
+    for name in ("whole", "killed"):
+        work = tmp_path / name
+        work.mkdir()
+        write_params(work, PARAMS + "  ema_momentum: 0.9\n")
+        shutil.copytree(clean_dir, work / "data" / "clean")
+        shutil.copytree(reference / CACHE, work / CACHE)  # the same cache: training alone
+        works.append(work)
+    whole, killed = works
+    _finish(_stage(whole))
+    ours, theirs = results_of(whole), results_of(reference)
     assert ours["loss"] == theirs["loss"]
     assert ours["val"] != theirs["val"]
-    head = [a for a in json.loads((work / "metrics/finetune.json").read_text()
+    head = [a for a in json.loads((whole / "metrics/finetune.json").read_text()
                                   )["head"]["val"].values() if a is not None]
     assert np.mean(head) == pytest.approx(ours["val"][ours["best_epoch"] - 1], abs=1e-4)
+    process = _stage(killed)
+    _kill_when(process, lambda: (killed / STATE / "progress.json").exists())
+    assert "resuming training after epoch 1" in _finish(_stage(killed))
+    assert results_of(killed) == ours
+    resumed = weights_of(killed / OUT)
+    for name, array in weights_of(whole / OUT).items():
+        np.testing.assert_array_equal(resumed[name], array)
 
 
 def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) -> None:
