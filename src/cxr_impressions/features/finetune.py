@@ -648,14 +648,12 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
                    if params.ema_momentum > 0 else None)
             _, probs = predict(adapter, feed, val_rows, params.batch_size, len(images.paths))
             score, _ = val_score(probs, images)
-            best = progress["best_score"] is None or (score or 0) > progress["best_score"]
-            if best:
+            if progress["best_score"] is None or (score or 0) > progress["best_score"]:
                 state.save_best(model, epoch)
+                progress["best_epoch"], progress["best_score"] = epoch, score
             if raw is not None:
                 restore_raw(model.trainable_variables, raw)
             progress["epochs_done"] = epoch
-            if best:
-                progress["best_epoch"], progress["best_score"] = epoch, score
             progress["history"].append({"epoch": epoch, "loss": round(float(np.mean(losses)), 5),
                                         "val_mean_auc": _round(score)})
             log.info("epoch %d: loss %.4f, val mean AUC %s", epoch, np.mean(losses), score)
