@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_impressions.data.clean import clean_reports, r2gen_split, random_split
+from cxr_impressions.data.clean import clean_reports, kfold_split, r2gen_split, random_split
 from cxr_impressions.data.layout import resolve_layout
 from cxr_impressions.data.parse import parse_inputs
 from cxr_impressions.data.text import normalise, sentences
@@ -49,6 +49,36 @@ def test_random_split_is_seeded_and_order_free() -> None:
     assert a.equals(b)
     assert not a.equals(c)
     assert a.value_counts().to_dict() == {"train": 800, "val": 100, "test": 100}
+
+
+def test_kfold_tests_and_validates_every_study_once() -> None:
+    uids = np.arange(1, 1004)
+    folds = [kfold_split(uids, 10, fold, 42) for fold in range(10)]
+    tested = pd.concat([f[f == "test"] for f in folds]).index
+    validated = pd.concat([f[f == "val"] for f in folds]).index
+    assert sorted(tested) == sorted(validated) == list(uids)
+    for fold, split in enumerate(folds):
+        sizes = split.value_counts().to_dict()
+        assert sizes["test"] in (100, 101) and sizes["val"] in (100, 101)
+        assert sizes["train"] == 1003 - sizes["test"] - sizes["val"]
+        # This fold's val is the next fold's test, and the last fold's val the first's test.
+        following = folds[(fold + 1) % 10]
+        assert set(split[split == "val"].index) == set(following[following == "test"].index)
+    assert kfold_split(uids[::-1], 10, 3, 42).equals(folds[3])
+    assert not kfold_split(uids, 10, 3, 43).equals(folds[3])
+
+
+def test_clean_kfold_sample(sample_tables) -> None:
+    reports, images = sample_tables
+    runs = [clean_reports(reports, images, CleanParams(split="kfold", folds=5, fold=fold))
+            for fold in range(5)]
+    assert runs[2].counts["split_kind"] == "kfold"
+    assert (runs[2].counts["fold"], runs[2].counts["folds"]) == (2, 5)
+    assert runs[2].counts["reports"] == {"train": 60, "val": 20, "test": 20}
+    tested = [set(r.examples.loc[r.examples["split"] == "test", "uid"]) for r in runs]
+    assert set().union(*tested) == set(reports["uid"]) and sum(map(len, tested)) == 100
+    # Each fold's vocabulary comes from its own training studies.
+    assert runs[0].vocab != runs[1].vocab
 
 
 def test_clean_sample(sample_tables) -> None:

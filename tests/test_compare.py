@@ -124,3 +124,46 @@ def test_neither_a_file_nor_a_revision_is_one_line(capsys, tmp_path: Path,
     assert one_error(status, err).startswith(f"{tmp_path}: a folder")
     status, _, err = cxr(capsys, "compare", runs[0], runs[1], "--resamples", "0")
     assert one_error(status, err) == "--resamples must be >= 1 and --seed >= 0"
+
+
+def test_folds_pool_into_the_whole_run(tmp_path: Path, runs: tuple[Path, Path]) -> None:
+    """The folds of a k-fold run, each tested on its own studies, compare as the one run made of
+    all of them: the same pairs, the same resamples, the same intervals."""
+    parts = {}
+    for path in runs:
+        table = pd.read_csv(path)
+        parts[path.stem] = []
+        for fold, rows in enumerate((table.iloc[::3], table.iloc[1::3], table.iloc[2::3])):
+            parts[path.stem].append(str(tmp_path / f"{path.stem}{fold}.csv"))
+            rows.to_csv(parts[path.stem][-1], index=False)
+    whole = compare_runs(read_run(str(runs[1])), read_run(str(runs[0])), None, 300, 0)
+    pooled_reader = read_run(",".join(parts["reader"]))
+    assert list(pooled_reader.uids) == [str(u) for u in range(1, 61)]
+    pooled = compare_runs(pooled_reader, read_run(" , ".join(parts["constant"])), None, 300, 0)
+    assert pooled == whole
+    # Two folds of one run can't share a study, and a list can't have a hole.
+    with pytest.raises(InputError, match=re.escape(
+            f"{parts['reader'][0]} and {runs[1]}: study 1 is in both")):
+        read_run(f"{parts['reader'][0]},{runs[1]}")
+    with pytest.raises(InputError, match="an empty name in the comma-separated list"):
+        read_run(f"{parts['reader'][0]},,{parts['reader'][1]}")
+
+
+def test_a_baseline_of_the_table_takes_the_place_of_the_model(capsys, tmp_path: Path,
+                                                              runs: tuple[Path, Path]) -> None:
+    """`--old-system constant`: the reader's run against the constant its own table holds, as
+    against a separate run of the constant."""
+    both = pd.read_csv(runs[1]).assign(constant=CONSTANT, constant_bleu4=0.0)
+    both.to_csv(tmp_path / "both.csv", index=False)
+    inside = compare_runs(read_run(str(tmp_path / "both.csv")),
+                          read_run(str(tmp_path / "both.csv"), "constant"), None, 300, 0)
+    assert inside == compare_runs(read_run(str(runs[1])), read_run(str(runs[0])), None, 300, 0)
+    status, out, err = cxr(capsys, "compare", "--old-system", "constant", tmp_path / "both.csv",
+                           tmp_path / "both.csv", "--resamples", "300", "--no-meteor")
+    assert status == 0, err
+    assert "new vs old: better on BLEU-1" in " ".join(out.split())
+    assert f"old ({tmp_path / 'both.csv'} constant)" in " ".join(out.split())
+    status, _, err = cxr(capsys, "compare", "--new-system", "reference", runs[0], runs[1],
+                         "--no-meteor")
+    assert one_error(status, err) == (f"{runs[1]}: no system 'reference' in this table (it has "
+                                      "model)")

@@ -30,6 +30,9 @@ def test_defaults_and_overrides() -> None:
         ({"fractions": [0.5, 0.4, 0.3]}, r"summing to 1"),
         ({"min_cout": 2}, r"unknown param clean\.min_cout"),
         ({"seed": True}, r"clean\.seed must be an integer"),
+        ({"split": "kfold", "folds": 5, "fold": 5},
+         r"clean\.fold must be below clean\.folds \(5\), got 5"),
+        ({"folds": 2}, r"clean\.folds must be >= 3"),
     ],
 )
 def test_wrong_param_is_one_line_error(raw: dict, message: str) -> None:

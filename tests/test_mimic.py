@@ -103,6 +103,13 @@ def test_clean_official_split_and_patient_level_random_split(fixture_root: Path)
     # Two studies per patient, and no patient in two splits.
     assert random.groupby("subject_id")["split"].nunique().max() == 1
     assert random.groupby("subject_id").size().max() == 2
+    folds = [clean_reports(result.reports, result.images,
+                           CleanParams(split="kfold", folds=3, fold=fold)).examples
+             for fold in range(3)]
+    for fold in folds:
+        assert fold.groupby("subject_id")["split"].nunique().max() == 1
+    tested = [set(f.loc[f["split"] == "test", "uid"]) for f in folds]
+    assert set().union(*tested) == set(random["uid"]) and sum(map(len, tested)) == len(random)
 
 
 def test_official_split_needs_mimic_input() -> None:

@@ -251,6 +251,28 @@ def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
     assert (curves / "train" / "loss.tsv").exists() and (curves / "eval" / "bleu4.tsv").exists()
 
 
+def test_compare_against_a_baseline_reproduces_evaluates_paired_differences(
+        pipeline_repo: Path) -> None:
+    """`cxr compare --old-system constant` on the evaluate stage's own table is the stage's
+    `model_vs_constant`, interval for interval: the pooled k-fold comparison (several tables in
+    the place of one) rests on the same bootstrap."""
+    from cxr_impressions.evaluation.compare import compare_runs, read_run
+    from cxr_impressions.evaluation.meteor import MeteorScorer
+
+    scores = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
+    table = str(pipeline_repo / "metrics/eval/per_study.csv")
+    meteor = MeteorScorer()
+    try:
+        result = compare_runs(read_run(table), read_run(table, "constant"), meteor.statistics,
+                              scores["bootstrap"]["resamples"], scores["bootstrap"]["seed"])
+    finally:
+        meteor.close()
+    paired = scores["model_vs_constant"]
+    assert set(paired) <= set(result)
+    for metric, entry in paired.items():
+        assert {k: round(result[metric][k], 4) for k in ("diff", "low", "high")} == entry, metric
+
+
 @needs_shared(SHARED)
 def test_evaluate_reproduces_its_metrics_exactly(pipeline_repo: Path) -> None:
     # A fresh process reloads the saved model: any weight not saved (a position table built at

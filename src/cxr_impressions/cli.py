@@ -79,10 +79,18 @@ def main(argv: list[str] | None = None) -> None:
         description="NEW minus OLD on every metric, each difference with its 95% interval "
                     "from a paired bootstrap of the test studies. OLD and NEW are per-study "
                     "tables (the evaluate stage's metrics/eval/per_study.csv) or git revisions, "
-                    "whose table DVC reads from the cache or the remote.")
-    compare.add_argument("old", help="a per-study CSV, or a git revision (branch, tag, commit)")
+                    "whose table DVC reads from the cache or the remote; or several of these, "
+                    "comma-separated, whose test studies are pooled (the folds of clean.split: "
+                    "kfold).")
+    compare.add_argument("old", help="a per-study CSV, or a git revision (branch, tag, commit); "
+                                     "or several, comma-separated, pooled")
     compare.add_argument("new", nargs="?", default="metrics/eval/per_study.csv",
                          help="the same (default: the workspace's metrics/eval/per_study.csv)")
+    for side in ("old", "new"):
+        compare.add_argument(f"--{side}-system", default="model", metavar="SYSTEM",
+                             help=f"the system of {side.upper()}'s table to compare: model "
+                                  "(default), or a baseline the evaluate stage scored beside it "
+                                  "(constant, title_constant, nearest_neighbour)")
     compare.add_argument("--md", action="store_true", help="a Markdown table")
     compare.add_argument("--resamples", type=int, default=EvaluateParams.bootstrap,
                          help="bootstrap resamples (default: %(default)s, as evaluate.bootstrap)")
@@ -147,7 +155,7 @@ def _compare(args: argparse.Namespace) -> None:
     resamples, seed = args.resamples, args.seed
     if resamples < 1 or seed < 0:
         raise InputError("--resamples must be >= 1 and --seed >= 0")
-    old, new = read_run(args.old), read_run(args.new)
+    old, new = read_run(args.old, args.old_system), read_run(args.new, args.new_system)
     scorer = None
     if not args.no_meteor:
         from .evaluation.meteor import MeteorScorer, require_java
@@ -160,7 +168,11 @@ def _compare(args: argparse.Namespace) -> None:
     finally:
         if scorer is not None:
             scorer.close()
-    sources = (args.old, "workspace" if args.new == "metrics/eval/per_study.csv" else args.new)
+    sources = tuple(
+        source + ("" if system == "model" else f" {system}")
+        for source, system in ((args.old, args.old_system),
+                               ("workspace" if args.new == "metrics/eval/per_study.csv"
+                                else args.new, args.new_system)))
     # Long paths would make the table too wide: they are named once here, and "old"/"new" there.
     names = tuple(s if len(s) <= 16 else n for s, n in zip(sources, ("old", "new"), strict=True))
     described = [n if n == s else f"{n} ({s})" for n, s in zip(names, sources, strict=True)]

@@ -9,9 +9,9 @@ Rules (tests/test_config.py and tests/test_architecture.py enforce them, for eve
 - **One module per section.** Section `decode` is `DecodeParams` in `settings/decode.py`, with
   its defaults and checks; this loader imports that module only when the section is loaded. So
   a stage's DVC deps list the settings modules of the sections it loads and of the dataclasses
-  its code imports, no others, and a new decode param reruns only the stages that run
-  `DecodeParams` (train, selection, evaluate), not every stage, as it would if the dataclasses
-  lived in this module, a dep of every stage.
+  its code imports, no others, and a new decode param reruns only the stage that runs
+  `DecodeParams` (selection) and what its output makes stale, not every stage, as it would if
+  the dataclasses lived in this module, a dep of every stage.
 - **One source of defaults.** The dataclasses hold the defaults. `params.yaml` lists every
   section of `SECTIONS` and every field of each, with exactly these values, so that DVC tracks
   every value a stage uses; a new section is a module in `settings/`, an entry in `SECTIONS`

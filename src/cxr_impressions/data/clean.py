@@ -44,6 +44,28 @@ def random_split(uids: np.ndarray, fractions: tuple[float, float, float], seed: 
     return pd.Series(labels, index=uids, name="split")
 
 
+def kfold_split(ids: np.ndarray, folds: int, fold: int, seed: int) -> pd.Series:
+    """Fold `fold` of k-fold cross-validation: the ids (report uids or patient ids), shuffled by
+    `seed` and dealt into `folds` folds of near-equal size; fold `fold` is test, the next one
+    (after the last, the first) val, the others train. So over fold = 0 .. folds-1 every id is
+    tested once and validated once, and the runs' test outputs pool into one set of every
+    study (`cxr compare`)."""
+    ids = np.sort(np.asarray(ids))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    member = np.empty(len(ids), dtype=int)
+    member[order] = np.arange(len(ids)) % folds
+    labels = np.where(member == fold, "test",
+                      np.where(member == (fold + 1) % folds, "val", "train")).astype(object)
+    return pd.Series(labels, index=ids, name="split")
+
+
+def seeded_split(ids: np.ndarray, params: CleanParams) -> pd.Series:
+    """`clean.split: random` or `kfold` of these ids, seeded by `clean.seed`."""
+    if params.split == "kfold":
+        return kfold_split(ids, params.folds, params.fold, params.seed)
+    return random_split(ids, params.fractions, params.seed)
+
+
 def r2gen_split(annotation: str | Path) -> pd.Series:
     """R2Gen's fixed split: report uid -> train/val/test (study `CXR2384_IM-0942` is uid 2384)."""
     path = Path(annotation)
@@ -96,11 +118,10 @@ def clean_reports(reports: pd.DataFrame, images: pd.DataFrame, params: CleanPara
     elif "subject_id" in frame.columns:
         # MIMIC-CXR has several studies per patient: split by patient, so that no patient's
         # studies are in two splits.
-        by_subject = random_split(frame["subject_id"].unique(), params.fractions, params.seed)
+        by_subject = seeded_split(frame["subject_id"].unique(), params)
         frame["split"] = frame["subject_id"].map(by_subject)
     else:
-        frame["split"] = frame["uid"].map(random_split(frame["uid"].to_numpy(),
-                                                       params.fractions, params.seed))
+        frame["split"] = frame["uid"].map(seeded_split(frame["uid"].to_numpy(), params))
     frame = frame.sort_values("uid").reset_index(drop=True)
     frame["n_words"] = frame["text"].str.split().str.len()
 
@@ -121,6 +142,7 @@ def clean_reports(reports: pd.DataFrame, images: pd.DataFrame, params: CleanPara
     counts = {
         "target": params.target,
         "split_kind": params.split,
+        **({"fold": params.fold, "folds": params.folds} if params.split == "kfold" else {}),
         "reports_in": int(len(reports)),
         "reports_kept": int(len(frame)),
         "dropped": dropped,

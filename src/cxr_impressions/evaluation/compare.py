@@ -5,6 +5,10 @@ than the draw of test studies would give. Both runs' evaluate stages wrote the m
 every test study (`metrics/eval/per_study.csv`); scoring both on the same bootstrap resamples of
 the studies gives each metric's difference an interval (the evaluate stage's own bootstrap,
 `bootstrap.significance`, with NEW in the place of the model and OLD in that of a baseline).
+
+Either side may pool several runs (the folds of `clean.split: kfold`, each tested on its own
+studies), and may name a baseline of its table in the place of the model, so that a k-fold
+candidate is compared with the constant on every study at once.
 """
 
 from __future__ import annotations
@@ -38,15 +42,35 @@ MeteorStatistics = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 class RunOutputs:
     """One run's model output on its test studies, in uid order."""
 
-    source: str  # what the user named: a file, or a git revision
+    source: str  # what the user named: a file, a git revision, or several, comma-separated
     uids: np.ndarray
     references: list[str]
     texts: list[str]
 
 
-def read_run(source: str, repo: Path = Path(".")) -> RunOutputs:
-    """A run's per-study table: `source` is a file, or a git revision of `repo` whose
-    `metrics/eval/per_study.csv` DVC reads (from the cache, or the remote)."""
+def read_run(sources: str, system: str = "model", repo: Path = Path(".")) -> RunOutputs:
+    """A run's per-study outputs of one system (`model`, or a baseline the evaluate stage scored
+    beside it: `constant`, `title_constant`, `nearest_neighbour`). `sources` names a file, or a
+    git revision of `repo` whose `metrics/eval/per_study.csv` DVC reads (from the cache, or the
+    remote); or several of these, comma-separated, whose test studies are pooled: the folds of
+    `clean.split: kfold`, which test every study once."""
+    names = [name.strip() for name in sources.split(",")]
+    if "" in names:
+        raise InputError(f"{sources}: an empty name in the comma-separated list of runs")
+    tables = [_read_table(name, system, repo) for name in names]
+    table = pd.concat(tables, ignore_index=True)
+    twice = table["uid"].duplicated(keep=False)
+    if twice.any():
+        uid = table.loc[twice, "uid"].iloc[0]
+        found_in = " and ".join(table.loc[table["uid"] == uid, "source"])
+        raise InputError(f"{found_in}: study {uid} is in both; pooled runs need disjoint test "
+                         "studies (the folds of one clean.seed and clean.folds)")
+    table = table.sort_values("uid", key=_uid_order, kind="stable")
+    return RunOutputs(sources, table["uid"].to_numpy(), table["reference"].tolist(),
+                      table[system].tolist())
+
+
+def _read_table(source: str, system: str, repo: Path) -> pd.DataFrame:
     path = Path(source)
     if path.is_dir():
         raise InputError(f"{source}: a folder; name a per-study CSV ({PER_STUDY}) or a git "
@@ -60,14 +84,19 @@ def read_run(source: str, repo: Path = Path(".")) -> RunOutputs:
     if missing:
         raise InputError(f"{source}: not a per-study table of the evaluate stage (no column "
                          f"{missing[0]!r})")
+    # Besides the model, a system is a text column the evaluate stage scored: a baseline, with
+    # its BLEU-4 column beside it.
+    systems = ["model", *(c for c in table.columns
+                          if c != "model" and f"{c}_bleu4" in table.columns)]
+    if system not in systems:
+        raise InputError(f"{source}: no system {system!r} in this table (it has "
+                         f"{', '.join(systems)})")
     if table.empty:
         raise InputError(f"{source}: no studies")
     if table["uid"].duplicated().any():
         raise InputError(f"{source}: study {table['uid'][table['uid'].duplicated()].iloc[0]} "
                          "appears twice")
-    table = table.sort_values("uid", key=_uid_order, kind="stable")
-    return RunOutputs(source, table["uid"].to_numpy(), table["reference"].tolist(),
-                      table["model"].tolist())
+    return table[["uid", "reference", system]].assign(source=source)
 
 
 def _uid_order(uids: pd.Series) -> pd.Series:
