@@ -11,7 +11,7 @@ import argparse
 import pandas as pd
 
 from cxr_impressions.atomic import write_json
-from cxr_impressions.config import load_section, project_path
+from cxr_impressions.config import load_section
 from cxr_impressions.stage import note_timing, run_stage
 
 
@@ -34,7 +34,7 @@ def main() -> None:
 
     # Before TensorFlow loads: a missing weights file is one line at once.
     weights = resolve_weights(get_spec(params.backbone), params.weights,
-                              str(project_path(machine.weights_dir)), machine.allow_download,
+                              machine.weights_dir, machine.allow_download,
                               finetuned=args.finetuned)
     if machine.features_engine != "ray":  # the Ray driver runs no model; the actors load TF
         from cxr_impressions.features.extraction import configure_threads

@@ -11,6 +11,7 @@ import pytest
 from cxr_impressions.errors import InputError
 from cxr_impressions.evaluation.compare import compare_runs, read_run
 
+from .repos import DVC, git, sh
 from .test_cli import cxr, one_error
 
 CONSTANT = "no acute cardiopulmonary abnormality ."
@@ -119,7 +120,7 @@ def test_neither_a_file_nor_a_revision_is_one_line(capsys, tmp_path: Path,
                                                    runs: tuple[Path, Path]) -> None:
     status, _, err = cxr(capsys, "compare", "no-such-branch", runs[1], "--no-meteor")
     assert one_error(status, err) == ("no-such-branch: neither a file nor a git revision here "
-                                      "(a branch, tag or commit)")
+                                      "(a branch, tag, commit or DVC experiment)")
     status, _, err = cxr(capsys, "compare", tmp_path, runs[1], "--no-meteor")
     assert one_error(status, err).startswith(f"{tmp_path}: a folder")
     status, _, err = cxr(capsys, "compare", runs[0], runs[1], "--resamples", "0")
@@ -167,3 +168,28 @@ def test_a_baseline_of_the_table_takes_the_place_of_the_model(capsys, tmp_path: 
                          "--no-meteor")
     assert one_error(status, err) == (f"{runs[1]}: no system 'reference' in this table (it has "
                                       "model)")
+
+
+def test_a_dvc_experiment_is_named_as_dvc_names_it(tmp_path: Path, runs: tuple[Path, Path]) -> None:
+    """Git does not resolve a DVC experiment's name (`dvc exp show` lists them, as the k folds of
+    a queued `clean.fold` sweep); `cxr compare` does, and reads its table from the cache."""
+    repo = tmp_path / "repo"
+    (repo / "tables").mkdir(parents=True)
+    for path in runs:
+        (repo / "tables" / path.name).write_bytes(path.read_bytes())
+    (repo / "params.yaml").write_text("table: constant\n")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  evaluate:\n    cmd: mkdir -p metrics/eval && cp tables/${table}.csv "
+        "metrics/eval/per_study.csv\n    deps: [tables]\n    params: [table]\n"
+        "    outs: [metrics/eval/per_study.csv]\n")
+    git("init", "-q", cwd=repo)
+    sh(DVC, "init", "-q", cwd=repo)
+    sh(DVC, "repro", "-q", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-qm", "the constant", cwd=repo)
+    sh(DVC, "exp", "run", "-q", "-n", "fold-reader", "-S", "table=reader", cwd=repo)
+    reader = read_run("fold-reader", repo=repo)
+    assert reader.texts == read_run(str(runs[1])).texts
+    assert read_run("HEAD", repo=repo).texts == read_run(str(runs[0])).texts
+    with pytest.raises(InputError, match="fold-writer: neither a file nor a git revision here"):
+        read_run("fold-writer", repo=repo)

@@ -107,17 +107,35 @@ def _uid_order(uids: pd.Series) -> pd.Series:
 def _at_revision(rev: str, repo: Path) -> str:
     known = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"],
                            cwd=repo, capture_output=True, text=True)
-    if known.returncode != 0:
-        raise InputError(f"{rev}: neither a file nor a git revision here (a branch, tag or "
-                         "commit)")
+    commit = known.stdout.strip() if known.returncode == 0 else _experiment_commit(rev, repo)
+    if commit is None:
+        raise InputError(f"{rev}: neither a file nor a git revision here (a branch, tag, commit "
+                         "or DVC experiment)")
     import dvc.api
 
     try:
-        return dvc.api.read(PER_STUDY, repo=str(repo), rev=rev, encoding="utf-8")
+        return dvc.api.read(PER_STUDY, repo=str(repo), rev=commit, encoding="utf-8")
     except Exception as exc:  # DVC's errors for a missing file or cache object vary by cause
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{rev}: {PER_STUDY} could not be read at this revision ({first}); "
                          "`dvc pull` it, or run `dvc repro evaluate` there") from None
+
+
+def _experiment_commit(name: str, repo: Path) -> str | None:
+    """The commit of the DVC experiment `name` (`dvc exp show` lists them; git itself does not
+    resolve their names), or None."""
+    from dvc.repo.experiments.utils import AmbiguousExpRefInfo, resolve_name
+    from dvc.scm import SCM, SCMError
+
+    try:
+        scm = SCM(str(repo))
+        ref = resolve_name(scm, name).get(name)
+    except SCMError:
+        return None
+    except AmbiguousExpRefInfo:
+        raise InputError(f"{name}: more than one DVC experiment has this name; name it by its "
+                         "commit (dvc exp show --sha)") from None
+    return None if ref is None else scm.get_ref(str(ref))
 
 
 def check_same_studies(new: RunOutputs, old: RunOutputs) -> None:

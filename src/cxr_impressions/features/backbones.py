@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import project_path
 from ..errors import InputError
 
 if TYPE_CHECKING:  # keras (TensorFlow) loads when a model is built: a Ray driver never does
@@ -96,7 +97,8 @@ def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
     `imagenet` looks for the standard Keras file in `weights_dir`, then in Keras' own cache, and
     only then (with `allow_download`) downloads it. The error message names where the user sets
     `weights_dir` and `allow_download` (params, or the CLI's options). `finetuned` is the file
-    `weights: finetuned` loads.
+    `weights: finetuned` loads. Relative paths are the project's (`config.project_path`), also
+    when a stage runs in a queued experiment's copy of the repo.
     """
     if weights == "none":
         return None
@@ -106,10 +108,10 @@ def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
                              "(features.weights: finetuned; run `dvc repro finetune`)")
         return os.fspath(finetuned)
     if weights != "imagenet":
-        if not Path(weights).is_file():
+        if not project_path(weights).is_file():
             raise InputError(f"{weights}: weights file not found (features.weights)")
-        return weights
-    local = Path(weights_dir) / spec.weights_file
+        return str(project_path(weights))
+    local = project_path(weights_dir) / spec.weights_file
     if local.is_file():
         return str(local)
     import keras
