@@ -236,6 +236,24 @@ def test_missing_imagenet_weights_name_the_file(tmp_path: Path) -> None:
         resolve_weights(get_spec("xception"), str(tmp_path / "w.h5"), str(tmp_path), False)
 
 
+def test_weights_beside_the_repo_are_found_from_a_queued_experiment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stage that loads a backbone (finetune as well as features) finds `../shared/weights`
+    when `dvc queue` runs it in a copy of the repo under `.dvc/tmp/exps/`."""
+    spec = get_spec("xception")
+    shared = tmp_path / "shared" / "weights"
+    shared.mkdir(parents=True)
+    (shared / spec.weights_file).write_bytes(b"weights")
+    (shared / "adapted.h5").write_bytes(b"weights")
+    copy = tmp_path / "project" / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    found = resolve_weights(spec, "imagenet", "../shared/weights", False)
+    assert Path(found).resolve() == (shared / spec.weights_file).resolve()
+    found = resolve_weights(spec, "../shared/weights/adapted.h5", "unused", False)
+    assert Path(found).resolve() == (shared / "adapted.h5").resolve()
+
+
 @needs_shared(XCEPTION_WEIGHTS)
 def test_real_xception_weights_load_and_differ_from_random(tmp_path: Path) -> None:
     weights = resolve_weights(get_spec("xception"), "imagenet", str(XCEPTION_WEIGHTS.parent),
