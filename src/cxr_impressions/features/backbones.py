@@ -108,9 +108,10 @@ def resolve_weights(spec: BackboneSpec, weights: str, weights_dir: str,
                              "(features.weights: finetuned; run `dvc repro finetune`)")
         return os.fspath(finetuned)
     if weights != "imagenet":
-        if not project_path(weights).is_file():
+        path = project_path(weights)
+        if not path.is_file():
             raise InputError(f"{weights}: weights file not found (features.weights)")
-        return str(project_path(weights))
+        return str(path)
     local = project_path(weights_dir) / spec.weights_file
     if local.is_file():
         return str(local)
