@@ -198,3 +198,41 @@ def test_ray_address_where_something_else_listens_fails_fast(tmp_path: Path) -> 
         "but no Ray GCS reply within 3 s); start one with `ray start --head` or set "
         "machine.features_engine: local"), result.stderr
     assert time.monotonic() - started < 60
+
+
+STOPPED_EARLY = """
+import threading, time
+import ray, ray.data
+from cxr_impressions.features.ray_engine import join_iteration_threads
+
+class Slow:
+    def __call__(self, batch):
+        time.sleep(0.5)
+        return batch
+
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR",
+         log_to_driver=False)
+before = set(threading.enumerate())
+ray.data.DataContext.get_current().enable_progress_bars = False
+dataset = ray.data.from_items([{"i": i} for i in range(40)]).map_batches(
+    Slow, batch_size=2, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
+for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+    break  # as a Ctrl-C in the consumer does
+join_iteration_threads(before, 60)
+alive = sorted(t.name for t in set(threading.enumerate()) - before
+               if t.is_alive() and t.name != "Prefetcher")
+ray.shutdown()
+print("alive:", ",".join(alive))
+"""
+
+
+def test_an_iteration_stopped_early_leaves_no_ray_data_thread_running(tmp_path: Path) -> None:
+    """Ray Data's iteration threads outlive a stopped loop by the block each is on; the engine
+    waits for them before `ray.shutdown`, since one touching Ray after it makes Ray end the
+    process with status 1 (an interrupted stage must exit 130)."""
+    # A Ray of its own, not the module's cluster, which `Cluster` exports as RAY_ADDRESS.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", STOPPED_EARLY], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "alive:", result.stdout

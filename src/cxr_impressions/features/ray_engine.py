@@ -20,6 +20,8 @@ import logging
 import math
 import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 # Decoding is a few percent of a forward pass: a fraction of a CPU per decode task leaves the
 # CPUs to the actors.
 DECODE_CPUS = 0.25
+# Seconds to wait, on the way out, for Ray Data's threads to finish the block each is on.
+ITERATION_THREADS_TIMEOUT = 30.0
 
 
 def check_address(address: str, timeout: float) -> None:
@@ -192,6 +196,25 @@ def wait_for_room(machine: MachineParams) -> None:
         remove_placement_group(group)
 
 
+def join_iteration_threads(before: set[threading.Thread], timeout: float) -> None:
+    """Wait for the threads Ray Data started to iterate (those not in `before`) to end.
+
+    An iteration stopped early (Ctrl-C) leaves its worker threads finishing their current block;
+    one that touches Ray after `ray.shutdown` makes Ray end the process with status 1 instead of
+    the interrupt's 130. Ray Data's block prefetcher is left out: it sleeps on a condition until
+    garbage-collected and touches Ray only when handed blocks."""
+    deadline = time.monotonic() + timeout
+    for thread in set(threading.enumerate()) - before:
+        if thread.name == "Prefetcher" or thread is threading.current_thread():
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+    running = sorted(thread.name for thread in set(threading.enumerate()) - before
+                     if thread.is_alive() and thread.name != "Prefetcher")
+    if running:
+        log.warning("Ray Data threads still running after %g s: %s", timeout,
+                    ", ".join(running))
+
+
 def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: FeaturesParams,
                machine: MachineParams, weights_path: str | None, precision: str,
                progress: bool = True, desc: str = "images") -> ShardRun:
@@ -202,6 +225,7 @@ def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: Fea
 
     def ray_batches(start: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
         ray = connect(machine)
+        threads_before = set(threading.enumerate())
         try:
             import ray.data
 
@@ -243,6 +267,7 @@ def ray_shards(folder: Path, fingerprint: str, paths: Sequence[str], params: Fea
             finally:
                 ray_data_errors.removeFilter(_not_an_actor_start_timeout)
         finally:
+            join_iteration_threads(threads_before, ITERATION_THREADS_TIMEOUT)
             ray.shutdown()
 
     run = write_shards(folder, fingerprint, len(paths), ray_batches, progress, desc)
