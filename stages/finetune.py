@@ -10,7 +10,7 @@ import argparse
 import pandas as pd
 
 from cxr_impressions.atomic import write_json
-from cxr_impressions.config import load_section
+from cxr_impressions.config import load_section, origin_path
 from cxr_impressions.stage import note_timing, run_stage
 
 
@@ -19,7 +19,8 @@ def main() -> None:
     cli.add_argument("--clean", required=True, help="input: directory of the clean outputs")
     cli.add_argument("--out", required=True, help="output: the adapted backbone's Keras weights")
     cli.add_argument("--cache", required=True,
-                     help="the activation cache's folder (kept between runs; not a DVC output)")
+                     help="the activation cache's folder (kept between runs; not a DVC output; "
+                          "relative to the project, which DVC's experiment copies share)")
     cli.add_argument("--metrics", required=True,
                      help="output: AUCs (JSON); the timings go to timings/finetune.json")
     args = cli.parse_args()
@@ -46,8 +47,8 @@ def main() -> None:
                               machine.allow_download)
     examples = pd.read_parquet(f"{args.clean}/examples.parquet")
     images = pd.read_parquet(f"{args.clean}/images.parquet")
-    metrics, timings, test = finetune(examples, images, args.out, args.cache, params, features,
-                                      weights)
+    metrics, timings, test = finetune(examples, images, args.out, origin_path(args.cache),
+                                      params, features, weights)
     metrics["summary"]["test_ci95"] = finetune_intervals(
         test.labels, test.systems, metrics["summary"]["findings_with_enough_test_positives"],
         params.seed)

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from cxr_impressions.features.finetune import (
     TARGETS,
     auc,
     auxiliary_headings,
+    cache_lock,
     fit_probes,
     labelled_images,
     logistic_newton,
@@ -199,6 +201,48 @@ def test_killed_during_cache_then_training_resumes_to_identical_outputs(
     assert ours.keys() == theirs.keys()
     for name in theirs:
         np.testing.assert_array_equal(ours[name], theirs[name])
+
+
+def test_a_queued_experiment_reuses_the_projects_activation_cache(
+        tmp_path: Path, reference: Path) -> None:
+    """`dvc queue` runs the stage in a copy under `.dvc/tmp/exps/` (no ignored files there):
+    the copy opens the project's complete cache instead of building its own."""
+    project = tmp_path / "project"
+    shutil.copytree(reference, project)
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpq1a2b3"
+    copy.mkdir(parents=True)
+    shutil.copy(project / "params.yaml", copy / "params.yaml")
+    shutil.copytree(project / "data", copy / "data")
+    stderr = _finish(_stage(copy))
+    assert "activation cache complete" in stderr, stderr[-3000:]
+    assert f"{project / CACHE / 'xception'}" in stderr
+    assert not (copy / CACHE).exists()
+    assert results_of(copy) == results_of(reference)
+
+
+def test_a_run_waits_while_another_holds_the_activation_cache(
+        tmp_path: Path, clean_dir: Path, reference: Path) -> None:
+    """Two queued experiments run at once (`dvc queue start -j 2`) share the cache: the second
+    waits for the first's lock before it builds or opens it, then goes on."""
+    work = _workdir(tmp_path / "w", clean_dir)
+    folder = work / CACHE / "xception"
+    lines: list[str] = []
+    with cache_lock(folder):
+        process = _stage(work)
+        reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 600
+        while not any("waiting for another run that holds the activation cache" in line
+                      for line in lines):
+            assert process.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline, "the stage never waited for the lock"
+            time.sleep(0.05)
+        time.sleep(1)
+        assert process.poll() is None and not folder.exists()
+    assert process.wait(timeout=900) == 0
+    reader.join(timeout=60)
+    assert "activation cache complete" not in "".join(lines)  # built after the wait
+    assert results_of(work) == results_of(reference)
 
 
 def test_moving_average_is_validated_and_kept_while_training_goes_on_raw(

@@ -96,23 +96,33 @@ UNTRACKED = frozenset({"machine", "serve"})  # sections no stage lists in dvc.ya
 _EXPERIMENT_COPY = (".dvc", "tmp", "exps")
 
 
+def origin_path(path: str | Path) -> Path:
+    """A path relative to the repo root, in the project itself, also from inside a DVC
+    experiment's copy: where state that every experiment shares lives (the finetune's
+    activation cache). Outside a copy, and for an absolute path, the path itself."""
+    path = Path(path)
+    if path.is_absolute():
+        return path
+    here = Path.cwd().resolve().parts
+    for i in range(len(here) - len(_EXPERIMENT_COPY)):
+        if here[i:i + len(_EXPERIMENT_COPY)] == _EXPERIMENT_COPY:
+            inside_copy = here[i + len(_EXPERIMENT_COPY) + 1:]  # cwd relative to the copy's root
+            return Path(*here[:i], *inside_copy) / path
+    return path
+
+
 def project_path(path: str | Path) -> Path:
     """A path from params.yaml, as the project sees it, also inside a DVC experiment's copy.
 
     Relative paths are relative to the repo root, so `../shared/weights` lies beside the repo.
     In a queued or `--temp` experiment the stages run in a copy under `.dvc/tmp/exps/`, where
     that path would point inside `.dvc/tmp/exps/`; a relative path missing there is resolved
-    against the project the copy was made from instead."""
+    against the project the copy was made from instead (`origin_path`)."""
     path = Path(path)
     if path.is_absolute() or path.exists():
         return path
-    here = Path.cwd().resolve().parts
-    for i in range(len(here) - len(_EXPERIMENT_COPY)):
-        if here[i:i + len(_EXPERIMENT_COPY)] == _EXPERIMENT_COPY:
-            inside_copy = here[i + len(_EXPERIMENT_COPY) + 1:]  # cwd relative to the copy's root
-            candidate = Path(*here[:i], *inside_copy) / path
-            return candidate if candidate.exists() else path
-    return path
+    candidate = origin_path(path)
+    return candidate if candidate.exists() else path
 
 
 def read_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:

@@ -27,6 +27,8 @@ continues where it stopped and ends with the same outputs as an uninterrupted on
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -235,6 +237,22 @@ class ActivationCache:
 
 def cache_dir(cache_root: str | os.PathLike[str], backbone: str) -> Path:
     return Path(cache_root) / backbone
+
+
+@contextlib.contextmanager
+def cache_lock(folder: Path) -> Iterator[None]:
+    """One run at a time builds or opens the cache in `folder`: DVC's queued experiments share
+    the project's cache, and a run with other settings would discard it while another builds.
+    A run that has opened the cache keeps reading it even if the next one replaces it (the
+    arrays are memory-mapped). The kernel drops the lock when its holder dies, even by kill -9."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another run that holds the activation cache %s", folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -707,8 +725,9 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
                 return {"activations": forward(scale(images)).numpy().astype(np.float16)}
             return run
 
-        cache_stats = store.build(data.paths, settings, make_forward, progress)
-        cache = store.load()
+        with cache_lock(store.folder):
+            cache_stats = store.build(data.paths, settings, make_forward, progress)
+            cache = store.load()
     feed = Feed(data, features, cache)
     every = feed.available(np.arange(len(data.paths)))
 
