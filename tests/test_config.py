@@ -167,3 +167,22 @@ def test_project_path_reaches_beside_the_repo_from_an_experiment_copy(
     assert project_path("../missing") == Path("../missing")  # the error names the param's path
     monkeypatch.chdir(project)
     assert project_path("../shared/weights") == Path("../shared/weights")
+
+
+def test_origin_path_is_the_projects_whether_or_not_it_exists(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shared state (finetune's activation cache) lives in the project, also for a stage that
+    runs in an experiment copy, from the copy's root or a folder below it."""
+    from cxr_impressions.config import origin_path
+
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    (copy / "stages").mkdir(parents=True)
+    (copy / "features" / ".finetune-cache").mkdir(parents=True)  # even where the copy has one
+    monkeypatch.chdir(copy)
+    assert origin_path("features/.finetune-cache") == project.resolve() / "features/.finetune-cache"
+    monkeypatch.chdir(copy / "stages")
+    assert origin_path("cache") == project.resolve() / "stages" / "cache"
+    assert origin_path(tmp_path / "abs") == tmp_path / "abs"
+    monkeypatch.chdir(project)
+    assert origin_path("features/.finetune-cache") == Path("features/.finetune-cache")
