@@ -204,12 +204,11 @@ def join_iteration_threads(before: set[threading.Thread], timeout: float) -> Non
     the interrupt's 130. Ray Data's block prefetcher is left out: it sleeps on a condition until
     garbage-collected and touches Ray only when handed blocks."""
     deadline = time.monotonic() + timeout
-    for thread in set(threading.enumerate()) - before:
-        if thread.name == "Prefetcher" or thread is threading.current_thread():
-            continue
+    started = [thread for thread in set(threading.enumerate()) - before
+               if thread.name != "Prefetcher" and thread is not threading.current_thread()]
+    for thread in started:
         thread.join(max(0.0, deadline - time.monotonic()))
-    running = sorted(thread.name for thread in set(threading.enumerate()) - before
-                     if thread.is_alive() and thread.name != "Prefetcher")
+    running = sorted(thread.name for thread in started if thread.is_alive())
     if running:
         log.warning("Ray Data threads still running after %g s: %s", timeout,
                     ", ".join(running))
