@@ -70,11 +70,12 @@ def main() -> None:
     with FeatureStore(args.root / args.features) as store:
         val = load_split(args.root / "data" / "clean", "val", store, bundle.vocab, grid_pool)
     inputs = bundle.model_inputs(val.inputs(), val.titles)
-    greedy = replace(bundle.decode, method="greedy", beam_size=1)
-    predicted = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
+    # What the decoder writes under each condition: no normal template in these two rows.
+    greedy = replace(bundle.decode, method="greedy", beam_size=1, normal_text="decoder")
+    predicted = bundle.decoder()
     texts = predicted.texts(predicted.decode(inputs, replace(greedy, labels="consistent")))
     print(summary("predicted labels (consistent), greedy", texts, val.texts))
-    oracle = OracleDecoder(bundle.model, bundle.vocab, bundle.thresholds)
+    oracle = OracleDecoder(bundle.model, bundle.vocab, bundle.thresholds, bundle.template_ids)
     given = val.label_matrix(names)
     texts = oracle.texts(oracle.decode({**inputs, "given": given}, greedy))
     print(summary("reference labels (oracle), greedy", texts, val.texts))

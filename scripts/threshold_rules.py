@@ -139,7 +139,6 @@ def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
     sets them), the decoding setting the selection chooses on validation, and its scores there."""
     from dataclasses import replace
 
-    from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.selection import select_decoding, select_thresholds
 
     names = tuple(bundle.model.labels)
@@ -148,8 +147,7 @@ def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
     for rule in ("prevalence", "f1"):
         under = replace(decode, thresholds=rule)
         thresholds, _ = select_thresholds(probabilities, val_labels, train_labels, names, under)
-        chosen, _, row = select_decoding(Decoder(bundle.model, bundle.vocab, thresholds),
-                                         inputs, references, under)
+        chosen, _, row = select_decoding(bundle.decoder(thresholds), inputs, references, under)
         rows.append((rule, f"beam {chosen.beam_size}, lp {chosen.length_penalty}, "
                            f"{chosen.labels}", row))
     print(f"\nthe decoding selection on validation under each rule (by {metric}):")

@@ -44,7 +44,6 @@ def main() -> None:
     args = cli.parse_args()
     # TensorFlow loads here, after run_stage has quietened its logs.
     from cxr_impressions.captioning.bundle import load_bundle
-    from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.features.store import FeatureStore
 
@@ -57,7 +56,7 @@ def main() -> None:
     with FeatureStore(args.root / args.features) as store:
         studies = load_split(clean, args.split, store, bundle.vocab, grid_pool)
         train = load_split(clean, "train", store, bundle.vocab)
-    decoder = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
+    decoder = bundle.decoder()
     known = float((bundle.titles.encode(studies.titles) != 0).mean())
     print(f"{args.split}: {len(studies)} studies, {known:.1%} with a title the model knows; "
           f"decoding {bundle.decode.settings()}")

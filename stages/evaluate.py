@@ -28,7 +28,6 @@ def main() -> None:
     params = load_section("evaluate")
 
     from cxr_impressions.captioning.bundle import load_bundle
-    from cxr_impressions.captioning.decoding import Decoder
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.evaluation.baselines import (
         constant_baseline,
@@ -56,7 +55,7 @@ def main() -> None:
         test = load_split(args.clean, "test", store, bundle.vocab, grid_pool)
         train = load_split(args.clean, "train", store, bundle.vocab)
 
-    decoder = Decoder(bundle.model, bundle.vocab, bundle.thresholds)
+    decoder = bundle.decoder()
     inputs = bundle.model_inputs(test.inputs(), test.titles)
     decoded = decoder.decode(inputs, bundle.decode, progress="decode test")  # as chosen on val
     generated = decoder.texts(decoded)

@@ -50,14 +50,21 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     assert thresholds["multiplier"] in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
     assert set(thresholds["candidates_mean_val_f1"]) == {
         "0.5", "0.75", "1.0", "1.25", "1.5", "2.0", "2.5", "3.0", "4.0"}
-    # (greedy + 1 beam x 2 penalties) x 2 label modes (independent, consistent)
+    # (greedy + 1 beam x 2 penalties) x 2 label modes (independent, consistent), each as the
+    # decoder words it and then with its predicted-normal studies templated
     candidates = selection["decoding"]["candidates"]
-    assert [(c["beam_size"], c["length_penalty"], c["labels"]) for c in candidates] == [
-        (1, 0.7, "independent"), (2, 0.0, "independent"), (2, 0.7, "independent"),
-        (1, 0.7, "consistent"), (2, 0.0, "consistent"), (2, 0.7, "consistent")]
+    assert [(c["beam_size"], c["length_penalty"], c["labels"], c["normal_text"])
+            for c in candidates] == [
+        (beam, penalty, mode, text) for mode in ("independent", "consistent")
+        for beam, penalty, text in ((1, 0.7, "decoder"), (1, 0.7, "template"),
+                                    (2, 0.0, "decoder"), (2, 0.7, "decoder"),
+                                    (2, 0.0, "template"), (2, 0.7, "template"))]
     chosen = selection["decoding"]["chosen"]  # selected on validation, used by evaluate
     decoding = json.loads((repo / "models/decoding.json").read_text())
     label_thresholds = decoding.pop("label_thresholds")
+    # The normal templates, from the training split: one per known exam title, and one for none.
+    templates = decoding.pop("normal_templates")
+    assert templates == selection["normal_templates"] and "" in templates
     assert decoding == chosen
     assert {name: round(value, 4) for name, value in label_thresholds.items()} == {
         name: row["threshold"] for name, row in thresholds["labels"].items()}

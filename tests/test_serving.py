@@ -166,7 +166,7 @@ def test_good_study_gives_impression_labels_decoding_and_identity(server: Client
     assert body["model"]["precision"] == "float32"
     assert body["decoding"] == {"method": "beam", "beam_size": 3, "length_penalty": 0.7,
                                 "no_repeat_ngram": 3, "labels": "independent",
-                                "beam_choice": "score"}
+                                "beam_choice": "score", "normal_text": "decoder"}
     abnormal = body["labels"]["abnormal"]
     assert 0 <= abnormal["probability"] <= 1
     if abs(abnormal["probability"] - abnormal["threshold"]) > 1e-3:  # both rounded to 4 places

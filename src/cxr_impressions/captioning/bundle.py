@@ -10,10 +10,11 @@
 - `config.json` also holds, for a model with `model.exam_title`, the exam-title vocabulary
   (`exam_titles`, data/titles.py);
 - `decoding.json`: the decoding settings (method, beam size, length penalty, n-gram blocking,
-  label mode) and the label thresholds (`label_thresholds`, one per label of
+  label mode, normal text) and the label thresholds (`label_thresholds`, one per label of
   `model.condition`), all chosen on the validation split by the selection stage, used by evaluate
-  and `cxr predict`. A bundle saved before the selection stage existed has its thresholds in
-  `config.json` instead; it loads with those.
+  and `cxr predict`; and, for a conditioned model, the normal templates (`normal_templates`,
+  templates.py) that the selection stage took from the training split. A bundle saved before
+  the selection stage existed has its thresholds in `config.json` instead; it loads with those.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from ..data.tokenizer import Vocabulary
 from ..errors import InputError
 from ..settings.decoding import DecodingSettings
 from ..settings.model import ModelParams
+from .decoding import Decoder
 from .models import CaptionModel, build_model, ensemble
 from .retrieval import MemoryBank
+from .templates import NO_TITLE, template_ids
 
 
 @dataclass
@@ -50,6 +53,8 @@ class Bundle:
     titles: TitleVocabulary | None = None  # model.exam_title: the titles it knows
     # By label, chosen on validation (decoding.json); a label missing decodes at 0.5.
     label_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Title key to normal impression (decoding.json, templates.py); empty: none chosen.
+    normal_templates: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -61,6 +66,19 @@ class Bundle:
     def abnormal_threshold(self) -> float:
         """The abnormal label's threshold chosen on validation (0.5 where none was chosen)."""
         return float(self.label_thresholds.get("abnormal", 0.5))
+
+    @property
+    def template_ids(self) -> list[list[int]] | None:
+        """The normal templates' word ids by exam-title id (None: the bundle has none)."""
+        if not self.normal_templates:
+            return None
+        return template_ids(self.normal_templates, self.titles, self.vocab)
+
+    def decoder(self, thresholds: np.ndarray | None = None) -> Decoder:
+        """The decoder of this model, with its normal templates, under its label thresholds
+        (or `thresholds`, one per label)."""
+        return Decoder(self.model, self.vocab,
+                       self.thresholds if thresholds is None else thresholds, self.template_ids)
 
     def model_inputs(self, inputs: dict[str, np.ndarray],
                      exam_titles: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
@@ -92,11 +110,14 @@ def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: V
 
 
 def save_decoding(directory: str | os.PathLike[str], decode: DecodingSettings,
-                  label_thresholds: dict[str, float]) -> None:
+                  label_thresholds: dict[str, float],
+                  normal_templates: dict[str, str] | None = None) -> None:
     """What the selection stage chose on validation: the settings to decode with and the label
-    thresholds (empty for a model without labels)."""
+    thresholds (empty for a model without labels); and the normal templates it took from the
+    training split (a conditioned model)."""
     write_json(Path(directory) / "decoding.json",
-               {**decode.settings(), "label_thresholds": label_thresholds})
+               {**decode.settings(), "label_thresholds": label_thresholds,
+                **({"normal_templates": normal_templates} if normal_templates else {})})
 
 
 def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
@@ -170,24 +191,36 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     except (TypeError, ValueError) as exc:
         raise InputError(f"{config_path}: not a model config ({_first_line(exc)})") from None
     _load_weights(model, directory / "model.weights.h5", config_path)
-    decode, label_thresholds = _load_decoding(directory / "decoding.json", config)
+    path = directory / "decoding.json"
+    decode, label_thresholds, templates = _load_decoding(path, config)
     bank = MemoryBank.load(directory / "retrieval.npz") if params.retrieval_k else None
-    return Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory), titles,
-                  label_thresholds)
+    bundle = Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory), titles,
+                    label_thresholds, templates)
+    if decode.normal_text == "template" and model.conditioned and not templates:
+        raise InputError(f"{path}: normal_text is template, but the file has no "
+                         "normal_templates (rerun the selection stage)")
+    return bundle
 
 
-def _load_decoding(path: Path, config: dict) -> tuple[DecodingSettings, dict[str, float]]:
-    """The decoding settings and label thresholds of `path` (decoding.json). A bundle made
-    before the selection stage kept its thresholds in config.json and none in decoding.json: it
-    keeps decoding under those."""
+def _load_decoding(path: Path, config: dict
+                   ) -> tuple[DecodingSettings, dict[str, float], dict[str, str]]:
+    """The decoding settings, label thresholds and normal templates of `path`
+    (decoding.json). A bundle made before the selection stage kept its thresholds in
+    config.json and none in decoding.json: it keeps decoding under those."""
     settings = _read_json(path, "decoding settings") if path.is_file() else {}
     label_thresholds = settings.pop("label_thresholds", config.get("label_thresholds", {}))
     if not (isinstance(label_thresholds, dict) and all(
             isinstance(v, int | float) and not isinstance(v, bool)
             for v in label_thresholds.values())):
         raise InputError(f"{path}: label_thresholds must map labels to numbers")
+    templates = settings.pop("normal_templates", {})
+    if not (isinstance(templates, dict) and all(
+            isinstance(k, str) and isinstance(v, str) and v.strip()
+            for k, v in templates.items()) and (not templates or NO_TITLE in templates)):
+        raise InputError(f"{path}: normal_templates must map exam titles to non-empty texts, "
+                         f"\"\" (no title) among them")
     decode = build_section("decode", DecodingSettings, settings, source=str(path))
-    return decode, {str(k): float(v) for k, v in label_thresholds.items()}
+    return decode, {str(k): float(v) for k, v in label_thresholds.items()}, templates
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -14,6 +14,8 @@ With `decode.labels: consistent` those labels are then made consistent the way t
 labels always are (`abnormal` is on exactly when some finding is; see `consistent_condition`):
 thresholded independently, a study can be abnormal with no finding, a combination the decoder
 never saw in training, and under which it falls back to the most frequent normal impression.
+With `decode.normal_text: template`, a study decoded under no label on is then worded as its
+exam title's normal template instead (templates.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
+from ..errors import InputError
 from ..settings.decoding import DecodingSettings
 from .models import CaptionModel
 
@@ -42,6 +45,9 @@ class Decoded:
     # length penalty can re-rank them without searching again (the search does not depend on it).
     hypotheses: list[tuple[float, list[int]]] | None = None
     condition: np.ndarray | None = None  # the 0/1 labels it was written under (conditioned)
+    # `ids` are its exam title's normal template (decode.normal_text: template), not the
+    # decoder's caption (whose `score` it keeps).
+    template: bool = False
 
 
 def has_consistency_rule(names: Sequence[str]) -> bool:
@@ -136,9 +142,13 @@ class Decoder:
     """Decodes studies with one model, through its inference functions (traced once)."""
 
     def __init__(self, model: CaptionModel, vocab: Vocabulary,
-                 thresholds: float | Sequence[float] = 0.5) -> None:
+                 thresholds: float | Sequence[float] = 0.5,
+                 templates: Sequence[list[int]] | None = None) -> None:
+        """`templates`: the normal templates' word ids by exam-title id (templates.py), for
+        `decode.normal_text: template`."""
         self.model = model
         self.vocab = vocab
+        self.templates = templates
         # One threshold per label of the condition (a single number: the same for all).
         self.thresholds = np.broadcast_to(np.asarray(thresholds, np.float64),
                                           (len(model.labels),)).copy()
@@ -332,7 +342,27 @@ class Decoder:
                 bar.update(min(batch_size, n - start))
         if bar is not None:
             bar.close()
+        if params.normal_text == "template":
+            results = self.templated(results, inputs)
         return results
+
+    def templated(self, decoded: Sequence[Decoded], inputs: dict[str, np.ndarray]
+                  ) -> list[Decoded]:
+        """`decoded` with every study written under no label on (predicted normal) worded as
+        its exam title's normal template (`inputs["exam_title"]`; without titles, the template of
+        no title). A model without labels predicts nothing normal, and `decoded` is returned
+        as it is."""
+        if not self.model.conditioned:
+            return list(decoded)
+        if self.templates is None:
+            raise InputError("decode.normal_text: template, but the model has no normal "
+                             "templates (models/decoding.json: rerun the selection stage)")
+        title_ids = (np.asarray(inputs["exam_title"]).reshape(-1) if "exam_title" in inputs
+                     else np.zeros(len(decoded), np.int64))
+        return [replace(d, ids=list(self.templates[int(title)]), attention=None,
+                        hypotheses=None, template=True)
+                if d.condition is not None and not d.condition.any() else d
+                for d, title in zip(decoded, title_ids, strict=True)]
 
     def texts(self, decoded: Sequence[Decoded]) -> list[str]:
         return [self.vocab.decode(d.ids) for d in decoded]

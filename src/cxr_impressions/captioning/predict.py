@@ -32,7 +32,6 @@ from ..features.backbones import (
     sha256_of,
 )
 from .bundle import Bundle, load_bundle
-from .decoding import Decoder
 from .studies import pool_grid
 
 
@@ -90,7 +89,7 @@ class Predictor:
         self._backbone = tf.function(lambda x: backbone(x, training=False),
                                      reduce_retracing=True)
         self.backbone_batch = backbone_batch
-        self.decoder = Decoder(self.bundle.model, self.bundle.vocab, self.bundle.thresholds)
+        self.decoder = self.bundle.decoder()
         self.decode_params = self.bundle.decode
         if beam_size is not None:
             self.decode_params = replace(self.decode_params, beam_size=beam_size,

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from ..data.labeller import label_text
 from ..data.titles import UNKNOWN
+from ..errors import InputError
 from ..evaluation.bootstrap import StudyStatistics, paired_differences, study_statistics
 from ..evaluation.scoring import clinical_scores, text_metrics
 from ..settings.decode import DecodeParams
@@ -24,6 +25,7 @@ from ..settings.decoding import DecodingSettings
 from .bundle import Bundle
 from .decoding import Decoder, has_consistency_rule, minimum_bayes_risk, rerank
 from .studies import Studies
+from .templates import normal_templates, template_ids
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 class Selection:
     decode: DecodingSettings  # the settings to decode with
     label_thresholds: dict[str, float]  # by label; empty for a model without labels
+    normal_templates: dict[str, str]  # title key to text (templates.py); empty without labels
     record: dict  # every threshold and candidate weighed (metrics/selection.json)
     # The chosen candidate's validation score (`val_<select_metric>`) and the labels' mean
     # validation F1 (`val_label_f1`): the short DVC metric (metrics/select.json), as
@@ -59,6 +62,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
             **{f"{name}_share_known": round(float(np.mean(
                 bundle.titles.encode(split.titles) != UNKNOWN)), 4)
                for name, split in (("train", train), ("val", val))}}
+    templates: dict[str, str] = {}
     if model.conditioned:
         probabilities = Decoder(model, bundle.vocab).encode(inputs)["probabilities"]
         thresholds, chosen = select_thresholds(
@@ -67,10 +71,18 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
         label_thresholds = dict(zip(model.labels, thresholds.tolist(), strict=True))
         record["label_thresholds"] = chosen
         summary["val_label_f1"] = mean_val_f1(chosen["labels"])
+        templates = normal_templates(train.titles, train.texts,
+                                     ~train.label_matrix(model.labels).any(axis=1),
+                                     bundle.titles, bundle.vocab)
+        record["normal_templates"] = templates
+    elif decode.normal_text == "template" and not decode.select:
+        raise InputError("decode.normal_text: template needs a model with labels to predict "
+                         "a study normal (model.condition: abnormal | findings)")
+    decoder = Decoder(model, bundle.vocab, thresholds,
+                      template_ids(templates, bundle.titles, bundle.vocab) if templates else None)
     chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
     if decode.select:
-        chosen_decoding, candidates, best = select_decoding(
-            Decoder(model, bundle.vocab, thresholds), inputs, val.texts, decode)
+        chosen_decoding, candidates, best = select_decoding(decoder, inputs, val.texts, decode)
         summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
         record["decoding"] = {"metric": decode.select_metric,
                               "max_top_share": decode.max_top_share,
@@ -79,7 +91,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
                               "chosen": chosen_decoding.settings(), "candidates": candidates}
     else:
         record["decoding"] = {"chosen": chosen_decoding.settings()}
-    return Selection(chosen_decoding, label_thresholds, record, summary)
+    return Selection(chosen_decoding, label_thresholds, templates, record, summary)
 
 
 def mean_val_f1(chosen: dict[str, dict]) -> float | None:
@@ -214,11 +226,18 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
     finished hypotheses, and its `mbr` candidate chooses among the same ones by minimum Bayes
     risk. Beam 1 is greedy decoding, for which the length penalty changes nothing. Label modes
     apply to models conditioned on findings and abnormal (elsewhere `consistent` changes
-    nothing, and only `independent` is tried)."""
+    nothing, and only `independent` is tried). Each of those candidates comes once per
+    `params.normal_texts`, for a conditioned model whose decoder has normal templates
+    (`template`: the same captions, those of the studies predicted normal worded as their
+    title's normal template; `Decoder.templated`)."""
     given = params.decoding()  # each candidate replaces some of these
     reference_labels = [label_text(r) for r in references]
     modes = (params.label_modes if has_consistency_rule(decoder.model.labels)
              else ("independent",))
+    # Without labels no study is predicted normal, and without templates (the selection stage
+    # gives a conditioned model's decoder its own) none can be worded otherwise.
+    normal_texts = (params.normal_texts if decoder.model.conditioned
+                    and decoder.templates is not None else ("decoder",))
     rows: list[dict] = []
     statistics = []  # per candidate, for the paired bootstrap of `select_ties: varied`
     searches = [(mode, beam_size) for mode in modes for beam_size in params.beam_sizes]
@@ -244,6 +263,13 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                 candidates.append((replace(given, method="beam", beam_size=beam_size,
                                            labels=mode, beam_choice="mbr"),
                                    minimum_bayes_risk(searched)))
+        if "template" in normal_texts:  # each candidate again, its normal studies templated
+            worded = [(replace(chosen, normal_text="template"),
+                       decoder.templated(decoded, inputs)) for chosen, decoded in candidates]
+            candidates = ([(replace(c, normal_text="decoder"), d) for c, d in candidates]
+                          if "decoder" in normal_texts else []) + worded
+        else:
+            candidates = [(replace(c, normal_text="decoder"), d) for c, d in candidates]
         for chosen, decoded in candidates:
             texts = decoder.texts(decoded)
             labels = [label_text(t) for t in texts]
@@ -254,7 +280,7 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                                                    predicted_labels=labels))
             rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
                          "length_penalty": chosen.length_penalty, "labels": mode,
-                         "beam_choice": chosen.beam_choice,
+                         "beam_choice": chosen.beam_choice, "normal_text": chosen.normal_text,
                          **text_metrics(references, texts),
                          "abnormal_f1": clinical["abnormal"]["f1"],
                          "findings_macro_f1": clinical["findings_macro_f1"],
@@ -267,7 +293,7 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                     params.max_top_share, row["top_share"])
     return replace(given, method=row["method"], beam_size=row["beam_size"],
                    length_penalty=row["length_penalty"], labels=row["labels"],
-                   beam_choice=row["beam_choice"]), rows, row
+                   beam_choice=row["beam_choice"], normal_text=row["normal_text"]), rows, row
 
 
 def choose(rows: list[dict], statistics: Sequence[StudyStatistics],

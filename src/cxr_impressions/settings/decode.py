@@ -25,6 +25,8 @@ class DecodeParams(DecodingSettings):
     length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
     label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
     beam_choices: tuple[str, ...] = ("score",)  # candidates for `beam_choice` (beams > 1)
+    # Candidates for `normal_text` (a conditioned model; unconditioned, only `decoder`).
+    normal_texts: tuple[str, ...] = ("decoder", "template")
     select_metric: SelectMetric = "bleu4"
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
@@ -62,3 +64,6 @@ class DecodeParams(DecodingSettings):
         if not self.beam_choices or any(c not in self.BEAM_CHOICES for c in self.beam_choices):
             raise InputError(f"{source}: decode.beam_choices must be a non-empty list of "
                              f"{' | '.join(self.BEAM_CHOICES)}, got {list(self.beam_choices)}")
+        if not self.normal_texts or any(t not in self.NORMAL_TEXTS for t in self.normal_texts):
+            raise InputError(f"{source}: decode.normal_texts must be a non-empty list of "
+                             f"{' | '.join(self.NORMAL_TEXTS)}, got {list(self.normal_texts)}")

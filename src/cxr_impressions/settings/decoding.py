@@ -16,6 +16,7 @@ from .fields import at_least
 
 LabelMode = Literal["independent", "consistent"]
 BeamChoice = Literal["score", "mbr"]
+NormalText = Literal["decoder", "template"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +36,14 @@ class DecodingSettings:
     # highest ROUGE-L against the others, expected under the model's probabilities of them
     # (length_penalty then plays no part). Greedy decoding has one hypothesis.
     beam_choice: BeamChoice = "score"
+    # How a study a conditioned model predicts normal (every label off) is worded: `decoder`, as
+    # the decoder writes it; `template`, as the normal impression of its exam title's reporting
+    # template (captioning/templates.py).
+    normal_text: NormalText = "decoder"
 
     LABEL_MODES: ClassVar[tuple[str, ...]] = get_args(LabelMode)
     BEAM_CHOICES: ClassVar[tuple[str, ...]] = get_args(BeamChoice)
+    NORMAL_TEXTS: ClassVar[tuple[str, ...]] = get_args(NormalText)
 
     def settings(self) -> dict[str, Any]:
         """These settings alone (also of a subclass): what models/decoding.json holds."""

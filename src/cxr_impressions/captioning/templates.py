@@ -1,0 +1,70 @@
+"""Normal templates: how a study the model reads as normal is worded under
+`decode.normal_text: template`.
+
+A radiologist reports a normal study with the normal impression of the reporting template
+("no acute cardiopulmonary abnormality", "no active disease", "negative chest"), and which one
+is a matter of the template, named by the exam title (data/titles.py), not of the image. Asked
+to write a normal study, the decoder often picks a normal sentence that is not the title's (on
+the full data's test folds, over a third of its predicted-normal captions were worded otherwise
+than the title's commonest impression). With `template`, a study whose labels the model
+predicts all off gets the most frequent impression among the training studies with its exam
+title whose reference the labeller reads as normal; a study without a known title gets the
+most frequent normal training impression. The image still decides whether a study is normal
+(the model's labels); the title only words it. Whether to do so is a decoding candidate
+(`decode.normal_texts`), chosen on the validation split like the others.
+
+The templates are chosen from the training split by the selection stage and kept in
+`models/decoding.json` (`normal_templates`: title key to text, "" for no known title), so that
+evaluate, `cxr predict` and `cxr serve` word normal studies alike.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..data.titles import TitleVocabulary, title_key
+from ..data.tokenizer import UNKNOWN_ID, Vocabulary
+
+NO_TITLE = ""  # the templates' key for a study without a known exam title
+
+
+def normal_templates(titles: Sequence[str | None] | None, texts: Sequence[str],
+                     normal: np.ndarray, known: TitleVocabulary | None,
+                     vocab: Vocabulary) -> dict[str, str]:
+    """From the training split's exam `titles` (None: the model reads none), reference `texts`
+    and `normal` flags (the labeller reads the reference as normal): per title the model knows
+    (`known`), its most frequent normal impression, and under `NO_TITLE` the most frequent normal
+    impression of all. Only impressions the decoder can write count: every word in `vocab` and
+    short enough for its `max_len`. Ties go to the text first in sort order; a title without
+    such an impression is left out (it gets the `NO_TITLE` one)."""
+    writable = {text for text in set(texts) if _writable(text, vocab)}
+    by_title: dict[str, Counter] = {NO_TITLE: Counter()}
+    keys = set(known.keys) if known is not None else set()
+    for i, (text, is_normal) in enumerate(zip(texts, normal, strict=True)):
+        if not is_normal or text not in writable:
+            continue
+        by_title[NO_TITLE][text] += 1
+        key = title_key(titles[i]) if titles is not None else NO_TITLE
+        if key in keys:
+            by_title.setdefault(key, Counter())[text] += 1
+    if not by_title[NO_TITLE]:
+        raise ValueError("no training study has a normal impression the decoder can write")
+    return {key: min(counts, key=lambda text, c=counts: (-c[text], text))
+            for key, counts in by_title.items()}
+
+
+def template_ids(templates: dict[str, str], known: TitleVocabulary | None,
+                 vocab: Vocabulary) -> list[list[int]]:
+    """The templates' word ids by title id (data/titles.py): id 0, a study without a known
+    title, gets the `NO_TITLE` template, as does a known title without one of its own."""
+    keys = known.keys if known is not None else []
+    texts = [templates[NO_TITLE], *(templates.get(key, templates[NO_TITLE]) for key in keys)]
+    return [vocab.encode(text)[1:-1] for text in texts]
+
+
+def _writable(text: str, vocab: Vocabulary) -> bool:
+    ids = vocab.encode(text)[1:-1]
+    return bool(ids) and UNKNOWN_ID not in ids and len(ids) == len(text.split())

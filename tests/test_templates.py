@@ -1,0 +1,136 @@
+"""Normal templates (`decode.normal_text: template`): which impression each exam title's normal
+studies get, how the decoder words a study it predicts normal, the selection's candidates, and
+the bundle that keeps the templates."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cxr_impressions.captioning.bundle import load_bundle, save_decoding
+from cxr_impressions.captioning.decoding import Decoder
+from cxr_impressions.captioning.selection import select_decoding
+from cxr_impressions.captioning.templates import NO_TITLE, normal_templates, template_ids
+from cxr_impressions.data.titles import TitleVocabulary
+from cxr_impressions.data.tokenizer import Vocabulary
+from cxr_impressions.errors import InputError
+from cxr_impressions.settings.decode import DecodeParams
+from cxr_impressions.settings.decoding import DecodingSettings
+
+from .tiny_models import WORDS, study_inputs, tiny, tiny_bundle
+
+TITLES = ["Xray Chest PA and Lateral"] * 5 + ["CHEST 2V 1/2/2009"] * 4 + ["rare title", ""]
+TEXTS = ["no effusion .", "no effusion .", "effusion .", "effusion .", "effusion .",
+         "no .", "no .", "no effusion .", "no pneumothorax .", "no .", "no ."]
+NORMAL = np.array([1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1], bool)
+
+
+def test_each_title_gets_its_commonest_normal_impression_the_decoder_can_write() -> None:
+    vocab = Vocabulary(WORDS, "startseq", "endseq", 6)
+    known = TitleVocabulary.from_titles(TITLES, min_count=2)
+    templates = normal_templates(TITLES, TEXTS, NORMAL, known, vocab)
+    # "effusion ." is the first title's commonest impression, but never of a normal study; and
+    # "no pneumothorax ." has a word outside the vocabulary, so it is never a template.
+    assert templates == {NO_TITLE: "no .", "xray chest pa and lateral": "no effusion .",
+                         "chest 0v 0/0/0": "no ."}
+    ids = template_ids(templates, known, vocab)
+    assert [vocab.decode(i) for i in ids] == ["no .", "no effusion .", "no ."]
+    # A model that reads no title: one template, of every normal study.
+    assert normal_templates(None, TEXTS, NORMAL, None, vocab) == {NO_TITLE: "no ."}
+    assert template_ids({NO_TITLE: "no ."}, None, vocab) == [vocab.encode("no .")[1:-1]]
+    # Too long for the decoder's max_len: not writable either.
+    short = Vocabulary(WORDS, "startseq", "endseq", 4)
+    assert normal_templates(None, TEXTS, NORMAL, None, short) == {NO_TITLE: "no ."}
+    with pytest.raises(ValueError, match="no training study has a normal impression"):
+        normal_templates(None, TEXTS, np.zeros(len(TEXTS), bool), None, vocab)
+
+
+def _templated_decoder(thresholds: float) -> tuple[Decoder, Vocabulary, dict]:
+    model, vocab = tiny("transformer", max_len=6, condition="findings")
+    templates = {NO_TITLE: "no .", "chest": "no effusion ."}
+    known = TitleVocabulary(["chest"])
+    return Decoder(model, vocab, thresholds, template_ids(templates, known, vocab)), vocab, {
+        **study_inputs(4, seed=2), "exam_title": np.array([[1], [0], [1], [0]], np.int32)}
+
+
+def test_a_study_predicted_normal_is_worded_as_its_titles_template() -> None:
+    # Thresholds above 1: no label is ever on, every study is predicted normal.
+    decoder, vocab, inputs = _templated_decoder(1.01)
+    own = decoder.decode(inputs, DecodingSettings(beam_size=2))
+    worded = decoder.decode(inputs, DecodingSettings(beam_size=2, normal_text="template"))
+    assert decoder.texts(worded) == ["no effusion .", "no .", "no effusion .", "no ."]
+    assert all(d.template for d in worded) and not any(d.template for d in own)
+    # The labels and the abnormal probability are the model's, as decoded.
+    for a, b in zip(own, worded, strict=True):
+        assert a.abnormal == b.abnormal and (a.condition == b.condition).all()
+    # explain() attends along the template's words.
+    maps = decoder.explain(inputs, worded)
+    assert [m.shape[0] for m in maps] == [len(d.ids) + 1 for d in worded]
+    # Thresholds of 0: every label on, nothing normal, nothing templated.
+    decoder, _, inputs = _templated_decoder(0.0)
+    own = decoder.decode(inputs, DecodingSettings(beam_size=2))
+    worded = decoder.decode(inputs, DecodingSettings(beam_size=2, normal_text="template"))
+    assert [d.ids for d in worded] == [d.ids for d in own]
+    assert not any(d.template for d in worded)
+
+
+def test_a_model_without_labels_or_templates_is_not_templated() -> None:
+    model, vocab = tiny("merge", max_len=6, condition="none")
+    decoder = Decoder(model, vocab)
+    inputs = study_inputs(3)
+    settings = DecodingSettings(method="greedy", normal_text="template")
+    assert ([d.ids for d in decoder.decode(inputs, settings)]
+            == [d.ids for d in decoder.greedy(inputs)])
+    conditioned, vocab = tiny("merge", max_len=6)
+    with pytest.raises(InputError, match="decode.normal_text: template, but the model has no "
+                                         "normal templates"):
+        Decoder(conditioned, vocab, 1.01).decode(inputs, settings)
+
+
+def test_template_candidates_are_selected_on_validation_and_decode_as_scored() -> None:
+    decoder, vocab, inputs = _templated_decoder(1.01)
+    references = ["no effusion .", "no .", "no effusion .", "no ."]
+    params = DecodeParams(beam_sizes=(1, 2), length_penalties=(0.0,), label_modes=("independent",),
+                          select_metric="bleu1", select_ties="best")
+    chosen, rows, row = select_decoding(decoder, inputs, references, params)
+    assert [(r["beam_size"], r["normal_text"]) for r in rows] == [
+        (1, "decoder"), (1, "template"), (2, "decoder"), (2, "template")]
+    # The templates are the references word for word: a template row wins on validation.
+    assert row["normal_text"] == "template" and row["bleu1"] == 1.0
+    assert chosen.normal_text == "template"
+    assert decoder.texts(decoder.decode(inputs, chosen)) == references
+    only = replace(params, normal_texts=("template",))
+    assert [r["normal_text"] for r in select_decoding(decoder, inputs, references, only)[1]] == [
+        "template", "template"]
+    # Unconditioned: the decoder words every study, whatever the candidates.
+    model, vocab = tiny("merge", max_len=6, condition="none")
+    _, rows, _ = select_decoding(Decoder(model, vocab), study_inputs(4), references, params)
+    assert {r["normal_text"] for r in rows} == {"decoder"}
+    with pytest.raises(InputError, match=r"decode.normal_texts must be a non-empty list of "
+                                         r"decoder \| template, got \['title'\]"):
+        DecodeParams(normal_texts=("title",)).validate("params.yaml")
+
+
+def test_the_bundle_keeps_the_templates_and_decodes_with_them(tmp_path) -> None:
+    tiny_bundle(tmp_path)  # conditioned on abnormal, reads no title
+    never = {"abnormal": 1.01}  # every study predicted normal
+    save_decoding(tmp_path, DecodingSettings(method="greedy", normal_text="template"), never,
+                  {NO_TITLE: "no effusion ."})
+    bundle = load_bundle(tmp_path)
+    assert bundle.normal_templates == {NO_TITLE: "no effusion ."}
+    decoder = bundle.decoder()
+    texts = decoder.texts(decoder.decode(study_inputs(3), bundle.decode))
+    assert texts == ["no effusion ."] * 3
+    # A decoding.json that asks for templates but has none, or a bad one: one line naming it.
+    path = tmp_path / "decoding.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "normal_templates"}))
+    with pytest.raises(InputError, match=r"decoding.json: normal_text is template, but the file "
+                                         r"has no normal_templates"):
+        load_bundle(tmp_path)
+    for bad in ({"chest": "no ."}, {NO_TITLE: ""}, {NO_TITLE: 3}, ["no ."]):
+        path.write_text(json.dumps({**saved, "normal_templates": bad}))
+        with pytest.raises(InputError, match=r"decoding.json: normal_templates must map exam "
+                                             r"titles to non-empty texts"):
+            load_bundle(tmp_path)
