@@ -161,6 +161,7 @@ def test_good_study_gives_impression_labels_decoding_and_identity(server: Client
     status, body = server.predict(*STUDIES["1"], explain=True)
     assert status == 200, body
     assert body["impression"] == " ".join(body["words"]) and body["words"]
+    assert body["normal_template"] is False  # normal_text: decoder
     assert body["views"] == ["frontal", "lateral"]
     assert body["model"]["sha256"] == bundle_hash(bundle)
     assert body["model"]["precision"] == "float32"

@@ -134,3 +134,29 @@ def test_the_bundle_keeps_the_templates_and_decodes_with_them(tmp_path) -> None:
         with pytest.raises(InputError, match=r"decoding.json: normal_templates must map exam "
                                              r"titles to non-empty texts"):
             load_bundle(tmp_path)
+
+
+def test_cxr_predict_words_a_normal_study_as_its_titles_template(tmp_path) -> None:
+    """The same templates through `cxr predict`'s Predictor: real images through the backbone,
+    the title from the study, and the prediction says that its impression is the template."""
+    from cxr_impressions.captioning.predict import Predictor, Study
+
+    from .helpers import SAMPLE
+    from .tiny_models import serving_bundle
+
+    directory = serving_bundle(tmp_path / "models", exam_titles=("Chest PA and lateral",))
+    templates = {NO_TITLE: "no acute disease .", "chest pa and lateral": "lungs clear ."}
+    save_decoding(directory, DecodingSettings(normal_text="template"), {"abnormal": 1.01},
+                  templates)
+    predictor = Predictor(directory, "unused: weights none")
+    frontal = next(SAMPLE.glob("images/*.jpg"))
+    titled, untitled = (predictor.run([predictor.load(Study("a", frontal))],
+                                      exam_titles=[title])[0]
+                        for title in ("CHEST PA and lateral.", ""))
+    assert (titled.text, titled.template) == ("lungs clear .", True)
+    assert (untitled.text, untitled.template) == ("no acute disease .", True)
+    # Every study abnormal: the decoder's own words, not a template.
+    save_decoding(directory, DecodingSettings(normal_text="template"), {"abnormal": 0.0},
+                  templates)
+    result = Predictor(directory, "unused: weights none").predict([Study("a", frontal)])[0]
+    assert result not in templates.values()

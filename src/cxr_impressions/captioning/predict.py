@@ -50,11 +50,14 @@ class Study:
 @dataclass
 class Prediction:
     """One study's result: the impression, the abnormal probability of a conditioned model,
-    and with `explain` the attention maps, (words + 1, regions), the last row the end token's."""
+    and with `explain` the attention maps, (words + 1, regions), the last row the end token's;
+    `template`, whether the impression is its exam title's normal template
+    (`decode.normal_text: template`) rather than the decoder's words."""
 
     text: str
     abnormal: float | None
     maps: np.ndarray | None = None
+    template: bool = False
 
 
 class Predictor:
@@ -154,7 +157,7 @@ class Predictor:
             for i, row_maps in zip(rows, self.decoder.explain(subset, [decoded[i] for i in rows]),
                                    strict=True):
                 maps[i] = row_maps
-        return [Prediction(text, d.abnormal, m)
+        return [Prediction(text, d.abnormal, m, d.template)
                 for text, d, m in zip(texts, decoded, maps, strict=True)]
 
     def explain(self, study: Study) -> tuple[str, list, np.ndarray]:

@@ -86,6 +86,7 @@ class Attention(BaseModel):
 class PredictResponse(BaseModel):
     impression: str
     words: list[str]
+    normal_template: bool  # the impression is the exam title's normal template (predicted normal)
     labels: Labels
     views: list[str]
     decoding: dict
@@ -362,7 +363,7 @@ def _response(result: Prediction, views: int, decoding: dict, identity: dict,
         abnormal = {"probability": round(float(result.abnormal), 4),
                     "predicted": bool(result.abnormal >= threshold),
                     "threshold": round(threshold, 4)}
-    body = {"impression": result.text, "words": words,
+    body = {"impression": result.text, "words": words, "normal_template": result.template,
             "labels": {"abnormal": abnormal, "findings": findings},
             "views": list(VIEWS[:views]), "decoding": decoding, "model": identity,
             "seconds": round(seconds, 4)}
