@@ -263,13 +263,10 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                 candidates.append((replace(given, method="beam", beam_size=beam_size,
                                            labels=mode, beam_choice="mbr"),
                                    minimum_bayes_risk(searched)))
-        if "template" in normal_texts:  # each candidate again, its normal studies templated
-            worded = [(replace(chosen, normal_text="template"),
-                       decoder.templated(decoded, inputs)) for chosen, decoded in candidates]
-            candidates = ([(replace(c, normal_text="decoder"), d) for c, d in candidates]
-                          if "decoder" in normal_texts else []) + worded
-        else:
-            candidates = [(replace(c, normal_text="decoder"), d) for c, d in candidates]
+        # Each candidate once per normal text: `template` words its normal studies anew.
+        candidates = [(replace(chosen, normal_text=text),
+                       decoder.templated(decoded, inputs) if text == "template" else decoded)
+                      for text in normal_texts for chosen, decoded in candidates]
         for chosen, decoded in candidates:
             texts = decoder.texts(decoded)
             labels = [label_text(t) for t in texts]
