@@ -37,7 +37,8 @@ def main() -> None:
         val = load_split(args.clean, "val", store, bundle.vocab, grid_pool)
         train = load_split(args.clean, "train", store, bundle.vocab)  # labels and counts only
     chosen = select_on_validation(bundle, val, train, decode)
-    save_decoding(args.model, chosen.decode, chosen.label_thresholds, chosen.normal_templates)
+    save_decoding(args.model, chosen.decode, chosen.label_thresholds, chosen.normal_templates,
+                  chosen.normal_impressions)
     write_json(args.selection, chosen.record)
     write_json(args.metrics, chosen.summary)
 

@@ -65,6 +65,10 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     # The normal templates, from the training split: one per known exam title, and one for none.
     templates = decoding.pop("normal_templates")
     assert templates == selection["normal_templates"] and "" in templates
+    # And every normal training impression the decoder can write (template_written), sorted.
+    impressions = decoding.pop("normal_impressions")
+    assert impressions == sorted(set(impressions)) and set(templates.values()) <= set(impressions)
+    assert len(impressions) == selection["normal_impressions"]
     assert decoding == chosen
     assert {name: round(value, 4) for name, value in label_thresholds.items()} == {
         name: row["threshold"] for name, row in thresholds["labels"].items()}

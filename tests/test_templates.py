@@ -1,6 +1,6 @@
-"""Normal templates (`decode.normal_text: template`): which impression each exam title's normal
-studies get, how the decoder words a study it predicts normal, the selection's candidates, and
-the bundle that keeps the templates."""
+"""Normal templates (`decode.normal_text: template | template_written`): which impression each
+exam title's normal studies get, how the decoder words a study it predicts normal (and one it
+wrote normal), the selection's candidates, and the bundle that keeps the templates."""
 
 import json
 from dataclasses import replace
@@ -11,7 +11,12 @@ import pytest
 from cxr_impressions.captioning.bundle import load_bundle, save_decoding
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.selection import select_decoding
-from cxr_impressions.captioning.templates import NO_TITLE, normal_templates, template_ids
+from cxr_impressions.captioning.templates import (
+    NO_TITLE,
+    normal_impressions,
+    normal_templates,
+    template_ids,
+)
 from cxr_impressions.data.titles import TitleVocabulary
 from cxr_impressions.data.tokenizer import Vocabulary
 from cxr_impressions.errors import InputError
@@ -44,13 +49,19 @@ def test_each_title_gets_its_commonest_normal_impression_the_decoder_can_write()
     assert normal_templates(None, TEXTS, NORMAL, None, short) == {NO_TITLE: "no ."}
     with pytest.raises(ValueError, match="no training study has a normal impression"):
         normal_templates(None, TEXTS, np.zeros(len(TEXTS), bool), None, vocab)
+    # Every writable normal impression, once: what template_written rewords.
+    assert normal_impressions(TEXTS, NORMAL, vocab) == ["no .", "no effusion ."]
+    assert normal_impressions(TEXTS, NORMAL, short) == ["no ."]
 
 
-def _templated_decoder(thresholds: float) -> tuple[Decoder, Vocabulary, dict]:
+def _templated_decoder(thresholds: float, normal_captions: tuple = ()
+                       ) -> tuple[Decoder, Vocabulary, dict]:
     model, vocab = tiny("transformer", max_len=6, condition="findings")
     templates = {NO_TITLE: "no .", "chest": "no effusion ."}
     known = TitleVocabulary(["chest"])
-    return Decoder(model, vocab, thresholds, template_ids(templates, known, vocab)), vocab, {
+    decoder = Decoder(model, vocab, thresholds, template_ids(templates, known, vocab),
+                      normal_captions)
+    return decoder, vocab, {
         **study_inputs(4, seed=2), "exam_title": np.array([[1], [0], [1], [0]], np.int32)}
 
 
@@ -73,6 +84,29 @@ def test_a_study_predicted_normal_is_worded_as_its_titles_template() -> None:
     worded = decoder.decode(inputs, DecodingSettings(beam_size=2, normal_text="template"))
     assert [d.ids for d in worded] == [d.ids for d in own]
     assert not any(d.template for d in worded)
+
+
+def test_a_caption_written_as_a_normal_impression_is_worded_as_its_titles_template() -> None:
+    # Thresholds of 0: every label on, so `template` rewords nothing; `template_written` rewords
+    # the studies whose caption is one of the normal impressions, here those of studies 0 and 1.
+    decoder, vocab, inputs = _templated_decoder(0.0)
+    own = decoder.decode(inputs, DecodingSettings(beam_size=2))
+    normal = {tuple(own[0].ids), tuple(own[1].ids)}
+    assert all(d.condition.all() for d in own)
+    decoder, _, _ = _templated_decoder(0.0, tuple(normal))
+    worded = decoder.decode(inputs, DecodingSettings(beam_size=2, normal_text="template_written"))
+    expected = [("no effusion ." if tuple(d.ids) in normal and title else
+                 "no ." if tuple(d.ids) in normal else vocab.decode(d.ids))
+                for d, title in zip(own, [1, 0, 1, 0], strict=True)]
+    assert decoder.texts(worded) == expected
+    assert [d.template for d in worded] == [tuple(d.ids) in normal for d in own]
+    assert decoder.texts(decoder.decode(inputs, DecodingSettings(
+        beam_size=2, normal_text="template"))) == decoder.texts(own)
+    # Without normal impressions it cannot: one line.
+    decoder, _, _ = _templated_decoder(0.0)
+    with pytest.raises(InputError, match="decode.normal_text: template_written, but the model "
+                                         "has no normal impressions"):
+        decoder.decode(inputs, DecodingSettings(beam_size=2, normal_text="template_written"))
 
 
 def test_a_model_without_labels_or_templates_is_not_templated() -> None:
@@ -108,8 +142,15 @@ def test_template_candidates_are_selected_on_validation_and_decode_as_scored() -
     _, rows, _ = select_decoding(Decoder(model, vocab), study_inputs(4), references, params)
     assert {r["normal_text"] for r in rows} == {"decoder"}
     with pytest.raises(InputError, match=r"decode.normal_texts must be a non-empty list of "
-                                         r"decoder \| template, got \['title'\]"):
+                                         r"decoder \| template \| template_written, "
+                                         r"got \['title'\]"):
         DecodeParams(normal_texts=("title",)).validate("params.yaml")
+    # A third candidate per search with template_written, from the same captions.
+    decoder, _, _ = _templated_decoder(1.01, ((vocab.encode("no .")[1:-1]),))
+    written = replace(params, normal_texts=("decoder", "template", "template_written"))
+    _, rows, _ = select_decoding(decoder, inputs, references, written)
+    assert [(r["beam_size"], r["normal_text"]) for r in rows] == [
+        (b, t) for b in (1, 2) for t in ("decoder", "template", "template_written")]
 
 
 def test_the_bundle_keeps_the_templates_and_decodes_with_them(tmp_path) -> None:
@@ -133,6 +174,20 @@ def test_the_bundle_keeps_the_templates_and_decodes_with_them(tmp_path) -> None:
         path.write_text(json.dumps({**saved, "normal_templates": bad}))
         with pytest.raises(InputError, match=r"decoding.json: normal_templates must map exam "
                                              r"titles to non-empty texts"):
+            load_bundle(tmp_path)
+    # template_written also keeps the normal impressions, and needs them.
+    save_decoding(tmp_path, DecodingSettings(method="greedy", normal_text="template_written"),
+                  never, {NO_TITLE: "no effusion ."}, ["no .", "no effusion ."])
+    assert load_bundle(tmp_path).normal_impressions == ("no .", "no effusion .")
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "normal_impressions"}))
+    with pytest.raises(InputError, match=r"decoding.json: normal_text is template_written, but "
+                                         r"the file has no normal_impressions"):
+        load_bundle(tmp_path)
+    for bad in ("no .", ["no .", ""], [3]):
+        path.write_text(json.dumps({**saved, "normal_impressions": bad}))
+        with pytest.raises(InputError, match=r"decoding.json: normal_impressions must be a list "
+                                             r"of non-empty texts"):
             load_bundle(tmp_path)
 
 

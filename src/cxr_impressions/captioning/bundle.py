@@ -13,7 +13,8 @@
   label mode, normal text) and the label thresholds (`label_thresholds`, one per label of
   `model.condition`), all chosen on the validation split by the selection stage, used by evaluate
   and `cxr predict`; and, for a conditioned model, the normal templates (`normal_templates`,
-  templates.py) that the selection stage took from the training split. A bundle saved before
+  templates.py) and the normal impressions (`normal_impressions`) that the selection stage
+  took from the training split. A bundle saved before
   the selection stage existed has its thresholds in `config.json` instead; it loads with those.
 """
 
@@ -55,6 +56,8 @@ class Bundle:
     label_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
     # Title key to normal impression (decoding.json, templates.py); empty: none chosen.
     normal_templates: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The normal training impressions (decoding.json), which `template_written` rewords.
+    normal_impressions: tuple[str, ...] = ()
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -78,7 +81,8 @@ class Bundle:
         """The decoder of this model, with its normal templates, under its label thresholds
         (or `thresholds`, one per label)."""
         return Decoder(self.model, self.vocab,
-                       self.thresholds if thresholds is None else thresholds, self.template_ids)
+                       self.thresholds if thresholds is None else thresholds, self.template_ids,
+                       [self.vocab.encode(text)[1:-1] for text in self.normal_impressions])
 
     def model_inputs(self, inputs: dict[str, np.ndarray],
                      exam_titles: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
@@ -111,13 +115,16 @@ def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: V
 
 def save_decoding(directory: str | os.PathLike[str], decode: DecodingSettings,
                   label_thresholds: dict[str, float],
-                  normal_templates: dict[str, str] | None = None) -> None:
+                  normal_templates: dict[str, str] | None = None,
+                  normal_impressions: Sequence[str] = ()) -> None:
     """What the selection stage chose on validation: the settings to decode with and the label
-    thresholds (empty for a model without labels); and the normal templates it took from the
-    training split (a conditioned model)."""
+    thresholds (empty for a model without labels); and the normal templates and impressions it
+    took from the training split (a conditioned model)."""
     write_json(Path(directory) / "decoding.json",
                {**decode.settings(), "label_thresholds": label_thresholds,
-                **({"normal_templates": normal_templates} if normal_templates else {})})
+                **({"normal_templates": normal_templates} if normal_templates else {}),
+                **({"normal_impressions": list(normal_impressions)}
+                   if normal_impressions else {})})
 
 
 def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
@@ -192,19 +199,23 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         raise InputError(f"{config_path}: not a model config ({_first_line(exc)})") from None
     _load_weights(model, directory / "model.weights.h5", config_path)
     path = directory / "decoding.json"
-    decode, label_thresholds, templates = _load_decoding(path, config)
+    decode, label_thresholds, templates, impressions = _load_decoding(path, config)
     bank = MemoryBank.load(directory / "retrieval.npz") if params.retrieval_k else None
     bundle = Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory), titles,
-                    label_thresholds, templates)
-    if decode.normal_text == "template" and model.conditioned and not templates:
-        raise InputError(f"{path}: normal_text is template, but the file has no "
+                    label_thresholds, templates, impressions)
+    if decode.normal_text != "decoder" and model.conditioned and not templates:
+        raise InputError(f"{path}: normal_text is {decode.normal_text}, but the file has no "
                          "normal_templates (rerun the selection stage)")
+    if decode.normal_text == "template_written" and model.conditioned and not impressions:
+        raise InputError(f"{path}: normal_text is template_written, but the file has no "
+                         "normal_impressions (rerun the selection stage)")
     return bundle
 
 
 def _load_decoding(path: Path, config: dict
-                   ) -> tuple[DecodingSettings, dict[str, float], dict[str, str]]:
-    """The decoding settings, label thresholds and normal templates of `path`
+                   ) -> tuple[DecodingSettings, dict[str, float], dict[str, str],
+                              tuple[str, ...]]:
+    """The decoding settings, label thresholds, normal templates and normal impressions of `path`
     (decoding.json). A bundle made before the selection stage kept its thresholds in
     config.json and none in decoding.json: it keeps decoding under those."""
     settings = _read_json(path, "decoding settings") if path.is_file() else {}
@@ -219,8 +230,13 @@ def _load_decoding(path: Path, config: dict
             for k, v in templates.items()) and (not templates or NO_TITLE in templates)):
         raise InputError(f"{path}: normal_templates must map exam titles to non-empty texts, "
                          f"\"\" (no title) among them")
+    impressions = settings.pop("normal_impressions", [])
+    if not (isinstance(impressions, list)
+            and all(isinstance(text, str) and text.strip() for text in impressions)):
+        raise InputError(f"{path}: normal_impressions must be a list of non-empty texts")
     decode = build_section("decode", DecodingSettings, settings, source=str(path))
-    return decode, {str(k): float(v) for k, v in label_thresholds.items()}, templates
+    return (decode, {str(k): float(v) for k, v in label_thresholds.items()}, templates,
+            tuple(impressions))
 
 
 def _read_json(path: Path, what: str) -> dict:

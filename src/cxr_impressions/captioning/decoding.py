@@ -15,14 +15,15 @@ labels always are (`abnormal` is on exactly when some finding is; see `consisten
 thresholded independently, a study can be abnormal with no finding, a combination the decoder
 never saw in training, and under which it falls back to the most frequent normal impression.
 With `decode.normal_text: template`, a study decoded under no label on is then worded as its
-exam title's normal template instead (templates.py).
+exam title's normal template instead (templates.py); with `template_written`, so is any study
+whose caption is word for word a normal training impression.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -143,12 +144,15 @@ class Decoder:
 
     def __init__(self, model: CaptionModel, vocab: Vocabulary,
                  thresholds: float | Sequence[float] = 0.5,
-                 templates: Sequence[list[int]] | None = None) -> None:
+                 templates: Sequence[list[int]] | None = None,
+                 normal_captions: Iterable[Sequence[int]] = ()) -> None:
         """`templates`: the normal templates' word ids by exam-title id (templates.py), for
-        `decode.normal_text: template`."""
+        `decode.normal_text: template`; `normal_captions`: the word ids of the normal training
+        impressions, which `template_written` also rewords."""
         self.model = model
         self.vocab = vocab
         self.templates = templates
+        self.normal_captions = frozenset(tuple(ids) for ids in normal_captions)
         # One threshold per label of the condition (a single number: the same for all).
         self.thresholds = np.broadcast_to(np.asarray(thresholds, np.float64),
                                           (len(model.labels),)).copy()
@@ -342,26 +346,32 @@ class Decoder:
                 bar.update(min(batch_size, n - start))
         if bar is not None:
             bar.close()
-        if params.normal_text == "template":
-            results = self.templated(results, inputs)
-        return results
+        return self.worded(results, inputs, params.normal_text)
 
-    def templated(self, decoded: Sequence[Decoded], inputs: dict[str, np.ndarray]
-                  ) -> list[Decoded]:
-        """`decoded` with every study written under no label on (predicted normal) worded as
-        its exam title's normal template (`inputs["exam_title"]`; without titles, the template of
-        no title). A model without labels predicts nothing normal, and `decoded` is returned
-        as it is."""
-        if not self.model.conditioned:
+    def worded(self, decoded: Sequence[Decoded], inputs: dict[str, np.ndarray],
+               normal_text: str) -> list[Decoded]:
+        """`decoded` with its normal studies worded by `normal_text` (`decode.normal_text`):
+        under `template`, every study written under no label on (predicted normal) gets its
+        exam title's normal template (`inputs["exam_title"]`; without titles, the template of no
+        title); under `template_written`, so does every study whose caption is a normal
+        training impression. A model without labels predicts nothing normal, and `decoded` is
+        returned as it is, as it is under `decoder`."""
+        if normal_text == "decoder" or not self.model.conditioned:
             return list(decoded)
         if self.templates is None:
-            raise InputError("decode.normal_text: template, but the model has no normal "
+            raise InputError(f"decode.normal_text: {normal_text}, but the model has no normal "
                              "templates (models/decoding.json: rerun the selection stage)")
+        written = normal_text == "template_written"
+        if written and not self.normal_captions:
+            raise InputError("decode.normal_text: template_written, but the model has no "
+                             "normal impressions (models/decoding.json: rerun the selection "
+                             "stage)")
         title_ids = (np.asarray(inputs["exam_title"]).reshape(-1) if "exam_title" in inputs
                      else np.zeros(len(decoded), np.int64))
         return [replace(d, ids=list(self.templates[int(title)]), attention=None,
                         hypotheses=None, template=True)
-                if d.condition is not None and not d.condition.any() else d
+                if (d.condition is not None and not d.condition.any())
+                or (written and tuple(d.ids) in self.normal_captions) else d
                 for d, title in zip(decoded, title_ids, strict=True)]
 
     def texts(self, decoded: Sequence[Decoded]) -> list[str]:

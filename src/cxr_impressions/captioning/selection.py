@@ -25,7 +25,7 @@ from ..settings.decoding import DecodingSettings
 from .bundle import Bundle
 from .decoding import Decoder, has_consistency_rule, minimum_bayes_risk, rerank
 from .studies import Studies
-from .templates import normal_templates, template_ids
+from .templates import normal_impressions, normal_templates, template_ids
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class Selection:
     decode: DecodingSettings  # the settings to decode with
     label_thresholds: dict[str, float]  # by label; empty for a model without labels
     normal_templates: dict[str, str]  # title key to text (templates.py); empty without labels
+    normal_impressions: list[str]  # the normal training impressions; empty without labels
     record: dict  # every threshold and candidate weighed (metrics/selection.json)
     # The chosen candidate's validation score (`val_<select_metric>`) and the labels' mean
     # validation F1 (`val_label_f1`): the short DVC metric (metrics/select.json), as
@@ -63,6 +64,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
                 bundle.titles.encode(split.titles) != UNKNOWN)), 4)
                for name, split in (("train", train), ("val", val))}}
     templates: dict[str, str] = {}
+    impressions: list[str] = []
     if model.conditioned:
         probabilities = Decoder(model, bundle.vocab).encode(inputs)["probabilities"]
         thresholds, chosen = select_thresholds(
@@ -71,15 +73,18 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
         label_thresholds = dict(zip(model.labels, thresholds.tolist(), strict=True))
         record["label_thresholds"] = chosen
         summary["val_label_f1"] = mean_val_f1(chosen["labels"])
-        templates = normal_templates(train.titles, train.texts,
-                                     ~train.label_matrix(model.labels).any(axis=1),
-                                     bundle.titles, bundle.vocab)
+        normal = ~train.label_matrix(model.labels).any(axis=1)
+        templates = normal_templates(train.titles, train.texts, normal, bundle.titles,
+                                     bundle.vocab)
+        impressions = normal_impressions(train.texts, normal, bundle.vocab)
         record["normal_templates"] = templates
-    elif decode.normal_text == "template" and not decode.select:
-        raise InputError("decode.normal_text: template needs a model with labels to predict "
-                         "a study normal (model.condition: abnormal | findings)")
+        record["normal_impressions"] = len(impressions)
+    elif decode.normal_text != "decoder" and not decode.select:
+        raise InputError(f"decode.normal_text: {decode.normal_text} needs a model with labels "
+                         "to predict a study normal (model.condition: abnormal | findings)")
     decoder = Decoder(model, bundle.vocab, thresholds,
-                      template_ids(templates, bundle.titles, bundle.vocab) if templates else None)
+                      template_ids(templates, bundle.titles, bundle.vocab) if templates else None,
+                      [bundle.vocab.encode(text)[1:-1] for text in impressions])
     chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
     if decode.select:
         chosen_decoding, candidates, best = select_decoding(decoder, inputs, val.texts, decode)
@@ -91,7 +96,8 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
                               "chosen": chosen_decoding.settings(), "candidates": candidates}
     else:
         record["decoding"] = {"chosen": chosen_decoding.settings()}
-    return Selection(chosen_decoding, label_thresholds, templates, record, summary)
+    return Selection(chosen_decoding, label_thresholds, templates, impressions, record,
+                     summary)
 
 
 def mean_val_f1(chosen: dict[str, dict]) -> float | None:
@@ -229,7 +235,8 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
     nothing, and only `independent` is tried). Each of those candidates comes once per
     `params.normal_texts`, for a conditioned model whose decoder has normal templates
     (`template`: the same captions, those of the studies predicted normal worded as their
-    title's normal template; `Decoder.templated`)."""
+    title's normal template; `template_written`, also those whose caption is a normal
+    training impression; `Decoder.worded`)."""
     given = params.decoding()  # each candidate replaces some of these
     reference_labels = [label_text(r) for r in references]
     modes = (params.label_modes if has_consistency_rule(decoder.model.labels)
@@ -263,9 +270,8 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                 candidates.append((replace(given, method="beam", beam_size=beam_size,
                                            labels=mode, beam_choice="mbr"),
                                    minimum_bayes_risk(searched)))
-        # Each candidate once per normal text: `template` words its normal studies anew.
-        candidates = [(replace(chosen, normal_text=text),
-                       decoder.templated(decoded, inputs) if text == "template" else decoded)
+        # Each candidate once per normal text: a template words its normal studies anew.
+        candidates = [(replace(chosen, normal_text=text), decoder.worded(decoded, inputs, text))
                       for text in normal_texts for chosen, decoded in candidates]
         for chosen, decoded in candidates:
             texts = decoder.texts(decoded)

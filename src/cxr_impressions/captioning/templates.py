@@ -13,9 +13,15 @@ most frequent normal training impression. The image still decides whether a stud
 (the model's labels); the title only words it. Whether to do so is a decoding candidate
 (`decode.normal_texts`), chosen on the validation split like the others.
 
-The templates are chosen from the training split by the selection stage and kept in
-`models/decoding.json` (`normal_templates`: title key to text, "" for no known title), so that
-evaluate, `cxr predict` and `cxr serve` word normal studies alike.
+`template_written` also rewords the studies whose labels are not all off but for which the
+decoder still wrote a normal impression, word for word one of the training split's: the
+caption says "normal" either way, and only its wording changes. A caption with any other
+content is kept as written.
+
+The templates and the normal impressions are taken from the training split by the selection
+stage and kept in `models/decoding.json` (`normal_templates`: title key to text, "" for no
+known title; `normal_impressions`), so that evaluate, `cxr predict` and `cxr serve` word
+normal studies alike.
 """
 
 from __future__ import annotations
@@ -54,6 +60,15 @@ def normal_templates(titles: Sequence[str | None] | None, texts: Sequence[str],
         raise ValueError("no training study has a normal impression the decoder can write")
     return {key: min(counts, key=lambda text, c=counts: (-c[text], text))
             for key, counts in by_title.items()}
+
+
+def normal_impressions(texts: Sequence[str], normal: np.ndarray,
+                       vocab: Vocabulary) -> list[str]:
+    """Every distinct impression of the training studies whose reference is `normal` that the
+    decoder can write (as for `normal_templates`), sorted: the captions that
+    `decode.normal_text: template_written` rewords as the study's template."""
+    return sorted({text for text, is_normal in zip(texts, normal, strict=True)
+                   if is_normal and _writable(text, vocab)})
 
 
 def template_ids(templates: dict[str, str], known: TitleVocabulary | None,

@@ -86,7 +86,9 @@ class Attention(BaseModel):
 class PredictResponse(BaseModel):
     impression: str
     words: list[str]
-    normal_template: bool  # the impression is the exam title's normal template (predicted normal)
+    # The impression is the exam title's normal template (the study predicted normal, or with
+    # template_written written as a normal impression).
+    normal_template: bool
     labels: Labels
     views: list[str]
     decoding: dict

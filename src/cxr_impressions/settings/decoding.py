@@ -16,7 +16,7 @@ from .fields import at_least
 
 LabelMode = Literal["independent", "consistent"]
 BeamChoice = Literal["score", "mbr"]
-NormalText = Literal["decoder", "template"]
+NormalText = Literal["decoder", "template", "template_written"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,9 @@ class DecodingSettings:
     beam_choice: BeamChoice = "score"
     # How a study a conditioned model predicts normal (every label off) is worded: `decoder`, as
     # the decoder writes it; `template`, as the normal impression of its exam title's reporting
-    # template (captioning/templates.py).
+    # template (captioning/templates.py); `template_written`, that too, and so is a study whose
+    # caption the decoder wrote as a normal impression (word for word one of the training
+    # split's normal impressions), whatever its labels.
     normal_text: NormalText = "decoder"
 
     LABEL_MODES: ClassVar[tuple[str, ...]] = get_args(LabelMode)
