@@ -38,7 +38,7 @@ class DecodeParams(DecodingSettings):
     # Under `varied`, a candidate tied with the best on `select_metric` must also not be
     # significantly below that best on each of these (the same paired interval reaches 0):
     # BLEU-4 alone let ties trade ROUGE-L away for variety.
-    select_guards: tuple[SelectMetric, ...] = ()
+    select_guards: tuple[SelectMetric, ...] = ("rouge_l",)
     select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
     select_seed: int = at_least(0, 0)  # seeds those resamples
     # How the selection stage sets a conditioned model's label thresholds on validation:
