@@ -402,6 +402,24 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
     assert float(chosen["prevalence"]) == pytest.approx(selected["val_bleu4"], abs=1e-4), out
 
 
+def test_normal_text_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:
+    """scripts/normal_text_candidates.py on the sample model: under the params' own candidates
+    it chooses what the selection stage chose, and it scores both sets on held-out halves."""
+    out = sh(sys.executable, "scripts/normal_text_candidates.py", "--repeats", "3",
+             cwd=pipeline_repo)
+    rows = {name: (texts, chosen, float(bleu4)) for name, texts, chosen, bleu4 in re.findall(
+        r"^(against|with) +([\w,]+) +(\S.*?\S) +(\d\.\d{4}) ", out, re.MULTILINE)}
+    assert rows["against"][0] == "decoder,template", out
+    assert rows["with"][0] == "decoder,template,template_read", out
+    selected = json.loads((pipeline_repo / "metrics/select.json").read_text())
+    decoding = json.loads((pipeline_repo / "models/decoding.json").read_text())
+    assert rows["against"][2] == pytest.approx(selected["val_bleu4"], abs=1e-4), out
+    assert rows["against"][1].endswith(f", {decoding['normal_text']}"), out
+    assert re.search(r"with - against \(paired, 95%\): bleu4 [+-]\d\.\d{4} \[", out), out
+    assert re.search(r"^split-half: 3 random halvings", out, re.MULTILINE), out
+    assert re.search(r"with - against, held-out half: bleu4 [+-]\d\.\d{4}", out), out
+
+
 @needs_shared(SHARED)
 def test_predict_command(pipeline_repo: Path, tmp_path: Path) -> None:
     images = pipeline_repo / "data/sample/images"

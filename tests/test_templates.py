@@ -1,6 +1,7 @@
-"""Normal templates (`decode.normal_text: template | template_written`): which impression each
-exam title's normal studies get, how the decoder words a study it predicts normal (and one it
-wrote normal), the selection's candidates, and the bundle that keeps the templates."""
+"""Normal templates (`decode.normal_text: template | template_written | template_read`): which
+impression each exam title's normal studies get, how the decoder words a study it predicts
+normal (and one it wrote normal), the selection's candidates, and the bundle that keeps the
+templates."""
 
 import json
 from dataclasses import replace
@@ -17,6 +18,7 @@ from cxr_impressions.captioning.templates import (
     normal_templates,
     template_ids,
 )
+from cxr_impressions.data.labeller import label_text
 from cxr_impressions.data.titles import TitleVocabulary
 from cxr_impressions.data.tokenizer import Vocabulary
 from cxr_impressions.errors import InputError
@@ -109,6 +111,31 @@ def test_a_caption_written_as_a_normal_impression_is_worded_as_its_titles_templa
         decoder.decode(inputs, DecodingSettings(beam_size=2, normal_text="template_written"))
 
 
+def test_a_caption_the_labeller_reads_as_normal_is_worded_as_its_titles_template() -> None:
+    # Every label on (thresholds of 0), so `template` rewords nothing. Of the captions below the
+    # labeller reads a negated finding, and no finding at all, as normal: `template_read`
+    # rewords those two as their title's template and keeps the effusions as written.
+    decoder, vocab, inputs = _templated_decoder(0.0)  # titles 1 ("chest"), 0, 1, 0
+    own = decoder.decode(inputs, DecodingSettings(beam_size=2))
+    assert all(d.condition.all() for d in own)
+    written = ["no .", "effusion .", "no .", "effusion effusion ."]
+    decoded = [replace(d, ids=vocab.encode(text)[1:-1]) for d, text in zip(own, written,
+                                                                           strict=True)]
+    worded = decoder.worded(decoded, inputs, "template_read")
+    assert decoder.texts(worded) == ["no effusion .", "effusion .", "no effusion .",
+                                     "effusion effusion ."]
+    assert [d.template for d in worded] == [True, False, True, False]
+    untitled = {**inputs, "exam_title": np.zeros((4, 1), np.int32)}
+    assert decoder.texts(decoder.worded(decoded, untitled, "template_read")) == written
+    # The other rules leave these captions alone: every label is on.
+    for rule in ("decoder", "template"):
+        assert decoder.texts(decoder.worded(decoded, inputs, rule)) == written
+    # Through decode(): the same rule on the decoder's own captions.
+    read = decoder.decode(inputs, DecodingSettings(beam_size=2, normal_text="template_read"))
+    assert [d.template for d in read] == [not label_text(vocab.decode(d.ids))["abnormal"]
+                                          for d in own]
+
+
 def test_a_model_without_labels_or_templates_is_not_templated() -> None:
     model, vocab = tiny("merge", max_len=6, condition="none")
     decoder = Decoder(model, vocab)
@@ -142,7 +169,8 @@ def test_template_candidates_are_selected_on_validation_and_decode_as_scored() -
     _, rows, _ = select_decoding(Decoder(model, vocab), study_inputs(4), references, params)
     assert {r["normal_text"] for r in rows} == {"decoder"}
     with pytest.raises(InputError, match=r"decode.normal_texts must be a non-empty list of "
-                                         r"decoder \| template \| template_written, "
+                                         r"decoder \| template \| template_written \| "
+                                         r"template_read, "
                                          r"got \['title'\]"):
         DecodeParams(normal_texts=("title",)).validate("params.yaml")
     # A third candidate per search with template_written, from the same captions.
@@ -151,6 +179,13 @@ def test_template_candidates_are_selected_on_validation_and_decode_as_scored() -
     _, rows, _ = select_decoding(decoder, inputs, references, written)
     assert [(r["beam_size"], r["normal_text"]) for r in rows] == [
         (b, t) for b in (1, 2) for t in ("decoder", "template", "template_written")]
+    # And template_read, from the same captions again: a study predicted normal is templated
+    # under both template rules alike.
+    read = replace(params, normal_texts=("template", "template_read"))
+    _, rows, _ = select_decoding(decoder, inputs, references, read)
+    assert [(r["beam_size"], r["normal_text"]) for r in rows] == [
+        (b, t) for b in (1, 2) for t in ("template", "template_read")]
+    assert all(r["bleu1"] == 1.0 for r in rows)
 
 
 def test_the_bundle_keeps_the_templates_and_decodes_with_them(tmp_path) -> None:

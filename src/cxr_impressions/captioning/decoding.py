@@ -16,7 +16,8 @@ thresholded independently, a study can be abnormal with no finding, a combinatio
 never saw in training, and under which it falls back to the most frequent normal impression.
 With `decode.normal_text: template`, a study decoded under no label on is then worded as its
 exam title's normal template instead (templates.py); with `template_written`, so is any study
-whose caption is word for word a normal training impression.
+whose caption is word for word a normal training impression; with `template_read`, any study
+whose caption the labeller reads as normal (no finding), whatever its labels.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..data.labeller import label_text
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
 from ..errors import InputError
 from ..settings.decoding import DecodingSettings
@@ -354,8 +356,9 @@ class Decoder:
         under `template`, every study written under no label on (predicted normal) gets its
         exam title's normal template (`inputs["exam_title"]`; without titles, the template of no
         title); under `template_written`, so does every study whose caption is a normal
-        training impression. A model without labels predicts nothing normal, and `decoded` is
-        returned as it is, as it is under `decoder`."""
+        training impression; under `template_read`, every study whose caption the labeller
+        reads as normal (data/labeller.py: no finding). A model without labels predicts nothing
+        normal, and `decoded` is returned as it is, as it is under `decoder`."""
         if normal_text == "decoder" or not self.model.conditioned:
             return list(decoded)
         if self.templates is None:
@@ -368,10 +371,17 @@ class Decoder:
                              "stage)")
         title_ids = (np.asarray(inputs["exam_title"]).reshape(-1) if "exam_title" in inputs
                      else np.zeros(len(decoded), np.int64))
+
+        def normal(d: Decoded) -> bool:
+            if d.condition is not None and not d.condition.any():
+                return True
+            if written:
+                return tuple(d.ids) in self.normal_captions
+            return (normal_text == "template_read"
+                    and not label_text(self.vocab.decode(d.ids))["abnormal"])
+
         return [replace(d, ids=list(self.templates[int(title)]), attention=None,
-                        hypotheses=None, template=True)
-                if (d.condition is not None and not d.condition.any())
-                or (written and tuple(d.ids) in self.normal_captions) else d
+                        hypotheses=None, template=True) if normal(d) else d
                 for d, title in zip(decoded, title_ids, strict=True)]
 
     def texts(self, decoded: Sequence[Decoded]) -> list[str]:

@@ -52,7 +52,8 @@ class Prediction:
     """One study's result: the impression, the abnormal probability of a conditioned model,
     and with `explain` the attention maps, (words + 1, regions), the last row the end token's;
     `template`, whether the impression is its exam title's normal template
-    (`decode.normal_text: template | template_written`) rather than the decoder's words."""
+    (`decode.normal_text: template | template_written | template_read`) rather than the
+    decoder's words."""
 
     text: str
     abnormal: float | None

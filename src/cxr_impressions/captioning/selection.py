@@ -213,30 +213,12 @@ def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
     return thresholds, {"rule": "prevalence", **choice, "labels": per_label}
 
 
-def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
-                    references: Sequence[str], params: DecodeParams
-                    ) -> tuple[DecodingSettings, list[dict], dict]:
-    """The decoding settings, among `params.beam_sizes` x (`params.length_penalties`, and
-    `mbr` where `params.beam_choices` holds it) x `params.label_modes`, whose captions of the
-    given studies (the validation split: never the test split) score best on
-    `params.select_metric` (a text metric, or the labeller's abnormal F1 or findings macro-F1
-    on the captions against that on the references), among
-    those whose most frequent caption is at most `params.max_top_share` of the studies (if
-    none is, those with the lowest such share); ties go to the earlier candidate (the
-    smaller beam). With `params.select_ties: varied`, the candidates whose metric the
-    studies cannot tell from the best's (`paired_differences`), nor fall significantly
-    below the best's on any of `params.select_guards`, count as tied with it, and the one
-    among them with the lowest top share wins. Also a row per candidate with its scores
-    (and, under `varied`, its paired intervals against the best), and the chosen row. Each
-    beam size is searched once per label mode; its length penalties only re-rank the
-    finished hypotheses, and its `mbr` candidate chooses among the same ones by minimum Bayes
-    risk. Beam 1 is greedy decoding, for which the length penalty changes nothing. Label modes
-    apply to models conditioned on findings and abnormal (elsewhere `consistent` changes
-    nothing, and only `independent` is tried). Each of those candidates comes once per
-    `params.normal_texts`, for a conditioned model whose decoder has normal templates
-    (`template`: the same captions, those of the studies predicted normal worded as their
-    title's normal template; `template_written`, also those whose caption is a normal
-    training impression; `Decoder.worded`)."""
+def decoding_candidates(decoder: Decoder, inputs: dict[str, np.ndarray],
+                        references: Sequence[str], params: DecodeParams
+                        ) -> tuple[list[dict], list[StudyStatistics], list[list[str]]]:
+    """Every candidate of `select_decoding` decoded on the given studies: a row per candidate
+    with its settings and scores, its per-study statistics (for `select_ties: varied`) and its
+    captions, in the same order."""
     given = params.decoding()  # each candidate replaces some of these
     reference_labels = [label_text(r) for r in references]
     modes = (params.label_modes if has_consistency_rule(decoder.model.labels)
@@ -247,6 +229,7 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                     and decoder.templates is not None else ("decoder",))
     rows: list[dict] = []
     statistics = []  # per candidate, for the paired bootstrap of `select_ties: varied`
+    captions: list[list[str]] = []
     searches = [(mode, beam_size) for mode in modes for beam_size in params.beam_sizes]
     # Each search decodes every validation study: minutes apiece on the full data.
     bar = tqdm(searches, desc="select decoding on val", unit="search", file=sys.stderr)
@@ -277,6 +260,7 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
             texts = decoder.texts(decoded)
             labels = [label_text(t) for t in texts]
             clinical = clinical_scores(reference_labels, labels)
+            captions.append(texts)
             if params.select_ties == "varied":
                 statistics.append(study_statistics(references, texts,
                                                    reference_labels=reference_labels,
@@ -289,6 +273,36 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                          "findings_macro_f1": clinical["findings_macro_f1"],
                          "top_share": round(Counter(texts).most_common(1)[0][1]
                                             / len(texts), 4)})
+    return rows, statistics, captions
+
+
+def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
+                    references: Sequence[str], params: DecodeParams
+                    ) -> tuple[DecodingSettings, list[dict], dict]:
+    """The decoding settings, among `params.beam_sizes` x (`params.length_penalties`, and
+    `mbr` where `params.beam_choices` holds it) x `params.label_modes`, whose captions of the
+    given studies (the validation split: never the test split) score best on
+    `params.select_metric` (a text metric, or the labeller's abnormal F1 or findings macro-F1
+    on the captions against that on the references), among
+    those whose most frequent caption is at most `params.max_top_share` of the studies (if
+    none is, those with the lowest such share); ties go to the earlier candidate (the
+    smaller beam). With `params.select_ties: varied`, the candidates whose metric the
+    studies cannot tell from the best's (`paired_differences`), nor fall significantly
+    below the best's on any of `params.select_guards`, count as tied with it, and the one
+    among them with the lowest top share wins. Also a row per candidate with its scores
+    (and, under `varied`, its paired intervals against the best), and the chosen row. Each
+    beam size is searched once per label mode; its length penalties only re-rank the
+    finished hypotheses, and its `mbr` candidate chooses among the same ones by minimum Bayes
+    risk. Beam 1 is greedy decoding, for which the length penalty changes nothing. Label modes
+    apply to models conditioned on findings and abnormal (elsewhere `consistent` changes
+    nothing, and only `independent` is tried). Each of those candidates comes once per
+    `params.normal_texts`, for a conditioned model whose decoder has normal templates
+    (`template`: the same captions, those of the studies predicted normal worded as their
+    title's normal template; `template_written`, also those whose caption is a normal
+    training impression; `template_read`, also those whose caption the labeller reads as
+    normal; `Decoder.worded`)."""
+    given = params.decoding()
+    rows, statistics, _ = decoding_candidates(decoder, inputs, references, params)
     row = rows[choose(rows, statistics, params)]
     if row["top_share"] > params.max_top_share:
         log.warning("decode.max_top_share %s: no decoding candidate keeps its commonest "

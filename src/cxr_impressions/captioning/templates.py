@@ -18,6 +18,11 @@ decoder still wrote a normal impression, word for word one of the training split
 caption says "normal" either way, and only its wording changes. A caption with any other
 content is kept as written.
 
+`template_read` rewords, beyond `template`, every study whose caption the labeller
+(data/labeller.py) reads as normal, written word for word or not: the labeller's clinical
+reading of the caption stays normal, and its wording becomes the title's. What the labeller does
+not read (a tortuous aorta, an interval change) is reworded away with the rest.
+
 The templates and the normal impressions are taken from the training split by the selection
 stage and kept in `models/decoding.json` (`normal_templates`: title key to text, "" for no
 known title; `normal_impressions`), so that evaluate, `cxr predict` and `cxr serve` word

@@ -87,7 +87,7 @@ class PredictResponse(BaseModel):
     impression: str
     words: list[str]
     # The impression is the exam title's normal template (the study predicted normal, or with
-    # template_written written as a normal impression).
+    # template_written or template_read its caption written or read as normal).
     normal_template: bool
     labels: Labels
     views: list[str]

@@ -16,7 +16,7 @@ from .fields import at_least
 
 LabelMode = Literal["independent", "consistent"]
 BeamChoice = Literal["score", "mbr"]
-NormalText = Literal["decoder", "template", "template_written"]
+NormalText = Literal["decoder", "template", "template_written", "template_read"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,8 @@ class DecodingSettings:
     # the decoder writes it; `template`, as the normal impression of its exam title's reporting
     # template (captioning/templates.py); `template_written`, that too, and so is a study whose
     # caption the decoder wrote as a normal impression (word for word one of the training
-    # split's normal impressions), whatever its labels.
+    # split's normal impressions), whatever its labels; `template_read`, that of `template`, and
+    # so is a study whose caption the labeller reads as normal (no finding), whatever its labels.
     normal_text: NormalText = "decoder"
 
     LABEL_MODES: ClassVar[tuple[str, ...]] = get_args(LabelMode)
