@@ -1,22 +1,25 @@
-"""Does a set of `decode.normal_texts` candidates hold up against another on validation studies
-it was not chosen on? The full validation split, then split-half.
+"""Do other `decode.normal_texts` candidates, or another tie rule, hold up on validation studies
+they were not chosen on? The full validation split, then split-half.
 
-The workspace's trained model decodes the validation split once under every candidate of both
-sets (the selection stage's candidates, `decoding_candidates`, under the label thresholds and
-normal templates of its models/decoding.json). Then:
+Each choice to weigh is a set of normal texts and a tie rule (`decode.select_ties`), written
+`TEXTS[@TIES]`, e.g. `decoder,template@varied` (without `@`: the workspace's rule); the first is
+the baseline. The workspace's trained model decodes the validation split once under every
+candidate of every set (the selection stage's candidates, `decoding_candidates`, under the label
+thresholds and normal templates of its models/decoding.json). Then:
 
-- **Full validation**, as the selection stage chooses: each set's choice (`choose`, with the
-  workspace's `decode` section: metric, ties, guards), its validation scores, and the paired 95%
-  interval of the second set's choice minus the first's (1,000 resamples of the studies).
+- **Full validation**, as the selection stage chooses: each choice's pick (`choose`, with the
+  workspace's `decode` section otherwise: metric, guards), its validation scores, and the paired
+  95% interval of each pick minus the baseline's (1,000 resamples of the studies); also the
+  baseline's pick decoded alike but worded by each other normal text.
 - **Split-half**: many times over, the validation studies are split at random into two halves;
-  each set chooses on one half and is scored on the other. A larger candidate set always scores
+  each choice picks on one half and is scored on the other. A larger candidate set always scores
   at least as well where it chooses, so only the held-out half tells whether it gains.
 
 The validation split only: this is how `template_read` was weighed (docs/results.md), so the test
 split stays unseen.
 
-    python scripts/normal_text_candidates.py [--root .] [--against decoder,template]
-        [--with decoder,template,template_read] [--repeats 20] [--seed 0]
+    python scripts/normal_text_candidates.py [--root .] [--repeats 20] [--seed 0]
+        [--compare decoder,template decoder,template,template_read ...]
 """
 
 from __future__ import annotations
@@ -41,6 +44,31 @@ METRICS = ("bleu4", "rouge_l", "cider", "abnormal_f1", "findings_macro_f1")
 SETTING = ("method", "beam_size", "length_penalty", "labels", "beam_choice", "normal_text")
 
 
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    texts: tuple[str, ...]  # the normal_texts candidates
+    ties: str | None  # select_ties; None: the workspace's
+
+    def __str__(self) -> str:
+        return ",".join(self.texts) + (f"@{self.ties}" if self.ties else "")
+
+
+def parse_choice(value: str) -> Choice:
+    from cxr_impressions.settings.decoding import DecodingSettings
+
+    texts_part, _, ties = value.partition("@")
+    texts = tuple(t.strip() for t in texts_part.split(",") if t.strip())
+    if not texts or any(t not in DecodingSettings.NORMAL_TEXTS for t in texts):
+        allowed = " | ".join(DecodingSettings.NORMAL_TEXTS)
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: expected normal texts ({allowed}), comma-separated, then optionally "
+            "@ and a tie rule")
+    if ties and ties not in ("best", "varied"):
+        raise argparse.ArgumentTypeError(f"{value!r}: the tie rule must be best or varied, "
+                                         f"got {ties!r}")
+    return Choice(texts, ties or None)
+
+
 def subset(stats: StudyStatistics, index: np.ndarray) -> StudyStatistics:
     """`stats` of the studies at `index` only."""
     return dataclasses.replace(stats, **{
@@ -63,13 +91,15 @@ def rows_on(rows: Sequence[dict], statistics: Sequence[StudyStatistics],
     return out
 
 
-def chosen_in(candidates: list[int], rows: list[dict], statistics: Sequence[StudyStatistics],
-              params: DecodeParams) -> int:
-    """The index (into `rows`) that the selection chooses among `candidates`."""
+def pick(choice: Choice, rows: list[dict], statistics: Sequence[StudyStatistics],
+         params: DecodeParams) -> int:
+    """The index (into `rows`) that the selection chooses under `choice`."""
     from cxr_impressions.captioning.selection import choose
 
+    candidates = [i for i, row in enumerate(rows) if row["normal_text"] in choice.texts]
+    rule = dataclasses.replace(params, select_ties=choice.ties or params.select_ties)
     picked = choose([dict(rows[i]) for i in candidates], [statistics[i] for i in candidates],
-                    params)
+                    rule)
     return candidates[picked]
 
 
@@ -79,16 +109,9 @@ def describe(row: dict) -> str:
     return f"{search}, {row['labels']}, {row['normal_text']}"
 
 
-def parse_texts(value: str) -> tuple[str, ...]:
-    from cxr_impressions.settings.decoding import DecodingSettings
-
-    texts = tuple(t.strip() for t in value.split(",") if t.strip())
-    unknown = [t for t in texts if t not in DecodingSettings.NORMAL_TEXTS]
-    if not texts or unknown:
-        allowed = " | ".join(DecodingSettings.NORMAL_TEXTS)
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: expected a comma-separated list of {allowed}")
-    return texts
+def table_row(label: str, chosen: str, values: dict) -> str:
+    return (f"{label:<44} {chosen:<40} " + " ".join(f"{values[m]:>9.4f}" for m in METRICS)
+            + f" {values['top_share']:>9.1%}")
 
 
 def main() -> None:
@@ -96,16 +119,18 @@ def main() -> None:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--root", type=Path, default=Path("."), help="the pipeline's workspace")
     cli.add_argument("--features", default="features/xception.h5", help="under --root")
-    cli.add_argument("--against", type=parse_texts, default=("decoder", "template"),
-                     help="the first set of normal_texts candidates")
-    cli.add_argument("--with", dest="other", type=parse_texts,
-                     default=("decoder", "template", "template_read"),
-                     help="the second set of normal_texts candidates")
+    cli.add_argument("--compare", type=parse_choice, nargs="+",
+                     default=[Choice(("decoder", "template"), None),
+                              Choice(("decoder", "template", "template_read"), None)],
+                     help="choices TEXTS[@TIES] to weigh, the baseline first")
     cli.add_argument("--repeats", type=int, default=20, help="random halvings")
     cli.add_argument("--seed", type=int, default=0)
     args = cli.parse_args()
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    choices: list[Choice] = list(dict.fromkeys(args.compare))
+    if len(choices) < 2:
+        raise InputError("--compare needs at least two different choices, the baseline first")
     # TensorFlow loads here, after run_stage has quietened its logs.
     from cxr_impressions.captioning.bundle import load_bundle
     from cxr_impressions.captioning.selection import decoding_candidates
@@ -119,60 +144,61 @@ def main() -> None:
         raise InputError(f"{args.root / 'models'}: the model has no labels or no normal "
                          "templates (a conditioned model, after the selection stage)")
     decode = load_section("decode", path=args.root / "params.yaml")
-    params = dataclasses.replace(decode, select_ties="varied",
-                                 normal_texts=tuple(dict.fromkeys((*args.against, *args.other))))
+    every_text = tuple(dict.fromkeys(t for choice in choices for t in choice.texts))
+    # `varied` here only so that every candidate's statistics are kept.
+    params = dataclasses.replace(decode, select_ties="varied", normal_texts=every_text)
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     with FeatureStore(args.root / args.features) as store:
         val = load_split(args.root / "data" / "clean", "val", store, bundle.vocab, grid_pool)
     inputs = bundle.model_inputs(val.inputs(), val.titles)
     rows, statistics, captions = decoding_candidates(bundle.decoder(), inputs, val.texts,
                                                      params)
-    sets = {name: [i for i, row in enumerate(rows) if row["normal_text"] in texts]
-            for name, texts in (("against", args.against), ("with", args.other))}
     rule = dataclasses.replace(params, select_ties=decode.select_ties)
     n = len(val.texts)
-    everyone = np.arange(n)
-    full = rows_on(rows, statistics, captions, everyone)
-    picks = {name: chosen_in(candidates, full, statistics, rule)
-             for name, candidates in sets.items()}
+    full = rows_on(rows, statistics, captions, np.arange(n))
+    picks = [pick(choice, full, statistics, rule) for choice in choices]
     print(f"validation: {n} studies; {len(rows)} candidates; chosen by {rule.select_metric}, "
-          f"ties {rule.select_ties}, guards {list(rule.select_guards)}")
-    print(f"{'set':<8} {'normal_texts':<36} {'chosen':<38} "
+          f"ties {rule.select_ties} unless given, guards {list(rule.select_guards)}")
+    print(f"{'choice (normal_texts@ties)':<44} {'chosen':<40} "
           + " ".join(f"{m[:9]:>9}" for m in (*METRICS, "top")))
-    for name, texts in (("against", args.against), ("with", args.other)):
-        row = full[picks[name]]
-        print(f"{name:<8} {','.join(texts):<36} {describe(row):<38} "
-              + " ".join(f"{row[m]:>9.4f}" for m in METRICS) + f" {row['top_share']:>9.1%}")
-    differences = paired_differences(statistics[picks["against"]], [statistics[picks["with"]]],
+    for choice, index in zip(choices, picks, strict=True):
+        print(table_row(str(choice), describe(full[index]), full[index]))
+    baseline = full[picks[0]]
+    for row in full:
+        if (row["normal_text"] != baseline["normal_text"]
+                and all(row[key] == baseline[key] for key in SETTING if key != "normal_text")):
+            print(table_row("(the baseline's pick, worded otherwise)", describe(row), row))
+    differences = paired_differences(statistics[picks[0]], [statistics[i] for i in picks[1:]],
                                      METRICS, 1000, args.seed)
-    print("with - against (paired, 95%): " + "; ".join(
-        f"{m} {full[picks['with']][m] - full[picks['against']][m]:+.4f} "
-        f"[{differences[m][0][0]:+.4f}, {differences[m][0][1]:+.4f}]" for m in METRICS))
+    for k, (choice, index) in enumerate(zip(choices[1:], picks[1:], strict=True)):
+        print(f"{choice} - baseline (paired, 95%): " + "; ".join(
+            f"{m} {full[index][m] - baseline[m]:+.4f} [{differences[m][k][0]:+.4f}, "
+            f"{differences[m][k][1]:+.4f}]" for m in METRICS))
 
     rng = np.random.default_rng(args.seed)
-    held_scores: dict[str, list[list[float]]] = {name: [] for name in sets}
-    chose_other = 0
+    held: list[list[list[float]]] = [[] for _ in choices]
     for _ in range(args.repeats):
         order = rng.permutation(n)
-        fit, held = np.sort(order[: n // 2]), np.sort(order[n // 2:])
+        fit, out = np.sort(order[: n // 2]), np.sort(order[n // 2:])
         on_fit = rows_on(rows, statistics, captions, fit)
-        fit_stats = [subset(s, fit) for s in statistics]
-        on_held = rows_on(rows, statistics, captions, held)
-        for name, candidates in sets.items():
-            pick = chosen_in(candidates, on_fit, fit_stats, rule)
-            held_scores[name].append([on_held[pick][m] for m in (*METRICS, "top_share")])
-            if name == "with" and rows[pick]["normal_text"] not in args.against:
-                chose_other += 1
+        fit_statistics = [subset(s, fit) for s in statistics]
+        on_out = rows_on(rows, statistics, captions, out)
+        for k, choice in enumerate(choices):
+            index = pick(choice, on_fit, fit_statistics, rule)
+            held[k].append([on_out[index][m] for m in (*METRICS, "top_share")])
     print(f"\nsplit-half: {args.repeats} random halvings (chosen on one half, scored on the "
-          f"other); 'with' chose a normal text outside 'against' in {chose_other} of them")
-    print(f"{'set':<8} " + " ".join(f"{m[:9]:>9}" for m in (*METRICS, "top")))
-    means = {name: np.mean(values, axis=0) for name, values in held_scores.items()}
-    for name, mean in means.items():
-        print(f"{name:<8} " + " ".join(f"{v:>9.4f}" for v in mean[:-1]) + f" {mean[-1]:>9.1%}")
-    difference = np.asarray(held_scores["with"]) - np.asarray(held_scores["against"])
-    print("with - against, held-out half: " + "; ".join(
-        f"{m} {difference[:, j].mean():+.4f} (higher in {np.mean(difference[:, j] > 0):.0%}, "
-        f"lower in {np.mean(difference[:, j] < 0):.0%})" for j, m in enumerate(METRICS)))
+          "other); means over the halvings")
+    print(f"{'choice (normal_texts@ties)':<44} " + " ".join(f"{m[:9]:>9}"
+                                                            for m in (*METRICS, "top")))
+    for choice, values in zip(choices, held, strict=True):
+        mean = np.mean(values, axis=0)
+        print(f"{str(choice):<44} " + " ".join(f"{v:>9.4f}" for v in mean[:-1])
+              + f" {mean[-1]:>9.1%}")
+    for choice, values in zip(choices[1:], held[1:], strict=True):
+        difference = np.asarray(values) - np.asarray(held[0])
+        print(f"{choice} - baseline, held-out half: " + "; ".join(
+            f"{m} {difference[:, j].mean():+.4f} (higher in {np.mean(difference[:, j] > 0):.0%}"
+            f", lower in {np.mean(difference[:, j] < 0):.0%})" for j, m in enumerate(METRICS)))
 
 
 if __name__ == "__main__":

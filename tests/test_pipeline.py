@@ -404,20 +404,33 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
 
 def test_normal_text_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:
     """scripts/normal_text_candidates.py on the sample model: under the params' own candidates
-    it chooses what the selection stage chose, and it scores both sets on held-out halves."""
-    out = sh(sys.executable, "scripts/normal_text_candidates.py", "--repeats", "3",
+    and tie rule it picks what the selection stage chose, and it scores every choice on
+    held-out halves."""
+    out = sh(sys.executable, "scripts/normal_text_candidates.py", "--repeats", "3", "--compare",
+             "decoder,template", "decoder,template,template_read", "template_read@best",
              cwd=pipeline_repo)
-    rows = {name: (texts, chosen, float(bleu4)) for name, texts, chosen, bleu4 in re.findall(
-        r"^(against|with) +([\w,]+) +(\S.*?\S) +(\d\.\d{4}) ", out, re.MULTILINE)}
-    assert rows["against"][0] == "decoder,template", out
-    assert rows["with"][0] == "decoder,template,template_read", out
+    rows = {choice: (chosen, float(bleu4)) for choice, chosen, bleu4 in re.findall(
+        r"^((?:decoder,)?template\S*) +(\S.*?\S) +(\d\.\d{4}) ", out.split("\nsplit-half")[0],
+        re.MULTILINE)}
+    assert set(rows) == {"decoder,template", "decoder,template,template_read",
+                         "template_read@best"}, out
     selected = json.loads((pipeline_repo / "metrics/select.json").read_text())
     decoding = json.loads((pipeline_repo / "models/decoding.json").read_text())
-    assert rows["against"][2] == pytest.approx(selected["val_bleu4"], abs=1e-4), out
-    assert rows["against"][1].endswith(f", {decoding['normal_text']}"), out
-    assert re.search(r"with - against \(paired, 95%\): bleu4 [+-]\d\.\d{4} \[", out), out
+    assert rows["decoder,template"][1] == pytest.approx(selected["val_bleu4"], abs=1e-4), out
+    assert rows["decoder,template"][0].endswith(f", {decoding['normal_text']}"), out
+    assert rows["template_read@best"][0].endswith(", template_read"), out
+    for choice in ("decoder,template,template_read", "template_read@best"):
+        assert re.search(rf"^{choice} - baseline \(paired, 95%\): bleu4 [+-]\d\.\d{{4}} \[",
+                         out, re.MULTILINE), out
+        assert re.search(rf"^{choice} - baseline, held-out half: bleu4 [+-]\d\.\d{{4}}", out,
+                         re.MULTILINE), out
     assert re.search(r"^split-half: 3 random halvings", out, re.MULTILINE), out
-    assert re.search(r"with - against, held-out half: bleu4 [+-]\d\.\d{4}", out), out
+    # A choice it cannot read: one line, no traceback.
+    bad = subprocess.run([sys.executable, "scripts/normal_text_candidates.py", "--compare",
+                          "decoder", "title@varied"], cwd=pipeline_repo, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "'title@varied': expected normal texts" in bad.stderr.splitlines()[-1], bad.stderr
 
 
 @needs_shared(SHARED)
