@@ -153,7 +153,8 @@ def test_template_candidates_are_selected_on_validation_and_decode_as_scored() -
     decoder, vocab, inputs = _templated_decoder(1.01)
     references = ["no effusion .", "no .", "no effusion .", "no ."]
     params = DecodeParams(beam_sizes=(1, 2), length_penalties=(0.0,), label_modes=("independent",),
-                          select_metric="bleu1", select_ties="best")
+                          normal_texts=("decoder", "template"), select_metric="bleu1",
+                          select_ties="best")
     chosen, rows, row = select_decoding(decoder, inputs, references, params)
     assert [(r["beam_size"], r["normal_text"]) for r in rows] == [
         (1, "decoder"), (1, "template"), (2, "decoder"), (2, "template")]

@@ -26,7 +26,7 @@ class DecodeParams(DecodingSettings):
     label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
     beam_choices: tuple[str, ...] = ("score",)  # candidates for `beam_choice` (beams > 1)
     # Candidates for `normal_text` (a conditioned model; unconditioned, only `decoder`).
-    normal_texts: tuple[str, ...] = ("decoder", "template")
+    normal_texts: tuple[str, ...] = ("template_read",)
     select_metric: SelectMetric = "bleu4"
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
