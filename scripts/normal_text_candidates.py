@@ -78,12 +78,13 @@ def subset(stats: StudyStatistics, index: np.ndarray) -> StudyStatistics:
 
 def rows_on(rows: Sequence[dict], statistics: Sequence[StudyStatistics],
             captions: Sequence[Sequence[str]], index: np.ndarray) -> list[dict]:
-    """Each candidate's settings with its scores and top share on the studies at `index`."""
+    """Each candidate's settings with its scores and top share on the studies at `index`;
+    `statistics` are of those studies only (`subset`), `captions` of every study."""
     from cxr_impressions.evaluation.bootstrap import metric_values
 
     out = []
     for row, stats, texts in zip(rows, statistics, captions, strict=True):
-        values = metric_values(subset(stats, index), np.ones((1, len(index))))
+        values = metric_values(stats, np.ones((1, len(index))))
         shown = [texts[i] for i in index]
         out.append({**{key: row[key] for key in SETTING},
                     **{name: float(value[0]) for name, value in values.items()},
@@ -180,9 +181,9 @@ def main() -> None:
     for _ in range(args.repeats):
         order = rng.permutation(n)
         fit, out = np.sort(order[: n // 2]), np.sort(order[n // 2:])
-        on_fit = rows_on(rows, statistics, captions, fit)
         fit_statistics = [subset(s, fit) for s in statistics]
-        on_out = rows_on(rows, statistics, captions, out)
+        on_fit = rows_on(rows, fit_statistics, captions, fit)
+        on_out = rows_on(rows, [subset(s, out) for s in statistics], captions, out)
         for k, choice in enumerate(choices):
             index = pick(choice, on_fit, fit_statistics, rule)
             held[k].append([on_out[index][m] for m in (*METRICS, "top_share")])

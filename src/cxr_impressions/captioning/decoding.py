@@ -365,6 +365,7 @@ class Decoder:
             raise InputError(f"decode.normal_text: {normal_text}, but the model has no normal "
                              "templates (models/decoding.json: rerun the selection stage)")
         written = normal_text == "template_written"
+        read = normal_text == "template_read"
         if written and not self.normal_captions:
             raise InputError("decode.normal_text: template_written, but the model has no "
                              "normal impressions (models/decoding.json: rerun the selection "
@@ -377,8 +378,7 @@ class Decoder:
                 return True
             if written:
                 return tuple(d.ids) in self.normal_captions
-            return (normal_text == "template_read"
-                    and not label_text(self.vocab.decode(d.ids))["abnormal"])
+            return read and not label_text(self.vocab.decode(d.ids))["abnormal"]
 
         return [replace(d, ids=list(self.templates[int(title)]), attention=None,
                         hypotheses=None, template=True) if normal(d) else d
