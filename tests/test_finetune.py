@@ -18,6 +18,7 @@ from cxr_impressions.errors import InputError
 from cxr_impressions.features.backbones import build_base, get_spec, sha256_of, split_base
 from cxr_impressions.features.finetune import (
     TARGETS,
+    Feed,
     auc,
     auxiliary_headings,
     cache_lock,
@@ -27,6 +28,7 @@ from cxr_impressions.features.finetune import (
     make_train_step,
     positive_weights,
     shift_activations,
+    view_rows,
 )
 
 from .helpers import REPO, SAMPLE, run_stage, write_params
@@ -323,6 +325,11 @@ def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) ->
     ("  schedule: step\n", "error: params.yaml: finetune.schedule must be one of 'constant', "
                           "'cosine', got 'step'"),
     ("  cut: nope\n", "error: finetune.cut: xception has no layer 'nope'"),
+    ("  unit: study\n  train_from: all\n",
+     "error: params.yaml: finetune.unit: study needs finetune.train_from: top (the cached "
+     "activations); with train_from: all, use unit: image"),
+    ("  unit: scan\n", "error: params.yaml: finetune.unit must be one of 'image', 'study', "
+                       "got 'scan'"),
     ("  cut: block13_sepconv2_act\n", "error: finetune.cut: the layers above "
                                       "'block13_sepconv2_act' also read tensors from below it; "
                                       "name the first layer of a block"),
@@ -440,6 +447,66 @@ def test_weighted_step_pulls_a_rare_positive_harder() -> None:
     plain, weighted = one_step(None), one_step(np.array([4.0, 4.0], np.float32))
     np.testing.assert_allclose(weighted[0], 4 * plain[0], rtol=1e-5)  # the positive
     np.testing.assert_allclose(weighted[1], plain[1], rtol=1e-5)  # the negative
+
+
+def test_a_study_step_trains_on_the_mean_of_its_views_logits() -> None:
+    """`unit: study`: a step on a study's two images (logits a and b through a linear head)
+    is the step on one image whose logit is (a + b) / 2, for every target's label."""
+    import keras
+
+    def one_step(x: np.ndarray, y: np.ndarray, views: int) -> np.ndarray:
+        inputs = keras.Input((1,))
+        logits = keras.layers.Dense(2, kernel_initializer="ones", name="head")(inputs)
+        model = keras.Model(inputs, {"logits": logits})
+        make_train_step(model, keras.optimizers.SGD(1.0), views=views)(x, y)
+        return model.get_layer("head").bias.numpy()
+
+    labels = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # two studies
+    pairs = np.array([[2.0], [-4.0], [0.5], [3.5]], np.float32)  # their views: means -1 and 2
+    means = np.array([[-1.0], [2.0]], np.float32)
+    np.testing.assert_allclose(one_step(pairs, labels, 2), one_step(means, labels, 1),
+                               rtol=1e-6)
+    # Not the mean of the views' losses: that moves the bias otherwise.
+    assert not np.allclose(one_step(pairs, np.repeat(labels, 2, axis=0), 1),
+                           one_step(means, labels, 1), rtol=1e-3)
+
+
+def test_a_study_reads_its_frontal_twice_where_the_lateral_is_missing_or_unreadable() -> None:
+    import pandas as pd
+
+    from cxr_impressions.settings.features import FeaturesParams
+
+    images = pd.DataFrame({"uid": [1, 1, 2, 3, 3], "image_id": ["1a", "1b", "2a", "3a", "3b"],
+                           "path": ["p"] * 5, "view": ["frontal", "lateral", "frontal",
+                                                       "frontal", "lateral"]})
+    examples = pd.DataFrame({"uid": [1, 2, 3], "split": "train", "mesh": "normal",
+                             "text": "x"})
+    data = labelled_images(examples, images, "mesh")
+    pairs = view_rows(data, "train")
+    np.testing.assert_array_equal(pairs, [[0, 1], [2, 2], [3, 4]])
+    # Image 3b has no cached activation (unreadable), nor has 2a, so study 2 has no input.
+    cache = (np.array([0, 1, 3]), np.zeros((3, 1, 1, 1), np.float16))
+    feed = Feed(data, FeaturesParams(), cache)
+    np.testing.assert_array_equal(feed.available_pairs(pairs), [[0, 1], [3, 3]])
+
+
+def test_stage_trains_on_studies(tmp_path: Path, clean_dir: Path, reference: Path) -> None:
+    """`unit: study` on the reference's cache: other training steps, and the head's study
+    scores at the end are what validation measured for the kept epoch (the same mean
+    logit in both)."""
+    work = tmp_path / "study"
+    work.mkdir()
+    write_params(work, PARAMS + "  unit: study\n")
+    shutil.copytree(clean_dir, work / "data" / "clean")
+    shutil.copytree(reference / CACHE, work / CACHE)
+    _finish(_stage(work))
+    ours, theirs = results_of(work), results_of(reference)
+    assert ours["loss"] != theirs["loss"] and ours["probes"]["frozen"] == theirs["probes"][
+        "frozen"]
+    metrics = json.loads((work / "metrics/finetune.json").read_text())
+    assert metrics["unit"] == "study"
+    head = [a for a in metrics["head"]["val"].values() if a is not None]
+    assert np.mean(head) == pytest.approx(ours["val"][ours["best_epoch"] - 1], abs=1e-4)
 
 
 def test_split_base_gives_the_full_pass() -> None:

@@ -280,16 +280,38 @@ def mean_defined(values: Sequence[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
+def view_rows(images: LabelledImages, split: str) -> np.ndarray:
+    """Per study of `split`, the rows of its two view slots (studies, 2): frontal, lateral; a
+    study with one view has its row twice."""
+    row_of = {image_id: i for i, image_id in enumerate(images.image_ids)}
+    slots = images.slots[images.slots["split"] == split]
+    frontal = [row_of[i] for i in slots["frontal"]]
+    lateral = [row_of.get(i, row_of[f]) for i, f in
+               zip(slots["lateral"], slots["frontal"], strict=True)]
+    return np.array([frontal, lateral], dtype=np.int64).T.reshape(len(frontal), 2)
+
+
 def study_vectors(per_image: np.ndarray, images: LabelledImages, split: str
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Per study of `split`: the mean of its view slots' rows of `per_image`, and its labels."""
-    row_of = {image_id: i for i, image_id in enumerate(images.image_ids)}
-    slots = images.slots[images.slots["split"] == split]
-    frontal = np.array([row_of[i] for i in slots["frontal"]], dtype=np.int64)
-    lateral = np.array([row_of.get(i, row_of[f]) for i, f in
-                        zip(slots["lateral"], slots["frontal"], strict=True)], dtype=np.int64)
-    vectors = (per_image[frontal].astype(np.float64) + per_image[lateral]) / 2.0
-    return vectors.astype(np.float32), images.labels[frontal]
+    rows = view_rows(images, split)
+    vectors = (per_image[rows[:, 0]].astype(np.float64) + per_image[rows[:, 1]]) / 2.0
+    return vectors.astype(np.float32), images.labels[rows[:, 0]]
+
+
+def study_scores(logits: np.ndarray, images: LabelledImages, split: str, unit: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Per study of `split`: the head's probability per target, as the unit trained it (image:
+    the views' probabilities averaged; study: the sigmoid of the views' mean logit), and its
+    labels."""
+    if unit == "study":
+        mean_logits, labels = study_vectors(logits, images, split)
+        return _sigmoid(mean_logits), labels
+    return study_vectors(_sigmoid(logits), images, split)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).astype(np.float32)
 
 
 def logistic_newton(design: np.ndarray, targets: np.ndarray, l2: float,
@@ -466,6 +488,16 @@ class Feed:
         """The rows with an input (an unreadable image has no cached activation)."""
         return rows if self.position is None else rows[self.position[rows] >= 0]
 
+    def available_pairs(self, pairs: np.ndarray) -> np.ndarray:
+        """The (frontal, lateral) row pairs whose frontal has an input; a lateral without one
+        is replaced by the frontal, as for a study with one view."""
+        if self.position is None:
+            return pairs
+        pairs = pairs[self.position[pairs[:, 0]] >= 0].copy()
+        missing = self.position[pairs[:, 1]] < 0
+        pairs[missing, 1] = pairs[missing, 0]
+        return pairs
+
     def batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, object]]:
         if self.position is not None:
             for start in range(0, len(rows), batch_size):
@@ -495,17 +527,16 @@ def shift_activations(batch: np.ndarray, most: int, rng: np.random.Generator) ->
 
 def predict(adapter: Adapter, feed: Feed, rows: np.ndarray, batch_size: int,
             n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled, probabilities) for every row of `LabelledImages` (zeros for rows not asked)."""
-    import tensorflow as tf
-
-    pooled, probs = None, np.zeros((n_rows, len(TARGETS)), np.float32)
+    """(pooled, the scored targets' logits) for every row of `LabelledImages` (zeros for rows
+    not asked)."""
+    pooled, logits = None, np.zeros((n_rows, len(TARGETS)), np.float32)
     for chunk, x in feed.batches(rows, batch_size):
         out = adapter.forward(x)
         if pooled is None:
             pooled = np.zeros((n_rows, out["pooled"].shape[-1]), np.float32)
         pooled[chunk] = out["pooled"].numpy()
-        probs[chunk] = tf.sigmoid(out["logits"][:, :len(TARGETS)]).numpy()
-    return pooled, probs
+        logits[chunk] = out["logits"][:, :len(TARGETS)].numpy()
+    return pooled, logits
 
 
 @dataclass
@@ -589,9 +620,11 @@ def positive_weights(labels: np.ndarray, power: float) -> np.ndarray:
 
 
 def make_train_step(model: object, optimizer: object,
-                    positive_weight: np.ndarray | None = None) -> Callable:
+                    positive_weight: np.ndarray | None = None, views: int = 1) -> Callable:
     """One optimizer step on a batch: binary cross-entropy over every target, each target's
-    positive term weighted by `positive_weight` where given."""
+    positive term weighted by `positive_weight` where given. With `views` 2, the batch's
+    images come in consecutive pairs, one study each, `y` has a row per study, and a study's
+    logits are the mean of its two images'."""
     import tensorflow as tf
 
     weight = None if positive_weight is None else tf.constant(positive_weight, tf.float32)
@@ -600,6 +633,8 @@ def make_train_step(model: object, optimizer: object,
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             logits = model(x, training=True)["logits"]
+            if views > 1:
+                logits = tf.reduce_mean(tf.reshape(logits, (-1, views, logits.shape[-1])), 1)
             loss = tf.nn.sigmoid_cross_entropy_with_logits(y, logits)
             if weight is not None:
                 # The labels are 0 or 1, so this weighs the positive term alone.
@@ -613,9 +648,10 @@ def make_train_step(model: object, optimizer: object,
     return step
 
 
-def val_score(probs: np.ndarray, images: LabelledImages) -> tuple[float | None, dict]:
-    """Mean validation AUC over the targets, the head's probabilities averaged over views."""
-    scores, labels = study_vectors(probs, images, "val")
+def val_score(logits: np.ndarray, images: LabelledImages, unit: str = "image"
+              ) -> tuple[float | None, dict]:
+    """Mean validation AUC over the targets, of the head's study scores (`study_scores`)."""
+    scores, labels = study_scores(logits, images, "val", unit)
     per_target = aucs(labels, scores)
     return mean_defined(list(per_target.values())), per_target
 
@@ -628,9 +664,15 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
     from tqdm import tqdm
 
     model = adapter.model
-    train_rows = feed.available(images.rows("train"))
     val_rows = feed.available(images.rows("val"))
-    steps = params.epochs * -(-len(train_rows) // params.batch_size)
+    targets = images.training_targets
+    if params.unit == "study":  # a unit is a study: its two view rows, read as one example
+        units = feed.available_pairs(view_rows(images, "train"))
+        per_batch, unit_targets = params.batch_size // 2, targets[units[:, 0]]
+    else:
+        units = feed.available(images.rows("train"))
+        per_batch, unit_targets = params.batch_size, targets[units]
+    steps = params.epochs * -(-len(units) // per_batch)
     optimizer = keras.optimizers.Adam(learning_rate(params.learning_rate, params.schedule, steps),
                                       use_ema=params.ema_momentum > 0,
                                       ema_momentum=params.ema_momentum or 0.99)
@@ -639,33 +681,35 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
         state.restore(model, optimizer, progress)
         log.info("resuming training after epoch %d of %d", progress["epochs_done"],
                  params.epochs)
-    targets = images.training_targets
-    weights = (positive_weights(targets[train_rows], params.positive_weight_power)
+    weights = (positive_weights(unit_targets, params.positive_weight_power)
                if params.positive_weight_power else None)
-    step = make_train_step(model, optimizer, weights)
+    views = 2 if params.unit == "study" else 1
+    step = make_train_step(model, optimizer, weights, views)
 
     seconds = []
     with noting_interrupts() as interrupted:
         for epoch in range(progress["epochs_done"] + 1, params.epochs + 1):
             began = time.perf_counter()
             # The order depends only on the seed and the epoch: a resumed run sees the same.
-            order = np.random.default_rng([params.seed, epoch]).permutation(train_rows)
+            order = np.random.default_rng([params.seed, epoch]).permutation(len(units))
             shifts = np.random.default_rng([params.seed, epoch, 1])
             losses = []
-            with tqdm(total=len(order), unit="img", disable=not progress_bar,
+            with tqdm(total=len(order), unit=params.unit, disable=not progress_bar,
                       desc=f"finetune epoch {epoch}/{params.epochs}") as bar:
-                for chunk, x in feed.batches(order, params.batch_size):
+                # Rows in unit order; a study's two rows are consecutive, so a batch of
+                # per_batch * views rows holds whole studies, labelled by their first row.
+                for rows, x in feed.batches(units[order].reshape(-1), per_batch * views):
                     if params.activation_shift and feed.position is not None:
                         x = shift_activations(x, params.activation_shift, shifts)
-                    losses.append(float(step(x, tf.constant(targets[chunk]))))
-                    bar.update(len(chunk))
+                    losses.append(float(step(x, tf.constant(targets[rows[::views]]))))
+                    bar.update(len(rows) // views)
             if interrupted.is_set():
                 raise KeyboardInterrupt
             epoch_seconds = time.perf_counter() - began
             raw = (load_moving_average(model.trainable_variables, optimizer)
                    if params.ema_momentum > 0 else None)
-            _, probs = predict(adapter, feed, val_rows, params.batch_size, len(images.paths))
-            score, _ = val_score(probs, images)
+            _, logits = predict(adapter, feed, val_rows, params.batch_size, len(images.paths))
+            score, _ = val_score(logits, images, params.unit)
             if progress["best_score"] is None or (score or 0) > progress["best_score"]:
                 state.save_best(model, epoch)
                 progress["best_epoch"], progress["best_score"] = epoch, score
@@ -678,7 +722,7 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
             state.save_epoch(model, optimizer, progress)
             seconds.append(epoch_seconds)
     model.load_weights(state.best_weights(progress))
-    return {**progress, "train_images": int(len(train_rows)), "seconds_this_run": seconds}
+    return {**progress, f"train_{params.unit}s": int(len(units)), "seconds_this_run": seconds}
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -738,21 +782,23 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
         frozen, _ = predict(adapter, feed, every, params.batch_size, len(data.paths))
         state.save_array("frozen_pooled", frozen)
     training = train_adapter(adapter, feed, data, params, state, progress)
-    adapted, probs = predict(adapter, feed, every, params.batch_size, len(data.paths))
+    adapted, logits = predict(adapter, feed, every, params.batch_size, len(data.paths))
 
     with atomic_path(out_path, suffix=".weights.h5") as tmp:
         adapter.base.save_weights(tmp)
     metrics = {
         "backbone": features.backbone, "weights": params.weights, "train_from": params.train_from,
         "cut": cut if params.train_from == "top" else "", "labels": params.labels,
+        "unit": params.unit,
         "auxiliary_targets": data.auxiliary_names,
         "precision": precision,
         "cut_shape": list(cache[1].shape[1:]) if cache is not None else None,
         "images": {s: int(len(feed.available(data.rows(s)))) for s in ("train", "val", "test")},
         "positives": _positives(data),
         "epochs": training["history"], "best_epoch": training["best_epoch"],
-        "head": {split: {t: _round(a) for t, a in aucs(*_swap(study_vectors(probs, data, split))
-                                                        ).items()} for split in ("val", "test")},
+        "head": {split: {t: _round(a) for t, a in
+                         aucs(*_swap(study_scores(logits, data, split, params.unit))).items()}
+                 for split in ("val", "test")},
     }
     probe_scores = {}
     metrics["probes"] = {}
@@ -760,7 +806,7 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
         metrics["probes"][name], probe_scores[name] = fit_probes(
             *(study_vectors(pooled, data, s) for s in ("train", "val", "test")))
     metrics["summary"] = summarise(metrics)
-    head_scores, test_labels = study_vectors(probs, data, "test")
+    head_scores, test_labels = study_scores(logits, data, "test", params.unit)
     test = TestScores(test_labels, {**probe_scores, "head": head_scores})
     epoch_seconds = training["seconds_this_run"]
     timings = {**{k: float(v) for k, v in cache_stats.items()},

@@ -44,12 +44,25 @@ class FinetuneParams:
     # Each target's positives weigh (training negatives / positives) ** this in the loss, so
     # rare findings are not drowned by the common negatives; 0: unweighted, 1: balanced.
     positive_weight_power: float = at_least(0.0, 0.0, at_most=1.0)
+    # image: every training image is one example with its study's labels; study: every
+    # training study is one example, its logits the mean of its views' (the pooled vectors'
+    # mean through the linear head, as the probes and the captioning read a study), so a
+    # finding seen in one view is not taught to the other as if it showed there.
+    # `batch_size` counts images either way (study: batch_size // 2 studies of two views; a
+    # study with one view reads it twice). train_from top only.
+    unit: Literal["image", "study"] = "image"
     # bfloat16: the backbone under Keras' mixed_bfloat16 policy (cache, steps and passes) where
     # the CPU (AVX512_BF16 or AMX) or a GPU supports it, else float32 with a one-line notice.
     # Chosen on validation (README "Results"): as good, and 2.4x faster steps where supported.
     precision: Literal["float32", "bfloat16"] = "bfloat16"
 
     def validate(self, source: str) -> None:
+        if self.unit == "study" and self.train_from != "top":
+            raise InputError(f"{source}: finetune.unit: study needs finetune.train_from: top "
+                             "(the cached activations); with train_from: all, use unit: image")
+        if self.unit == "study" and self.batch_size < 2:
+            raise InputError(f"{source}: finetune.unit: study needs finetune.batch_size >= 2 "
+                             "(it counts images: two views per study)")
         if self.auxiliary_text and self.labels == "text":
             raise InputError(f"{source}: finetune.auxiliary_text needs finetune.labels: mesh "
                              "(with labels: text the text is already the target); set it false")
