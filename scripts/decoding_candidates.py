@@ -1,11 +1,15 @@
-"""Do other `decode.normal_texts` candidates, or another tie rule, hold up on validation studies
-they were not chosen on? The full validation split, then split-half.
+"""Do other decoding candidates (`decode.normal_texts`, `length_penalties`, `beam_sizes`,
+`label_modes`), or another tie rule, hold up on validation studies they were not chosen on? The
+full validation split, then split-half.
 
-Each choice to weigh is a set of normal texts and a tie rule (`decode.select_ties`), written
-`TEXTS[@TIES]`, e.g. `decoder,template@varied` (without `@`: the workspace's rule); the first is
-the baseline. The workspace's trained model decodes the validation split once under every
-candidate of every set (the selection stage's candidates, `decoding_candidates`, under the label
-thresholds and normal templates of its models/decoding.json). Then:
+Each choice to weigh is a candidate grid and a tie rule (`decode.select_ties`), written
+`KEY=VALUES[;KEY=VALUES...][@TIES]`, KEY one of normal_text, length_penalty, beam_size, labels
+and VALUES comma-separated, e.g. `normal_text=template_read;length_penalty=0,0.7,1,1.5,2@varied`;
+a part without `KEY=` lists normal texts (`decoder,template`); a key not given keeps the
+workspace's candidates, and without `@` the workspace's rule. The first choice is the baseline.
+The workspace's trained model decodes the validation split once under every candidate of every
+choice (the selection stage's candidates, `decoding_candidates`, under the label thresholds and
+normal templates of its models/decoding.json). Then:
 
 - **Full validation**, as the selection stage chooses: each choice's pick (`choose`, with the
   workspace's `decode` section otherwise: metric, guards), its validation scores, and the paired
@@ -15,11 +19,11 @@ thresholds and normal templates of its models/decoding.json). Then:
   each choice picks on one half and is scored on the other. A larger candidate set always scores
   at least as well where it chooses, so only the held-out half tells whether it gains.
 
-The validation split only: this is how `template_read` was weighed (docs/results.md), so the test
-split stays unseen.
+The validation split only: this is how `template_read` and the length penalties were weighed
+(docs/results.md), so the test split stays unseen.
 
-    python scripts/normal_text_candidates.py [--root .] [--repeats 20] [--seed 0]
-        [--compare decoder,template decoder,template,template_read ...]
+    python scripts/decoding_candidates.py [--root .] [--repeats 20] [--seed 0]
+        [--compare decoder,template template_read "length_penalty=0,0.7,1,1.5,2" ...]
 """
 
 from __future__ import annotations
@@ -44,29 +48,59 @@ METRICS = ("bleu4", "rouge_l", "cider", "abnormal_f1", "findings_macro_f1")
 SETTING = ("method", "beam_size", "length_penalty", "labels", "beam_choice", "normal_text")
 
 
+# A choice's keys: the candidate row's field, the `decode` list it narrows, and its values' type.
+GRID = {"normal_text": ("normal_texts", str), "length_penalty": ("length_penalties", float),
+        "beam_size": ("beam_sizes", int), "labels": ("label_modes", str)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    texts: tuple[str, ...]  # the normal_texts candidates
+    text: str  # as written
+    grid: tuple[tuple[str, tuple], ...]  # (key, its candidate values); keys not given: the params'
     ties: str | None  # select_ties; None: the workspace's
 
     def __str__(self) -> str:
-        return ",".join(self.texts) + (f"@{self.ties}" if self.ties else "")
+        return self.text
+
+    def values(self, key: str, params: DecodeParams) -> tuple:
+        """The candidates of `key` under this choice: its own, or the params' list."""
+        return dict(self.grid).get(key, getattr(params, GRID[key][0]))
+
+    def allows(self, row: dict, params: DecodeParams) -> bool:
+        """Whether the candidate `row` is in this choice's grid (`params`: the workspace's)."""
+        # Greedy has one candidate whatever the penalties (they re-rank beams only).
+        keys = [k for k in GRID if not (k == "length_penalty" and row["beam_size"] == 1)]
+        return all(row[k] in self.values(k, params) for k in keys)
 
 
 def parse_choice(value: str) -> Choice:
     from cxr_impressions.settings.decoding import DecodingSettings
 
-    texts_part, _, ties = value.partition("@")
-    texts = tuple(t.strip() for t in texts_part.split(",") if t.strip())
-    if not texts or any(t not in DecodingSettings.NORMAL_TEXTS for t in texts):
-        allowed = " | ".join(DecodingSettings.NORMAL_TEXTS)
-        raise argparse.ArgumentTypeError(
-            f"{value!r}: expected normal texts ({allowed}), comma-separated, then optionally "
-            "@ and a tie rule")
+    grid_part, _, ties = value.partition("@")
+    grid: dict[str, tuple] = {}
+    for part in (p.strip() for p in grid_part.split(";")):
+        key, _, listed = part.rpartition("=")
+        key = key.strip() or "normal_text"
+        if key not in GRID or key in grid:
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: expected KEY=VALUES parts, KEY one of {', '.join(GRID)}, each once")
+        kind = GRID[key][1]
+        try:
+            grid[key] = tuple(kind(v.strip()) for v in listed.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: {key} takes {kind.__name__} values, got {listed!r}") from None
+        allowed = {"normal_text": DecodingSettings.NORMAL_TEXTS,
+                   "labels": DecodingSettings.LABEL_MODES}.get(key)
+        if not grid[key] or (allowed and any(v not in allowed for v in grid[key])):
+            raise argparse.ArgumentTypeError(
+                f"{value!r}: expected {key} values"
+                + (f" ({' | '.join(allowed)})" if allowed else "")
+                + ", comma-separated, then optionally @ and a tie rule")
     if ties and ties not in ("best", "varied"):
         raise argparse.ArgumentTypeError(f"{value!r}: the tie rule must be best or varied, "
                                          f"got {ties!r}")
-    return Choice(texts, ties or None)
+    return Choice(value, tuple(grid.items()), ties or None)
 
 
 def subset(stats: StudyStatistics, index: np.ndarray) -> StudyStatistics:
@@ -94,10 +128,11 @@ def rows_on(rows: Sequence[dict], statistics: Sequence[StudyStatistics],
 
 def pick(choice: Choice, rows: list[dict], statistics: Sequence[StudyStatistics],
          params: DecodeParams) -> int:
-    """The index (into `rows`) that the selection chooses under `choice`."""
+    """The index (into `rows`) that the selection chooses under `choice` (`params`: the
+    workspace's `decode` section)."""
     from cxr_impressions.captioning.selection import choose
 
-    candidates = [i for i, row in enumerate(rows) if row["normal_text"] in choice.texts]
+    candidates = [i for i, row in enumerate(rows) if choice.allows(row, params)]
     rule = dataclasses.replace(params, select_ties=choice.ties or params.select_ties)
     picked = choose([dict(rows[i]) for i in candidates], [statistics[i] for i in candidates],
                     rule)
@@ -110,8 +145,8 @@ def describe(row: dict) -> str:
     return f"{search}, {row['labels']}, {row['normal_text']}"
 
 
-def table_row(label: str, chosen: str, values: dict) -> str:
-    return (f"{label:<44} {chosen:<40} " + " ".join(f"{values[m]:>9.4f}" for m in METRICS)
+def table_row(label: str, chosen: str, values: dict, width: int) -> str:
+    return (f"{label:<{width}} {chosen:<40} " + " ".join(f"{values[m]:>9.4f}" for m in METRICS)
             + f" {values['top_share']:>9.1%}")
 
 
@@ -120,10 +155,9 @@ def main() -> None:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--root", type=Path, default=Path("."), help="the pipeline's workspace")
     cli.add_argument("--features", default="features/xception.h5", help="under --root")
-    cli.add_argument("--compare", type=parse_choice, nargs="+",
-                     default=[Choice(("decoder", "template"), None),
-                              Choice(("decoder", "template", "template_read"), None)],
-                     help="choices TEXTS[@TIES] to weigh, the baseline first")
+    cli.add_argument("--compare", type=parse_choice, nargs="+", required=True,
+                     help="choices KEY=VALUES[;KEY=VALUES...][@TIES] to weigh, the baseline "
+                          "first")
     cli.add_argument("--repeats", type=int, default=20, help="random halvings")
     cli.add_argument("--seed", type=int, default=0)
     args = cli.parse_args()
@@ -145,9 +179,11 @@ def main() -> None:
         raise InputError(f"{args.root / 'models'}: the model has no labels or no normal "
                          "templates (a conditioned model, after the selection stage)")
     decode = load_section("decode", path=args.root / "params.yaml")
-    every_text = tuple(dict.fromkeys(t for choice in choices for t in choice.texts))
-    # `varied` here only so that every candidate's statistics are kept.
-    params = dataclasses.replace(decode, select_ties="varied", normal_texts=every_text)
+    # Every candidate of every choice is decoded; `varied` here only so that every
+    # candidate's statistics are kept.
+    params = dataclasses.replace(decode, select_ties="varied", **{
+        field: tuple(dict.fromkeys(v for choice in choices for v in choice.values(key, decode)))
+        for key, (field, _) in GRID.items()})
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     with FeatureStore(args.root / args.features) as store:
         val = load_split(args.root / "data" / "clean", "val", store, bundle.vocab, grid_pool)
@@ -157,18 +193,20 @@ def main() -> None:
     rule = dataclasses.replace(params, select_ties=decode.select_ties)
     n = len(val.texts)
     full = rows_on(rows, statistics, captions, np.arange(n))
-    picks = [pick(choice, full, statistics, rule) for choice in choices]
+    picks = [pick(choice, full, statistics, decode) for choice in choices]
     print(f"validation: {n} studies; {len(rows)} candidates; chosen by {rule.select_metric}, "
           f"ties {rule.select_ties} unless given, guards {list(rule.select_guards)}")
-    print(f"{'choice (normal_texts@ties)':<44} {'chosen':<40} "
+    width = max(44, *(len(str(choice)) for choice in choices))
+    print(f"{'choice (grid@ties)':<{width}} {'chosen':<40} "
           + " ".join(f"{m[:9]:>9}" for m in (*METRICS, "top")))
     for choice, index in zip(choices, picks, strict=True):
-        print(table_row(str(choice), describe(full[index]), full[index]))
+        print(table_row(str(choice), describe(full[index]), full[index], width))
     baseline = full[picks[0]]
     for row in full:
         if (row["normal_text"] != baseline["normal_text"]
                 and all(row[key] == baseline[key] for key in SETTING if key != "normal_text")):
-            print(table_row("(the baseline's pick, worded otherwise)", describe(row), row))
+            print(table_row("(the baseline's pick, worded otherwise)", describe(row), row,
+                            width))
     differences = paired_differences(statistics[picks[0]], [statistics[i] for i in picks[1:]],
                                      METRICS, 1000, args.seed)
     for k, (choice, index) in enumerate(zip(choices[1:], picks[1:], strict=True)):
@@ -185,15 +223,15 @@ def main() -> None:
         on_fit = rows_on(rows, fit_statistics, captions, fit)
         on_out = rows_on(rows, [subset(s, out) for s in statistics], captions, out)
         for k, choice in enumerate(choices):
-            index = pick(choice, on_fit, fit_statistics, rule)
+            index = pick(choice, on_fit, fit_statistics, decode)
             held[k].append([on_out[index][m] for m in (*METRICS, "top_share")])
     print(f"\nsplit-half: {args.repeats} random halvings (chosen on one half, scored on the "
           "other); means over the halvings")
-    print(f"{'choice (normal_texts@ties)':<44} " + " ".join(f"{m[:9]:>9}"
+    print(f"{'choice (grid@ties)':<{width}} " + " ".join(f"{m[:9]:>9}"
                                                             for m in (*METRICS, "top")))
     for choice, values in zip(choices, held, strict=True):
         mean = np.mean(values, axis=0)
-        print(f"{str(choice):<44} " + " ".join(f"{v:>9.4f}" for v in mean[:-1])
+        print(f"{str(choice):<{width}} " + " ".join(f"{v:>9.4f}" for v in mean[:-1])
               + f" {mean[-1]:>9.1%}")
     for choice, values in zip(choices[1:], held[1:], strict=True):
         difference = np.asarray(values) - np.asarray(held[0])
