@@ -400,13 +400,14 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
     assert float(chosen["prevalence"]) == pytest.approx(selected["val_bleu4"], abs=1e-4), out
 
 
-def test_normal_text_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:
-    """scripts/normal_text_candidates.py on the sample model: under the params' own candidates
-    and tie rule (`template_read`, `varied`) it picks what the selection stage chose, and it
+def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:
+    """scripts/decoding_candidates.py on the sample model: under the params' own candidates
+    and tie rule (`template_read`, `varied`) it picks what the selection stage chose, a
+    choice narrowed to one length penalty picks greedy or a beam at that penalty, and it
     scores every choice on held-out halves."""
-    out = sh(sys.executable, "scripts/normal_text_candidates.py", "--repeats", "3", "--compare",
+    out = sh(sys.executable, "scripts/decoding_candidates.py", "--repeats", "3", "--compare",
              "decoder,template", "template_read", "decoder,template,template_read@best",
-             cwd=pipeline_repo)
+             "normal_text=template_read;length_penalty=0.0", cwd=pipeline_repo)
     rows = {choice: (chosen, float(bleu4)) for choice, chosen, bleu4 in re.findall(
         r"^((?:decoder,)?template\S*) +(\S.*?\S) +(\d\.\d{4}) ", out.split("\nsplit-half")[0],
         re.MULTILINE)}
@@ -418,6 +419,9 @@ def test_normal_text_candidates_compare_on_validation_halves(pipeline_repo: Path
     assert rows["template_read"][1] == pytest.approx(selected["val_bleu4"], abs=1e-4), out
     assert rows["template_read"][0].endswith(", template_read"), out
     assert rows["decoder,template"][0].endswith((", decoder", ", template")), out
+    narrowed = re.search(r"^normal_text=template_read;length_penalty=0\.0 +(greedy|beam \d, "
+                         r"lp (\S+)),", out, re.MULTILINE)
+    assert narrowed and narrowed[2] in (None, "0.0"), out
     for choice in ("template_read", "decoder,template,template_read@best"):
         assert re.search(rf"^{choice} - baseline \(paired, 95%\): bleu4 [+-]\d\.\d{{4}} \[",
                          out, re.MULTILINE), out
@@ -425,11 +429,14 @@ def test_normal_text_candidates_compare_on_validation_halves(pipeline_repo: Path
                          re.MULTILINE), out
     assert re.search(r"^split-half: 3 random halvings", out, re.MULTILINE), out
     # A choice it cannot read: one line, no traceback.
-    bad = subprocess.run([sys.executable, "scripts/normal_text_candidates.py", "--compare",
-                          "decoder", "title@varied"], cwd=pipeline_repo, capture_output=True,
-                         text=True)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
-    assert "'title@varied': expected normal texts" in bad.stderr.splitlines()[-1], bad.stderr
+    for choice, message in (("title@varied", "'title@varied': expected normal_text values"),
+                            ("length_penalty=long", "length_penalty takes float values"),
+                            ("beams=3", "expected KEY=VALUES parts")):
+        bad = subprocess.run([sys.executable, "scripts/decoding_candidates.py", "--compare",
+                              "decoder", choice], cwd=pipeline_repo, capture_output=True,
+                             text=True)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert message in bad.stderr.splitlines()[-1], bad.stderr
 
 
 @needs_shared(SHARED)
