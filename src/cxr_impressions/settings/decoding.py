@@ -26,7 +26,7 @@ class DecodingSettings:
     method: Literal["greedy", "beam"] = "beam"
     beam_size: int = at_least(1, 3)
     length_penalty: float = at_least(0.0, 0.7, at_most=3.0)  # score / length ** length_penalty
-    no_repeat_ngram: int = at_least(0, 3)  # beam search only (greedy never blocks); 0: none
+    no_repeat_ngram: int = at_least(0, 3)  # 0: no blocking
     # How a conditioned model's predicted labels become the decoder's condition: `independent`,
     # each label on where its probability passes its threshold; `consistent`, then made
     # consistent the way the training labels are (abnormal on exactly when some finding is on).
