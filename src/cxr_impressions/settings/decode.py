@@ -22,7 +22,9 @@ class DecodeParams(DecodingSettings):
 
     select: bool = True
     beam_sizes: tuple[int, ...] = (1, 3, 5)  # candidates; 1 is greedy decoding
-    length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0)  # candidates for beams > 1
+    # Candidates for beams > 1; 1.5 and 2.0 added on validation over four runs (docs/results.md,
+    # "Longer length penalties"): the best beams sat at the grid's edge, 1.0.
+    length_penalties: tuple[float, ...] = (0.0, 0.7, 1.0, 1.5, 2.0)
     label_modes: tuple[str, ...] = ("independent", "consistent")  # candidates for `labels`
     beam_choices: tuple[str, ...] = ("score",)  # candidates for `beam_choice` (beams > 1)
     # Candidates for `normal_text` (a conditioned model; unconditioned, only `decoder`).
