@@ -184,6 +184,7 @@ def main() -> None:
     params = dataclasses.replace(decode, select_ties="varied", **{
         field: tuple(dict.fromkeys(v for choice in choices for v in choice.values(key, decode)))
         for key, (field, _) in GRID.items()})
+    params.validate("--compare")  # the params' own ranges: beam sizes >= 1, penalties in [0, 3]
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     with FeatureStore(args.root / args.features) as store:
         val = load_split(args.root / "data" / "clean", "val", store, bundle.vocab, grid_pool)

@@ -431,7 +431,10 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
     # A choice it cannot read: one line, no traceback.
     for choice, message in (("title@varied", "'title@varied': expected normal_text values"),
                             ("length_penalty=long", "length_penalty takes float values"),
-                            ("beams=3", "expected KEY=VALUES parts")):
+                            ("beams=3", "expected KEY=VALUES parts"),
+                            ("length_penalty=0.7,5", "error: --compare: decode.length_penalties "
+                                                     "must be a non-empty list of numbers in "
+                                                     "[0, 3], got [")):
         bad = subprocess.run([sys.executable, "scripts/decoding_candidates.py", "--compare",
                               "decoder", choice], cwd=pipeline_repo, capture_output=True,
                              text=True)
