@@ -191,12 +191,11 @@ def main() -> None:
     inputs = bundle.model_inputs(val.inputs(), val.titles)
     rows, statistics, captions = decoding_candidates(bundle.decoder(), inputs, val.texts,
                                                      params)
-    rule = dataclasses.replace(params, select_ties=decode.select_ties)
     n = len(val.texts)
     full = rows_on(rows, statistics, captions, np.arange(n))
     picks = [pick(choice, full, statistics, decode) for choice in choices]
-    print(f"validation: {n} studies; {len(rows)} candidates; chosen by {rule.select_metric}, "
-          f"ties {rule.select_ties} unless given, guards {list(rule.select_guards)}")
+    print(f"validation: {n} studies; {len(rows)} candidates; chosen by {decode.select_metric}, "
+          f"ties {decode.select_ties} unless given, guards {list(decode.select_guards)}")
     width = max(44, *(len(str(choice)) for choice in choices))
     print(f"{'choice (grid@ties)':<{width}} {'chosen':<40} "
           + " ".join(f"{m[:9]:>9}" for m in (*METRICS, "top")))
