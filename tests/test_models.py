@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from cxr_impressions.captioning.decoding import Decoder
 from cxr_impressions.captioning.models import MaskedAccuracy, build_model, ensemble, masked_loss
-from cxr_impressions.captioning.studies import LABELS
+from cxr_impressions.captioning.studies import LABELS, pool_bins, pool_grid
 from cxr_impressions.captioning.training import compile_for_training
 from cxr_impressions.data.labeller import FINDINGS
 from cxr_impressions.data.tokenizer import Vocabulary
@@ -15,6 +15,33 @@ from cxr_impressions.settings.decoding import DecodingSettings
 from cxr_impressions.settings.model import ModelParams
 
 from .tiny_models import WORDS, study_inputs, tiny
+
+
+def test_pool_grid_reads_every_cell_of_the_grid() -> None:
+    assert pool_bins(10, 2) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert pool_bins(10, 3) == [(0, 4), (3, 7), (6, 10)]
+    assert pool_bins(7, 2) == [(0, 3), (2, 5), (4, 7)]
+    assert pool_bins(10, 12) == [(0, 10)]
+    grid = np.zeros((2, 10, 10, 4), dtype=np.float16)
+    grid[:, 9, :, 0] = 1.0  # only the bottom row (the costophrenic angles) has a signal
+    grid[:, :, 9, 1] = 1.0  # and only the right column
+    assert pool_grid(grid, 3).shape == (2, 9, 4) and pool_grid(grid, 3).dtype == np.float16
+    by3 = pool_grid(grid, 3).reshape(2, 3, 3, 4).astype(np.float32)
+    np.testing.assert_allclose(by3[:, 2, :, 0], 0.25)  # the last bin row holds rows 6-9
+    np.testing.assert_allclose(by3[:, :2, :, 0], 0.0)
+    np.testing.assert_allclose(by3[:, :, 2, 1], 0.25)
+    by2 = pool_grid(grid, 2).reshape(2, 5, 5, 4).astype(np.float32)
+    np.testing.assert_allclose(by2[:, 4, :, 0], 0.5)
+    np.testing.assert_allclose(by2[:, :4, :, 0], 0.0)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, 10, 10, 5)).astype(np.float16)
+    blocks = values.astype(np.float32).reshape(3, 5, 2, 5, 2, 5).mean(axis=(2, 4))
+    np.testing.assert_array_equal(pool_grid(values, 2), blocks.astype(np.float16).reshape(3, 25, 5))
+    whole = pool_grid(values, 12)
+    assert whole.shape == (3, 1, 5)
+    np.testing.assert_allclose(whole[:, 0].astype(np.float32),
+                               values.astype(np.float32).mean(axis=(1, 2)), atol=1e-3)
+    assert pool_grid(values, 1).shape == (3, 100, 5)
 
 
 def test_masked_loss_and_accuracy_ignore_padding() -> None:

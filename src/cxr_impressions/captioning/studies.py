@@ -61,15 +61,32 @@ class Studies:
         return out
 
 
+def pool_bins(size: int, factor: int) -> list[tuple[int, int]]:
+    """The cells [start, end) of each of the `size // factor` (at least 1) bins along one side.
+
+    Where `factor` divides `size` these are the plain blocks of `factor` cells; otherwise
+    neighbouring bins share a cell, so that every cell is read (10 by 3: cells 0-3, 3-6 and 6-9),
+    as adaptive average pooling does.
+    """
+    bins = max(1, size // factor)
+    return [(i * size // bins, -(-(i + 1) * size // bins)) for i in range(bins)]
+
+
 def pool_grid(grid: np.ndarray, factor: int) -> np.ndarray:
     """Average-pool (N, H, W, D) grids by `factor`, then flatten to (N, R, D) regions."""
     n, h, w, d = grid.shape
-    if factor > 1:
-        h2, w2 = h // factor, w // factor
-        grid = grid[:, : h2 * factor, : w2 * factor].astype(np.float32)
-        grid = grid.reshape(n, h2, factor, w2, factor, d).mean(axis=(2, 4)).astype(np.float16)
-        h, w = h2, w2
-    return grid.reshape(n, h * w, d)
+    if factor == 1:
+        return grid.reshape(n, h * w, d)
+    grid = grid.astype(np.float32)
+    if h % factor == 0 and w % factor == 0:
+        h, w = h // factor, w // factor
+        pooled = grid.reshape(n, h, factor, w, factor, d).mean(axis=(2, 4))
+    else:
+        rows, cols = pool_bins(h, factor), pool_bins(w, factor)
+        pooled = np.stack([np.stack([grid[:, r0:r1, c0:c1].mean(axis=(1, 2))
+                                     for c0, c1 in cols], axis=1) for r0, r1 in rows], axis=1)
+        h, w = len(rows), len(cols)
+    return pooled.astype(np.float16).reshape(n, h * w, d)
 
 
 def load_studies(examples: pd.DataFrame, images: pd.DataFrame, store: FeatureStore,
