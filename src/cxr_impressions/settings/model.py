@@ -18,7 +18,8 @@ class ModelParams:
     dropout: float = at_least(0.0, 0.3, at_most=0.9)
     heads: int = at_least(1, 4)  # transformer
     layers: int = at_least(1, 2)  # transformer decoder layers
-    grid_pool: int = at_least(1, 3)  # transformer: average-pool the 10x10 grid by this factor
+    # transformer: average-pool the grid by this factor (10x10 by 3: 3x3 bins of 4x4 cells)
+    grid_pool: int = at_least(1, 3)
     # Decode conditioned on predicted labels: abnormal (one), findings (13 findings + abnormal)
     condition: Literal["findings", "abnormal", "none"] = "findings"
     # transformer: attend to the impressions of this many most similar training studies (0: off)
