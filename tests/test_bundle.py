@@ -161,3 +161,20 @@ def test_an_ensembles_weights_need_its_member_count(tmp_path: Path) -> None:
         (tmp_path / "config.json").write_text(json.dumps(config))
         with pytest.raises(InputError, match=r"model.weights.h5: does not match"):
             load_bundle(tmp_path)
+
+
+def test_a_bundle_that_predates_pooling_every_cell_is_refused(tmp_path: Path) -> None:
+    """Before `pool_grid` read every cell, `model.grid_pool: 3` dropped the 10x10 grid's last
+    row and column: such a model, fed regions pooled the new way, would decode silently worse.
+    Without a factor (`grid_pool: 1`) nothing was pooled, so it still loads."""
+    _saved(tmp_path)
+    assert load_bundle(tmp_path).config["grid_pooling"] == "every_cell"
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["grid_pooling"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"config.json: trained before model.grid_pool 3 pooled "
+                                         r"every cell .* retrain it"):
+        load_bundle(tmp_path)
+    config["model"]["grid_pool"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_bundle(tmp_path).params.grid_pool == 1

@@ -7,6 +7,9 @@
 - `retrieval.npz`: the retrieval memory bank (the training studies' uids, pooled vectors and
   impression token ids; empty when `model.retrieval_k` is 0), so that evaluate and `cxr predict`
   retrieve from the same training studies as the train stage;
+- `config.json` also records how the grid was pooled (`grid_pooling`, studies.py): a
+  transformer saved before `pool_grid` read every cell, with `model.grid_pool` above 1, is
+  refused with a one-line error, since its regions are now pooled another way;
 - `config.json` also holds, for a model with `model.exam_title`, the exam-title vocabulary
   (`exam_titles`, data/titles.py);
 - `decoding.json`: the decoding settings (method, beam size, length penalty, n-gram blocking,
@@ -39,6 +42,7 @@ from ..settings.model import ModelParams
 from .decoding import Decoder
 from .models import CaptionModel, build_model, ensemble
 from .retrieval import MemoryBank
+from .studies import GRID_POOLING
 from .templates import NO_TITLE, template_ids
 
 
@@ -132,7 +136,7 @@ def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
                   titles: TitleVocabulary | None = None) -> dict:
     config = {"model": dataclasses.asdict(model_params), "features": features,
               "feature_dim": feature_dim, "regions": regions, "embedding_dim": embedding_dim,
-              "vocab_size": len(vocab), "max_len": vocab.max_len}
+              "vocab_size": len(vocab), "max_len": vocab.max_len, "grid_pooling": GRID_POOLING}
     if model_params.exam_title:
         config["exam_titles"] = list(titles.keys if titles is not None else [])
     return config
@@ -183,6 +187,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             raise InputError(f"{config_path}: vocab_size {shapes['vocab_size']} and max_len "
                              f"{shapes['max_len']} do not match {directory / 'vocab.json'} "
                              f"({len(vocab)} words, max_len {vocab.max_len})")
+        if (params.needs_grid and params.grid_pool > 1
+                and config.get("grid_pooling") != GRID_POOLING):
+            raise InputError(f"{config_path}: trained before model.grid_pool "
+                             f"{params.grid_pool} pooled every cell of the grid, so its regions "
+                             "no longer match: retrain it (`dvc repro train`)")
         titles = None
         if params.exam_title:
             keys = config["exam_titles"]

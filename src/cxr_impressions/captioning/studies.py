@@ -61,6 +61,11 @@ class Studies:
         return out
 
 
+# What `pool_grid` does, recorded in every bundle (bundle.py): bumped when it changes, so that a
+# model trained on regions pooled one way is never fed regions pooled another.
+GRID_POOLING = "every_cell"
+
+
 def pool_bins(size: int, factor: int) -> list[tuple[int, int]]:
     """The cells [start, end) of each of the `size // factor` (at least 1) bins along one side.
 
