@@ -172,8 +172,8 @@ def test_a_bundle_that_predates_pooling_every_cell_is_refused(tmp_path: Path) ->
     config = json.loads((tmp_path / "config.json").read_text())
     del config["grid_pooling"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match=r"config.json: trained before model.grid_pool 3 pooled "
-                                         r"every cell .* retrain it"):
+    with pytest.raises(InputError, match=r"config.json: records no grid_pooling, so its "
+                                         r"model.grid_pool 3 may have dropped .* retrain it"):
         load_bundle(tmp_path)
     config["model"]["grid_pool"] = 1
     (tmp_path / "config.json").write_text(json.dumps(config))

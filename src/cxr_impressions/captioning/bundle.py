@@ -8,8 +8,8 @@
   impression token ids; empty when `model.retrieval_k` is 0), so that evaluate and `cxr predict`
   retrieve from the same training studies as the train stage;
 - `config.json` also records how the grid was pooled (`grid_pooling`, studies.py): a
-  transformer saved before `pool_grid` read every cell, with `model.grid_pool` above 1, is
-  refused with a one-line error, since its regions are now pooled another way;
+  transformer without it and with `model.grid_pool` above 1 may have been trained before
+  `pool_grid` read every cell, on regions pooled another way, and is refused in one line;
 - `config.json` also holds, for a model with `model.exam_title`, the exam-title vocabulary
   (`exam_titles`, data/titles.py);
 - `decoding.json`: the decoding settings (method, beam size, length penalty, n-gram blocking,
@@ -189,9 +189,10 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
                              f"({len(vocab)} words, max_len {vocab.max_len})")
         if (params.needs_grid and params.grid_pool > 1
                 and config.get("grid_pooling") != GRID_POOLING):
-            raise InputError(f"{config_path}: trained before model.grid_pool "
-                             f"{params.grid_pool} pooled every cell of the grid, so its regions "
-                             "no longer match: retrain it (`dvc repro train`)")
+            raise InputError(f"{config_path}: records no grid_pooling, so its "
+                             f"model.grid_pool {params.grid_pool} may have dropped the grid's "
+                             "last row and column in training (before commit 7b06554), unlike "
+                             "the regions it would read now: retrain it (`dvc repro train`)")
         titles = None
         if params.exam_title:
             keys = config["exam_titles"]
