@@ -1,20 +1,21 @@
-"""Do other decoding candidates (`decode.normal_texts`, `length_penalties`, `beam_sizes`,
-`label_modes`), or another tie rule, hold up on validation studies they were not chosen on? The
-full validation split, then split-half.
+"""Do other decoding candidates (`decode.normal_texts`, `finding_texts`, `length_penalties`,
+`beam_sizes`, `label_modes`), or another tie rule, hold up on validation studies they were not
+chosen on? The full validation split, then split-half.
 
 Each choice to weigh is a candidate grid and a tie rule (`decode.select_ties`), written
-`KEY=VALUES[;KEY=VALUES...][@TIES]`, KEY one of normal_text, length_penalty, beam_size, labels
-and VALUES comma-separated, e.g. `normal_text=template_read;length_penalty=0,0.7,1,1.5,2@varied`;
+`KEY=VALUES[;KEY=VALUES...][@TIES]`, KEY one of normal_text, finding_text, length_penalty,
+beam_size, labels and VALUES comma-separated, e.g.
+`normal_text=template_read;length_penalty=0,0.7,1,1.5,2@varied`;
 a part without `KEY=` lists normal texts (`decoder,template`); a key not given keeps the
 workspace's candidates, and without `@` the workspace's rule. The first choice is the baseline.
 The workspace's trained model decodes the validation split once under every candidate of every
-choice (the selection stage's candidates, `decoding_candidates`, under the label thresholds and
-normal templates of its models/decoding.json). Then:
+choice (the selection stage's candidates, `decoding_candidates`, under the label thresholds,
+normal templates and finding phrases of its models/decoding.json). Then:
 
 - **Full validation**, as the selection stage chooses: each choice's pick (`choose`, with the
   workspace's `decode` section otherwise: metric, guards), its validation scores, and the paired
   95% interval of each pick minus the baseline's (1,000 resamples of the studies); also the
-  baseline's pick decoded alike but worded by each other normal text.
+  baseline's pick decoded alike but worded by each other normal or finding text.
 - **Split-half**: many times over, the validation studies are split at random into two halves;
   each choice picks on one half and is scored on the other. A larger candidate set always scores
   at least as well where it chooses, so only the held-out half tells whether it gains.
@@ -45,11 +46,14 @@ if TYPE_CHECKING:
     from cxr_impressions.settings.decode import DecodeParams
 
 METRICS = ("bleu4", "rouge_l", "cider", "abnormal_f1", "findings_macro_f1")
-SETTING = ("method", "beam_size", "length_penalty", "labels", "beam_choice", "normal_text")
+SETTING = ("method", "beam_size", "length_penalty", "labels", "beam_choice", "normal_text",
+           "finding_text")
+WORDING = ("normal_text", "finding_text")  # how a decoded caption is worded, not searched
 
 
 # A choice's keys: the candidate row's field, the `decode` list it narrows, and its values' type.
-GRID = {"normal_text": ("normal_texts", str), "length_penalty": ("length_penalties", float),
+GRID = {"normal_text": ("normal_texts", str), "finding_text": ("finding_texts", str),
+        "length_penalty": ("length_penalties", float),
         "beam_size": ("beam_sizes", int), "labels": ("label_modes", str)}
 
 
@@ -91,6 +95,7 @@ def parse_choice(value: str) -> Choice:
             raise argparse.ArgumentTypeError(
                 f"{value!r}: {key} takes {kind.__name__} values, got {listed!r}") from None
         allowed = {"normal_text": DecodingSettings.NORMAL_TEXTS,
+                   "finding_text": DecodingSettings.FINDING_TEXTS,
                    "labels": DecodingSettings.LABEL_MODES}.get(key)
         if not grid[key] or (allowed and any(v not in allowed for v in grid[key])):
             raise argparse.ArgumentTypeError(
@@ -142,7 +147,8 @@ def pick(choice: Choice, rows: list[dict], statistics: Sequence[StudyStatistics]
 def describe(row: dict) -> str:
     search = "greedy" if row["beam_size"] == 1 else (
         f"beam {row['beam_size']}, lp {row['length_penalty']}")
-    return f"{search}, {row['labels']}, {row['normal_text']}"
+    appended = ", appended" if row["finding_text"] == "appended" else ""
+    return f"{search}, {row['labels']}, {row['normal_text']}{appended}"
 
 
 def table_row(label: str, chosen: str, values: dict, width: int) -> str:
@@ -203,8 +209,8 @@ def main() -> None:
         print(table_row(str(choice), describe(full[index]), full[index], width))
     baseline = full[picks[0]]
     for row in full:
-        if (row["normal_text"] != baseline["normal_text"]
-                and all(row[key] == baseline[key] for key in SETTING if key != "normal_text")):
+        if (any(row[key] != baseline[key] for key in WORDING)
+                and all(row[key] == baseline[key] for key in SETTING if key not in WORDING)):
             print(table_row("(the baseline's pick, worded otherwise)", describe(row), row,
                             width))
     differences = paired_differences(statistics[picks[0]], [statistics[i] for i in picks[1:]],

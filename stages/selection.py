@@ -38,7 +38,7 @@ def main() -> None:
         train = load_split(args.clean, "train", store, bundle.vocab)  # labels and counts only
     chosen = select_on_validation(bundle, val, train, decode)
     save_decoding(args.model, chosen.decode, chosen.label_thresholds, chosen.normal_templates,
-                  chosen.normal_impressions)
+                  chosen.normal_impressions, chosen.finding_phrases)
     write_json(args.selection, chosen.record)
     write_json(args.metrics, chosen.summary)
 

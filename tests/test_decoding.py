@@ -208,7 +208,7 @@ def test_decoding_settings_are_selected_on_the_given_split(capsys) -> None:
     assert chosen.settings() == {"method": chosen.method, "beam_size": chosen.beam_size,
                                  "length_penalty": chosen.length_penalty, "no_repeat_ngram": 3,
                                  "labels": "independent", "beam_choice": "score",
-                                 "normal_text": "decoder"}
+                                 "normal_text": "decoder", "finding_text": "decoder"}
 
 
 def test_selection_on_a_clinical_metric_scores_the_labellers_reading() -> None:

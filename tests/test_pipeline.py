@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cxr_impressions.captioning.training import backed_up_epochs
-from cxr_impressions.data.labeller import FINDINGS
+from cxr_impressions.data.labeller import FINDINGS, label_text
 
 from .helpers import CHART_LAYOUT_FAULTS, CHROMIUM, SHARED, launch_chromium, needs_shared
 from .repos import DVC, copy_repo, env, run, set_params, sh
@@ -67,6 +67,11 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     impressions = decoding.pop("normal_impressions")
     assert impressions == sorted(set(impressions)) and set(templates.values()) <= set(impressions)
     assert len(impressions) == selection["normal_impressions"]
+    # And a phrase per finding that some training impression states alone at a sentence's end.
+    phrases = decoding.pop("finding_phrases")
+    assert phrases == selection["finding_phrases"] and phrases
+    assert all(label_text(phrase)[name] and sum(label_text(phrase).values()) == 2
+               for name, phrase in phrases.items())  # that finding and abnormal, nothing else
     assert decoding == chosen
     assert {name: round(value, 4) for name, value in label_thresholds.items()} == {
         name: row["threshold"] for name, row in thresholds["labels"].items()}

@@ -162,12 +162,14 @@ def test_good_study_gives_impression_labels_decoding_and_identity(server: Client
     assert status == 200, body
     assert body["impression"] == " ".join(body["words"]) and body["words"]
     assert body["normal_template"] is False  # normal_text: decoder
+    assert body["appended_findings"] == []  # finding_text: decoder
     assert body["views"] == ["frontal", "lateral"]
     assert body["model"]["sha256"] == bundle_hash(bundle)
     assert body["model"]["precision"] == "float32"
     assert body["decoding"] == {"method": "beam", "beam_size": 3, "length_penalty": 0.7,
                                 "no_repeat_ngram": 3, "labels": "independent",
-                                "beam_choice": "score", "normal_text": "decoder"}
+                                "beam_choice": "score", "normal_text": "decoder",
+                                "finding_text": "decoder"}
     abnormal = body["labels"]["abnormal"]
     assert 0 <= abnormal["probability"] <= 1
     if abs(abnormal["probability"] - abnormal["threshold"]) > 1e-3:  # both rounded to 4 places

@@ -1,7 +1,7 @@
 """Normal templates (`decode.normal_text: template | template_written | template_read`): which
 impression each exam title's normal studies get, how the decoder words a study it predicts
 normal (and one it wrote normal), the selection's candidates, and the bundle that keeps the
-templates."""
+templates. Finding phrases (`decode.finding_text: appended`) alike."""
 
 import json
 from dataclasses import replace
@@ -11,9 +11,10 @@ import pytest
 
 from cxr_impressions.captioning.bundle import load_bundle, save_decoding
 from cxr_impressions.captioning.decoding import Decoder
-from cxr_impressions.captioning.selection import select_decoding
+from cxr_impressions.captioning.selection import decoding_candidates, select_decoding
 from cxr_impressions.captioning.templates import (
     NO_TITLE,
+    finding_phrases,
     normal_impressions,
     normal_templates,
     template_ids,
@@ -251,3 +252,120 @@ def test_cxr_predict_words_a_normal_study_as_its_titles_template(tmp_path) -> No
                   templates)
     result = Predictor(directory, "unused: weights none").predict([Study("a", frontal)])[0]
     assert result not in templates.values()
+
+
+# Finding phrases (`decode.finding_text: appended`).
+PHRASE_WORDS = (*WORDS, "small", "left", "mild", "stable", "cardiomegaly", "nodule", "low",
+                "lung", "volumes")
+
+
+def test_each_findings_phrase_is_the_commonest_sentence_ending_that_states_it_alone() -> None:
+    vocab = Vocabulary(PHRASE_WORDS, "startseq", "endseq", 8)
+    texts = ["mild cardiomegaly .", "mild cardiomegaly .", "stable cardiomegaly . no effusion .",
+             "small left effusion .", "no effusion .", "nodule zzz ."]
+    # cardiomegaly ends 3 sentences (mild cardiomegaly 2); the effusion's three endings tie
+    # once each (a negated one does not state it) and the shortest wins; the nodule's sentence
+    # ends in a word the decoder cannot write, so nothing is appended for a nodule.
+    assert finding_phrases(texts, vocab) == {"cardiomegaly": "cardiomegaly .",
+                                             "pleural_effusion": "effusion ."}
+    # A finding whose last word alone states nothing needs more of the sentence, up to
+    # `max_words` words; a vocabulary without full stops (`clean.sentence_token: ""`) gets
+    # phrases without them.
+    assert finding_phrases(["mild low lung volumes ."], vocab) == {
+        "low_lung_volumes": "low lung volumes ."}
+    assert finding_phrases(["mild low lung volumes ."], vocab, max_words=2) == {}
+    no_stop = Vocabulary(tuple(w for w in PHRASE_WORDS if w != "."), "startseq", "endseq", 8)
+    assert finding_phrases(["mild cardiomegaly", "cardiomegaly"], no_stop) == {
+        "cardiomegaly": "cardiomegaly"}
+
+
+def _phrased_decoder(thresholds: float) -> tuple[Decoder, Vocabulary, dict]:
+    decoder, vocab, inputs = _templated_decoder(thresholds)
+    decoder.finding_phrases = {"pleural_effusion": vocab.encode("effusion .")[1:-1]}
+    return decoder, vocab, inputs
+
+
+def test_a_finding_turned_on_that_the_caption_does_not_name_gets_its_phrase_appended() -> None:
+    decoder, vocab, inputs = _phrased_decoder(0.0)  # every label on; titles 1, 0, 1, 0
+    own = decoder.decode(inputs, DecodingSettings(beam_size=2))
+    written = ["no .", "effusion .", "no effusion .", "no no ."]
+    decoded = [replace(d, ids=vocab.encode(text)[1:-1]) for d, text in zip(own, written,
+                                                                           strict=True)]
+    appended = decoder.worded(decoded, inputs, "decoder", "appended")
+    # A caption that names the effusion keeps its word, negated or not: never "no effusion .
+    # effusion .".
+    assert decoder.texts(appended) == ["no . effusion .", "effusion .", "no effusion .",
+                                       "no no . effusion ."]
+    assert [d.appended for d in appended] == [("pleural_effusion",), (), (),
+                                              ("pleural_effusion",)]
+    assert decoder.texts(decoder.worded(decoded, inputs, "decoder", "decoder")) == written
+    # Appended first, then the normal wording reads the caption with its phrase: only the
+    # caption that negates the effusion still reads normal, and gets its title's template.
+    assert decoder.texts(decoder.worded(decoded, inputs, "template_read", "appended")) == [
+        "no . effusion .", "effusion .", "no effusion .", "no no . effusion ."]
+    assert [d.template for d in decoder.worded(decoded, inputs, "template_read", "appended")
+            ] == [False, False, True, False]
+    # Through decode(): every caption then names the effusion.
+    for d in decoder.decode(inputs, DecodingSettings(beam_size=2, finding_text="appended")):
+        assert "effusion" in vocab.decode(d.ids).split()
+    # No label on: nothing to append, and every study gets its template.
+    off = [replace(d, condition=np.zeros_like(d.condition)) for d in decoded]
+    worded = decoder.worded(off, inputs, "template", "appended")
+    assert decoder.texts(worded) == ["no effusion .", "no .", "no effusion .", "no ."]
+    assert not any(d.appended for d in worded)
+    # A decoder without phrases cannot: one line.
+    decoder, _, _ = _templated_decoder(0.0)
+    with pytest.raises(InputError, match=r"decode.finding_text: appended, but the model has no "
+                                         r"finding phrases"):
+        decoder.worded(decoded, inputs, "decoder", "appended")
+
+
+def test_finding_text_candidates_are_selected_on_validation_and_decode_as_scored() -> None:
+    decoder, vocab, inputs = _phrased_decoder(0.0)
+    references = ["no . effusion ."] * 4
+    params = DecodeParams(beam_sizes=(1, 2), length_penalties=(0.0,), label_modes=("independent",),
+                          normal_texts=("decoder",), finding_texts=("decoder", "appended"),
+                          select_metric="findings_macro_f1", select_ties="best")
+    rows, _, captions = decoding_candidates(decoder, inputs, references, params)
+    assert [(r["beam_size"], r["finding_text"]) for r in rows] == [
+        (1, "decoder"), (1, "appended"), (2, "decoder"), (2, "appended")]
+    # Every reference states the effusion, and every appended caption names it: the decoder's
+    # own (or negated, never contradicted), or appended, which can only help here.
+    for plain, appended, texts in zip(rows[::2], rows[1::2], captions[1::2], strict=True):
+        assert all("effusion" in text.split() for text in texts)
+        assert appended["findings_macro_f1"] >= plain["findings_macro_f1"]
+    chosen, _, row = select_decoding(decoder, inputs, references, params)
+    assert chosen.finding_text == row["finding_text"]
+    index = rows.index(next(r for r in rows if all(r[k] == row[k] for k in (
+        "beam_size", "finding_text"))))
+    assert decoder.texts(decoder.decode(inputs, chosen)) == captions[index]
+    # A decoder without phrases (a model not conditioned on findings): the decoder's words only.
+    decoder, _, _ = _templated_decoder(0.0)
+    _, rows, _ = select_decoding(decoder, inputs, references, params)
+    assert {r["finding_text"] for r in rows} == {"decoder"}
+    with pytest.raises(InputError, match=r"decode.finding_texts must be a non-empty list of "
+                                         r"decoder \| appended, got \['always'\]"):
+        DecodeParams(finding_texts=("always",)).validate("params.yaml")
+
+
+def test_the_bundle_keeps_the_finding_phrases(tmp_path) -> None:
+    tiny_bundle(tmp_path)  # conditioned on abnormal: no finding to append, and nothing appended
+    settings = DecodingSettings(method="greedy", finding_text="appended")
+    save_decoding(tmp_path, settings, {"abnormal": 0.0}, finding_phrases={
+        "pleural_effusion": "effusion ."})
+    bundle = load_bundle(tmp_path)
+    assert bundle.finding_phrases == {"pleural_effusion": "effusion ."}
+    assert bundle.decoder().finding_phrases == {"pleural_effusion": [5, 6]}
+    decoder = bundle.decoder()
+    assert not any(d.appended for d in decoder.decode(study_inputs(3), bundle.decode))
+    path = tmp_path / "decoding.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "finding_phrases"}))
+    with pytest.raises(InputError, match=r"decoding.json: finding_text is appended, but the file "
+                                         r"has no finding_phrases"):
+        load_bundle(tmp_path)
+    for bad in ({"effusions": "effusion ."}, {"pleural_effusion": ""}, ["effusion ."]):
+        path.write_text(json.dumps({**saved, "finding_phrases": bad}))
+        with pytest.raises(InputError, match=r"decoding.json: finding_phrases must map findings "
+                                             r"\(cardiomegaly, "):
+            load_bundle(tmp_path)

@@ -16,7 +16,8 @@
   label mode, normal text) and the label thresholds (`label_thresholds`, one per label of
   `model.condition`), all chosen on the validation split by the selection stage, used by evaluate
   and `cxr predict`; and, for a conditioned model, the normal templates (`normal_templates`,
-  templates.py) and the normal impressions (`normal_impressions`) that the selection stage
+  templates.py), the normal impressions (`normal_impressions`) and, for a model conditioned on
+  findings, the finding phrases (`finding_phrases`, templates.py) that the selection stage
   took from the training split. A bundle saved before
   the selection stage existed has its thresholds in `config.json` instead; it loads with those.
 """
@@ -34,6 +35,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_json
 from ..config import build_section
+from ..data.labeller import FINDINGS
 from ..data.titles import TitleVocabulary
 from ..data.tokenizer import Vocabulary
 from ..errors import InputError
@@ -62,6 +64,8 @@ class Bundle:
     normal_templates: dict[str, str] = dataclasses.field(default_factory=dict)
     # The normal training impressions (decoding.json), which `template_written` rewords.
     normal_impressions: tuple[str, ...] = ()
+    # Finding to phrase (decoding.json, templates.py), for `finding_text: appended`.
+    finding_phrases: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -82,11 +86,13 @@ class Bundle:
         return template_ids(self.normal_templates, self.titles, self.vocab)
 
     def decoder(self, thresholds: np.ndarray | None = None) -> Decoder:
-        """The decoder of this model, with its normal templates, under its label thresholds
-        (or `thresholds`, one per label)."""
+        """The decoder of this model, with its normal templates and finding phrases, under its
+        label thresholds (or `thresholds`, one per label)."""
         return Decoder(self.model, self.vocab,
                        self.thresholds if thresholds is None else thresholds, self.template_ids,
-                       [self.vocab.encode(text)[1:-1] for text in self.normal_impressions])
+                       [self.vocab.encode(text)[1:-1] for text in self.normal_impressions],
+                       {finding: self.vocab.encode(phrase)[1:-1]
+                        for finding, phrase in self.finding_phrases.items()} or None)
 
     def model_inputs(self, inputs: dict[str, np.ndarray],
                      exam_titles: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
@@ -120,15 +126,17 @@ def save_bundle(directory: str | os.PathLike[str], model: CaptionModel, vocab: V
 def save_decoding(directory: str | os.PathLike[str], decode: DecodingSettings,
                   label_thresholds: dict[str, float],
                   normal_templates: dict[str, str] | None = None,
-                  normal_impressions: Sequence[str] = ()) -> None:
+                  normal_impressions: Sequence[str] = (),
+                  finding_phrases: dict[str, str] | None = None) -> None:
     """What the selection stage chose on validation: the settings to decode with and the label
-    thresholds (empty for a model without labels); and the normal templates and impressions it
-    took from the training split (a conditioned model)."""
+    thresholds (empty for a model without labels); and the normal templates and impressions and
+    the finding phrases it took from the training split (a conditioned model)."""
     write_json(Path(directory) / "decoding.json",
                {**decode.settings(), "label_thresholds": label_thresholds,
                 **({"normal_templates": normal_templates} if normal_templates else {}),
                 **({"normal_impressions": list(normal_impressions)}
-                   if normal_impressions else {})})
+                   if normal_impressions else {}),
+                **({"finding_phrases": finding_phrases} if finding_phrases else {})})
 
 
 def bundle_config(model_params: ModelParams, features: dict, feature_dim: int,
@@ -209,23 +217,27 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         raise InputError(f"{config_path}: not a model config ({_first_line(exc)})") from None
     _load_weights(model, directory / "model.weights.h5", config_path)
     path = directory / "decoding.json"
-    decode, label_thresholds, templates, impressions = _load_decoding(path, config)
+    decode, label_thresholds, templates, impressions, phrases = _load_decoding(path, config)
     bank = MemoryBank.load(directory / "retrieval.npz") if params.retrieval_k else None
     bundle = Bundle(model, vocab, config, decode, params, bank, bundle_hash(directory), titles,
-                    label_thresholds, templates, impressions)
+                    label_thresholds, templates, impressions, phrases)
     if decode.normal_text != "decoder" and model.conditioned and not templates:
         raise InputError(f"{path}: normal_text is {decode.normal_text}, but the file has no "
                          "normal_templates (rerun the selection stage)")
     if decode.normal_text == "template_written" and model.conditioned and not impressions:
         raise InputError(f"{path}: normal_text is template_written, but the file has no "
                          "normal_impressions (rerun the selection stage)")
+    if decode.finding_text != "decoder" and model.conditioned and not phrases:
+        raise InputError(f"{path}: finding_text is {decode.finding_text}, but the file has no "
+                         "finding_phrases (rerun the selection stage)")
     return bundle
 
 
 def _load_decoding(path: Path, config: dict
                    ) -> tuple[DecodingSettings, dict[str, float], dict[str, str],
-                              tuple[str, ...]]:
-    """The decoding settings, label thresholds, normal templates and normal impressions of `path`
+                              tuple[str, ...], dict[str, str]]:
+    """The decoding settings, label thresholds, normal templates, normal impressions and finding
+    phrases of `path`
     (decoding.json). A bundle made before the selection stage kept its thresholds in
     config.json and none in decoding.json: it keeps decoding under those."""
     settings = _read_json(path, "decoding settings") if path.is_file() else {}
@@ -244,9 +256,14 @@ def _load_decoding(path: Path, config: dict
     if not (isinstance(impressions, list)
             and all(isinstance(text, str) and text.strip() for text in impressions)):
         raise InputError(f"{path}: normal_impressions must be a list of non-empty texts")
+    phrases = settings.pop("finding_phrases", {})
+    if not (isinstance(phrases, dict) and all(
+            k in FINDINGS and isinstance(v, str) and v.strip() for k, v in phrases.items())):
+        raise InputError(f"{path}: finding_phrases must map findings ({', '.join(FINDINGS)}) "
+                         "to non-empty texts")
     decode = build_section("decode", DecodingSettings, settings, source=str(path))
     return (decode, {str(k): float(v) for k, v in label_thresholds.items()}, templates,
-            tuple(impressions))
+            tuple(impressions), phrases)
 
 
 def _read_json(path: Path, what: str) -> dict:

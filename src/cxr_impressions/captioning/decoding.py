@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..data.labeller import label_text
+from ..data.labeller import label_text, named
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
 from ..errors import InputError
 from ..settings.decoding import DecodingSettings
@@ -51,6 +51,9 @@ class Decoded:
     # `ids` are its exam title's normal template (decode.normal_text: template), not the
     # decoder's caption (whose `score` it keeps).
     template: bool = False
+    # The findings whose phrases `decode.finding_text: appended` added after the decoder's
+    # caption, in the order of the model's labels.
+    appended: tuple[str, ...] = ()
 
 
 def has_consistency_rule(names: Sequence[str]) -> bool:
@@ -147,14 +150,17 @@ class Decoder:
     def __init__(self, model: CaptionModel, vocab: Vocabulary,
                  thresholds: float | Sequence[float] = 0.5,
                  templates: Sequence[list[int]] | None = None,
-                 normal_captions: Iterable[Sequence[int]] = ()) -> None:
+                 normal_captions: Iterable[Sequence[int]] = (),
+                 finding_phrases: dict[str, list[int]] | None = None) -> None:
         """`templates`: the normal templates' word ids by exam-title id (templates.py), for
         `decode.normal_text: template`; `normal_captions`: the word ids of the normal training
-        impressions, which `template_written` also rewords."""
+        impressions, which `template_written` also rewords; `finding_phrases`: by finding, the
+        word ids of its phrase (templates.py), for `decode.finding_text: appended`."""
         self.model = model
         self.vocab = vocab
         self.templates = templates
         self.normal_captions = frozenset(tuple(ids) for ids in normal_captions)
+        self.finding_phrases = finding_phrases
         # One threshold per label of the condition (a single number: the same for all).
         self.thresholds = np.broadcast_to(np.asarray(thresholds, np.float64),
                                           (len(model.labels),)).copy()
@@ -348,10 +354,40 @@ class Decoder:
                 bar.update(min(batch_size, n - start))
         if bar is not None:
             bar.close()
-        return self.worded(results, inputs, params.normal_text)
+        return self.worded(results, inputs, params.normal_text, params.finding_text)
 
     def worded(self, decoded: Sequence[Decoded], inputs: dict[str, np.ndarray],
-               normal_text: str) -> list[Decoded]:
+               normal_text: str, finding_text: str = "decoder") -> list[Decoded]:
+        """`decoded` with its findings worded by `finding_text` (`decode.finding_text`), then
+        its normal studies by `normal_text`."""
+        return self.worded_normal(self.worded_findings(decoded, finding_text), inputs,
+                                  normal_text)
+
+    def worded_findings(self, decoded: Sequence[Decoded],
+                        finding_text: str) -> list[Decoded]:
+        """`decoded` with, under `finding_text: appended`, each finding its labels turn on but
+        its caption does not name (data/labeller.py `named`) stated by that finding's phrase
+        after the caption; under `decoder`, or for a model not conditioned on findings, as it
+        is."""
+        if finding_text == "decoder" or not self.model.conditioned:
+            return list(decoded)
+        if self.finding_phrases is None:
+            raise InputError("decode.finding_text: appended, but the model has no finding "
+                             "phrases (models/decoding.json: rerun the selection stage)")
+        labels = self.model.labels
+        out = []
+        for d in decoded:
+            text = self.vocab.decode(d.ids)
+            said = named(text)
+            missing = tuple(name for name, on in zip(labels, d.condition, strict=True)
+                            if on and name in self.finding_phrases and name not in said)
+            out.append(replace(d, ids=[*d.ids, *(i for name in missing
+                                               for i in self.finding_phrases[name])],
+                               hypotheses=None, appended=missing) if missing else d)
+        return out
+
+    def worded_normal(self, decoded: Sequence[Decoded], inputs: dict[str, np.ndarray],
+                      normal_text: str) -> list[Decoded]:
         """`decoded` with its normal studies worded by `normal_text` (`decode.normal_text`):
         under `template`, every study written under no label on (predicted normal) gets its
         exam title's normal template (`inputs["exam_title"]`; without titles, the template of no

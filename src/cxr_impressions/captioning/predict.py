@@ -53,12 +53,14 @@ class Prediction:
     and with `explain` the attention maps, (words + 1, regions), the last row the end token's;
     `template`, whether the impression is its exam title's normal template
     (`decode.normal_text: template | template_written | template_read`) rather than the
-    decoder's words."""
+    decoder's words; `appended`, the findings whose phrases `decode.finding_text: appended`
+    added after the decoder's words."""
 
     text: str
     abnormal: float | None
     maps: np.ndarray | None = None
     template: bool = False
+    appended: tuple[str, ...] = ()
 
 
 class Predictor:
@@ -158,7 +160,7 @@ class Predictor:
             for i, row_maps in zip(rows, self.decoder.explain(subset, [decoded[i] for i in rows]),
                                    strict=True):
                 maps[i] = row_maps
-        return [Prediction(text, d.abnormal, m, d.template)
+        return [Prediction(text, d.abnormal, m, d.template, d.appended)
                 for text, d, m in zip(texts, decoded, maps, strict=True)]
 
     def explain(self, study: Study) -> tuple[str, list, np.ndarray]:

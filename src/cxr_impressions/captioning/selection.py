@@ -25,7 +25,7 @@ from ..settings.decoding import DecodingSettings
 from .bundle import Bundle
 from .decoding import Decoder, has_consistency_rule, minimum_bayes_risk, rerank
 from .studies import Studies
-from .templates import normal_impressions, normal_templates, template_ids
+from .templates import finding_phrases, normal_impressions, normal_templates, template_ids
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Selection:
     label_thresholds: dict[str, float]  # by label; empty for a model without labels
     normal_templates: dict[str, str]  # title key to text (templates.py); empty without labels
     normal_impressions: list[str]  # the normal training impressions; empty without labels
+    finding_phrases: dict[str, str]  # finding to phrase (templates.py); empty without findings
     record: dict  # every threshold and candidate weighed (metrics/selection.json)
     # The chosen candidate's validation score (`val_<select_metric>`) and the labels' mean
     # validation F1 (`val_label_f1`): the short DVC metric (metrics/select.json), as
@@ -65,6 +66,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
                for name, split in (("train", train), ("val", val))}}
     templates: dict[str, str] = {}
     impressions: list[str] = []
+    phrases: dict[str, str] = {}
     if model.conditioned:
         probabilities = Decoder(model, bundle.vocab).encode(inputs)["probabilities"]
         thresholds, chosen = select_thresholds(
@@ -79,12 +81,20 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
         impressions = normal_impressions(train.texts, normal, bundle.vocab)
         record["normal_templates"] = templates
         record["normal_impressions"] = len(impressions)
+        phrases = {finding: phrase for finding, phrase in
+                   finding_phrases(train.texts, bundle.vocab).items() if finding in model.labels}
+        record["finding_phrases"] = phrases
     elif decode.normal_text != "decoder" and not decode.select:
         raise InputError(f"decode.normal_text: {decode.normal_text} needs a model with labels "
                          "to predict a study normal (model.condition: abnormal | findings)")
+    if decode.finding_text != "decoder" and not decode.select and not phrases:
+        raise InputError(f"decode.finding_text: {decode.finding_text} needs a model conditioned "
+                         "on findings (model.condition: findings)")
     decoder = Decoder(model, bundle.vocab, thresholds,
                       template_ids(templates, bundle.titles, bundle.vocab) if templates else None,
-                      [bundle.vocab.encode(text)[1:-1] for text in impressions])
+                      [bundle.vocab.encode(text)[1:-1] for text in impressions],
+                      {finding: bundle.vocab.encode(phrase)[1:-1]
+                       for finding, phrase in phrases.items()} if phrases else None)
     chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
     if decode.select:
         chosen_decoding, candidates, best = select_decoding(decoder, inputs, val.texts, decode)
@@ -96,7 +106,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
                               "chosen": chosen_decoding.settings(), "candidates": candidates}
     else:
         record["decoding"] = {"chosen": chosen_decoding.settings()}
-    return Selection(chosen_decoding, label_thresholds, templates, impressions, record,
+    return Selection(chosen_decoding, label_thresholds, templates, impressions, phrases, record,
                      summary)
 
 
@@ -227,6 +237,7 @@ def decoding_candidates(decoder: Decoder, inputs: dict[str, np.ndarray],
     # gives a conditioned model's decoder its own) none can be worded otherwise.
     normal_texts = (params.normal_texts if decoder.model.conditioned
                     and decoder.templates is not None else ("decoder",))
+    finding_texts = (params.finding_texts if decoder.finding_phrases else ("decoder",))
     rows: list[dict] = []
     statistics = []  # per candidate, for the paired bootstrap of `select_ties: varied`
     captions: list[list[str]] = []
@@ -253,9 +264,11 @@ def decoding_candidates(decoder: Decoder, inputs: dict[str, np.ndarray],
                 candidates.append((replace(given, method="beam", beam_size=beam_size,
                                            labels=mode, beam_choice="mbr"),
                                    minimum_bayes_risk(searched)))
-        # Each candidate once per normal text: a template words its normal studies anew.
-        candidates = [(replace(chosen, normal_text=text), decoder.worded(decoded, inputs, text))
-                      for text in normal_texts for chosen, decoded in candidates]
+        # Each candidate once per finding text and normal text: neither searches again.
+        candidates = [(replace(chosen, finding_text=found, normal_text=text),
+                       decoder.worded(decoded, inputs, text, found))
+                      for found in finding_texts for text in normal_texts
+                      for chosen, decoded in candidates]
         for chosen, decoded in candidates:
             texts = decoder.texts(decoded)
             labels = [label_text(t) for t in texts]
@@ -268,6 +281,7 @@ def decoding_candidates(decoder: Decoder, inputs: dict[str, np.ndarray],
             rows.append({"method": chosen.method, "beam_size": chosen.beam_size,
                          "length_penalty": chosen.length_penalty, "labels": mode,
                          "beam_choice": chosen.beam_choice, "normal_text": chosen.normal_text,
+                         "finding_text": chosen.finding_text,
                          **text_metrics(references, texts),
                          "abnormal_f1": clinical["abnormal"]["f1"],
                          "findings_macro_f1": clinical["findings_macro_f1"],
@@ -300,7 +314,9 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
     (`template`: the same captions, those of the studies predicted normal worded as their
     title's normal template; `template_written`, also those whose caption is a normal
     training impression; `template_read`, also those whose caption the labeller reads as
-    normal; `Decoder.worded`)."""
+    normal; `Decoder.worded`), and once per `params.finding_texts`, for a model whose
+    decoder has finding phrases (`appended`: each finding the labels turn on that the
+    caption does not name, its phrase appended)."""
     given = params.decoding()
     rows, statistics, _ = decoding_candidates(decoder, inputs, references, params)
     row = rows[choose(rows, statistics, params)]
@@ -310,7 +326,8 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
                     params.max_top_share, row["top_share"])
     return replace(given, method=row["method"], beam_size=row["beam_size"],
                    length_penalty=row["length_penalty"], labels=row["labels"],
-                   beam_choice=row["beam_choice"], normal_text=row["normal_text"]), rows, row
+                   beam_choice=row["beam_choice"], normal_text=row["normal_text"],
+                   finding_text=row["finding_text"]), rows, row
 
 
 def choose(rows: list[dict], statistics: Sequence[StudyStatistics],

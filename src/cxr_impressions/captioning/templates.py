@@ -23,10 +23,18 @@ content is kept as written.
 reading of the caption stays normal, and its wording becomes the title's. What the labeller does
 not read (a tortuous aorta, an interval change) is reworded away with the rest.
 
-The templates and the normal impressions are taken from the training split by the selection
-stage and kept in `models/decoding.json` (`normal_templates`: title key to text, "" for no
-known title; `normal_impressions`), so that evaluate, `cxr predict` and `cxr serve` word
-normal studies alike.
+Finding phrases, for `decode.finding_text: appended`: the decoder conditioned on findings
+writes most of the findings it is prompted with, but drops some, the rarer and the focal ones
+most (a nodule or a granuloma in a crowded prompt). Under `appended`, each finding the labels
+turn on that the caption does not name at all gets a short phrase of its own appended, the
+training split's commonest way to end a sentence that states that finding alone ("cardiomegaly
+.", "low lung volumes ."). A caption that names the finding, even to negate it, keeps its word:
+no caption says "no effusion . effusion .".
+
+The templates, the normal impressions and the finding phrases are taken from the training split
+by the selection stage and kept in `models/decoding.json` (`normal_templates`: title key to
+text, "" for no known title; `normal_impressions`; `finding_phrases`: finding to text), so that
+evaluate, `cxr predict` and `cxr serve` word studies alike.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..data.labeller import FINDINGS, label_text, sentences
 from ..data.titles import TitleVocabulary, title_key
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
 
@@ -74,6 +83,34 @@ def normal_impressions(texts: Sequence[str], normal: np.ndarray,
     `decode.normal_text: template_written` rewords as the study's template."""
     return sorted({text for text, is_normal in zip(texts, normal, strict=True)
                    if is_normal and _writable(text, vocab)})
+
+
+def finding_phrases(texts: Sequence[str], vocab: Vocabulary,
+                    max_words: int = 4) -> dict[str, str]:
+    """Per finding (data/labeller.py), from the training split's reference `texts`: the phrase
+    that ends the most sentences of the texts stating that finding, among the sentences' last 1
+    to `max_words` words that the labeller reads as that finding alone and the decoder can
+    write; ties go to the shorter, then to sort order. A finding no such phrase states is left
+    out (nothing is appended for it)."""
+    stop = " ." if _writable(".", vocab) else ""  # `clean.sentence_token: ""` writes none
+    reading: dict[str, str | None] = {}  # phrase -> the one finding it states, or None
+    counts: dict[str, Counter] = {finding: Counter() for finding in FINDINGS}
+    for text in texts:
+        stated = label_text(text)
+        for sentence in sentences(text):
+            words = sentence.split()
+            for n in range(1, min(max_words, len(words)) + 1):
+                phrase = " ".join(words[len(words) - n:]) + stop
+                if phrase not in reading:
+                    read = label_text(phrase)
+                    alone = [f for f in FINDINGS if read[f]]
+                    reading[phrase] = (alone[0] if len(alone) == 1 and _writable(phrase, vocab)
+                                       else None)
+                finding = reading[phrase]
+                if finding is not None and stated[finding]:
+                    counts[finding][phrase] += 1
+    return {finding: min(c, key=lambda p, c=c: (-c[p], len(p.split()), p))
+            for finding, c in counts.items() if c}
 
 
 def template_ids(templates: dict[str, str], known: TitleVocabulary | None,

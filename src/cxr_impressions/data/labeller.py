@@ -64,14 +64,15 @@ MESH_TERMS: dict[str, tuple[str, ...]] = {
 NORMAL_MESH = {"normal"}
 
 
-def _sentences(text: str) -> list[str]:
+def sentences(text: str) -> list[str]:
+    """The sentences of normalised text, without their full stops."""
     return [s.strip() for s in re.split(r"\s\.\s?|\.$", text) if s.strip()]
 
 
 def mentions(text: str) -> dict[str, bool]:
     """For each finding: positive (True) if mentioned without negation in some sentence."""
     found = dict.fromkeys(FINDINGS, False)
-    for sentence in _sentences(text):
+    for sentence in sentences(text):
         for finding, pattern in _PHRASES.items():
             if found[finding]:
                 continue
@@ -80,6 +81,11 @@ def mentions(text: str) -> dict[str, bool]:
                     found[finding] = True
                     break
     return found
+
+
+def named(text: str) -> set[str]:
+    """The findings `text` names at all, negated or not ("no effusion" names pleural_effusion)."""
+    return {finding for finding, pattern in _PHRASES.items() if pattern.search(text)}
 
 
 def _negated(sentence: str, position: int) -> bool:

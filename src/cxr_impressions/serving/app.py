@@ -89,6 +89,9 @@ class PredictResponse(BaseModel):
     # The impression is the exam title's normal template (the study predicted normal, or with
     # template_written or template_read its caption written or read as normal).
     normal_template: bool
+    # The findings whose phrases `decode.finding_text: appended` added after the decoder's
+    # words (empty: every word is the decoder's, or the template's).
+    appended_findings: list[str]
     labels: Labels
     views: list[str]
     decoding: dict
@@ -366,6 +369,7 @@ def _response(result: Prediction, views: int, decoding: dict, identity: dict,
                     "predicted": bool(result.abnormal >= threshold),
                     "threshold": round(threshold, 4)}
     body = {"impression": result.text, "words": words, "normal_template": result.template,
+            "appended_findings": list(result.appended),
             "labels": {"abnormal": abnormal, "findings": findings},
             "views": list(VIEWS[:views]), "decoding": decoding, "model": identity,
             "seconds": round(seconds, 4)}

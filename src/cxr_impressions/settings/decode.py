@@ -29,6 +29,8 @@ class DecodeParams(DecodingSettings):
     beam_choices: tuple[str, ...] = ("score",)  # candidates for `beam_choice` (beams > 1)
     # Candidates for `normal_text` (a conditioned model; unconditioned, only `decoder`).
     normal_texts: tuple[str, ...] = ("template_read",)
+    # Candidates for `finding_text` (a model conditioned on findings; otherwise only `decoder`).
+    finding_texts: tuple[str, ...] = ("decoder",)
     select_metric: SelectMetric = "bleu4"
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
@@ -69,3 +71,6 @@ class DecodeParams(DecodingSettings):
         if not self.normal_texts or any(t not in self.NORMAL_TEXTS for t in self.normal_texts):
             raise InputError(f"{source}: decode.normal_texts must be a non-empty list of "
                              f"{' | '.join(self.NORMAL_TEXTS)}, got {list(self.normal_texts)}")
+        if not self.finding_texts or any(t not in self.FINDING_TEXTS for t in self.finding_texts):
+            raise InputError(f"{source}: decode.finding_texts must be a non-empty list of "
+                             f"{' | '.join(self.FINDING_TEXTS)}, got {list(self.finding_texts)}")

@@ -17,6 +17,7 @@ from .fields import at_least
 LabelMode = Literal["independent", "consistent"]
 BeamChoice = Literal["score", "mbr"]
 NormalText = Literal["decoder", "template", "template_written", "template_read"]
+FindingText = Literal["decoder", "appended"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,10 +44,16 @@ class DecodingSettings:
     # split's normal impressions), whatever its labels; `template_read`, that of `template`, and
     # so is a study whose caption the labeller reads as normal (no finding), whatever its labels.
     normal_text: NormalText = "decoder"
+    # How the findings a conditioned model's labels turn on are worded: `decoder`, as the
+    # decoder writes them (it drops some it is prompted with); `appended`, the caption gets,
+    # for each finding turned on that it does not name at all (negated or not), that finding's
+    # phrase (captioning/templates.py) appended. Applied before `normal_text`.
+    finding_text: FindingText = "decoder"
 
     LABEL_MODES: ClassVar[tuple[str, ...]] = get_args(LabelMode)
     BEAM_CHOICES: ClassVar[tuple[str, ...]] = get_args(BeamChoice)
     NORMAL_TEXTS: ClassVar[tuple[str, ...]] = get_args(NormalText)
+    FINDING_TEXTS: ClassVar[tuple[str, ...]] = get_args(FindingText)
 
     def settings(self) -> dict[str, Any]:
         """These settings alone (also of a subclass): what models/decoding.json holds."""
