@@ -152,7 +152,7 @@ def describe(row: dict) -> str:
 
 
 def table_row(label: str, chosen: str, values: dict, width: int) -> str:
-    return (f"{label:<{width}} {chosen:<40} " + " ".join(f"{values[m]:>9.4f}" for m in METRICS)
+    return (f"{label:<{width}} {chosen:<56} " + " ".join(f"{values[m]:>9.4f}" for m in METRICS)
             + f" {values['top_share']:>9.1%}")
 
 
@@ -203,7 +203,7 @@ def main() -> None:
     print(f"validation: {n} studies; {len(rows)} candidates; chosen by {decode.select_metric}, "
           f"ties {decode.select_ties} unless given, guards {list(decode.select_guards)}")
     width = max(44, *(len(str(choice)) for choice in choices))
-    print(f"{'choice (grid@ties)':<{width}} {'chosen':<40} "
+    print(f"{'choice (grid@ties)':<{width}} {'chosen':<56} "
           + " ".join(f"{m[:9]:>9}" for m in (*METRICS, "top")))
     for choice, index in zip(choices, picks, strict=True):
         print(table_row(str(choice), describe(full[index]), full[index], width))

@@ -408,11 +408,13 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
 def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:
     """scripts/decoding_candidates.py on the sample model: under the params' own candidates
     and tie rule (`template_read`, `varied`) it picks what the selection stage chose, a
-    choice narrowed to one length penalty picks greedy or a beam at that penalty, and it
-    scores every choice on held-out halves."""
+    choice narrowed to one length penalty picks greedy or a beam at that penalty, one narrowed
+    to appended finding phrases picks appended captions, and it scores every choice on
+    held-out halves."""
     out = sh(sys.executable, "scripts/decoding_candidates.py", "--repeats", "3", "--compare",
              "decoder,template", "template_read", "decoder,template,template_read@best",
-             "normal_text=template_read;length_penalty=0.0", cwd=pipeline_repo)
+             "normal_text=template_read;length_penalty=0.0",
+             "normal_text=template_read;finding_text=appended", cwd=pipeline_repo)
     rows = {choice: (chosen, float(bleu4)) for choice, chosen, bleu4 in re.findall(
         r"^((?:decoder,)?template\S*) +(\S.*?\S) +(\d\.\d{4}) ", out.split("\nsplit-half")[0],
         re.MULTILINE)}
@@ -422,8 +424,11 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
     decoding = json.loads((pipeline_repo / "models/decoding.json").read_text())
     assert decoding["normal_text"] == "template_read"
     assert rows["template_read"][1] == pytest.approx(selected["val_bleu4"], abs=1e-4), out
-    assert rows["template_read"][0].endswith(", template_read"), out
-    assert rows["decoder,template"][0].endswith((", decoder", ", template")), out
+    assert rows["template_read"][0].endswith(
+        f", template_read{', appended' if decoding['finding_text'] == 'appended' else ''}"), out
+    assert rows["decoder,template"][0].endswith((", decoder", ", template", ", appended")), out
+    assert re.search(r"^normal_text=template_read;finding_text=appended +(greedy|beam \d, "
+                     r"lp \S+), \w+, template_read, appended ", out, re.MULTILINE), out
     narrowed = re.search(r"^normal_text=template_read;length_penalty=0\.0 +(greedy|beam \d, "
                          r"lp (\S+)),", out, re.MULTILINE)
     assert narrowed and narrowed[2] in (None, "0.0"), out
@@ -435,6 +440,7 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
     assert re.search(r"^split-half: 3 random halvings", out, re.MULTILINE), out
     # A choice it cannot read: one line, no traceback.
     for choice, message in (("title@varied", "'title@varied': expected normal_text values"),
+                            ("finding_text=always", "expected finding_text values"),
                             ("length_penalty=long", "length_penalty takes float values"),
                             ("beams=3", "expected KEY=VALUES parts"),
                             ("length_penalty=0.7,5", "error: --compare: decode.length_penalties "

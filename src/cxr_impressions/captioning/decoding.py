@@ -29,11 +29,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..data.labeller import label_text, named
+from ..data.labeller import label_text
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
 from ..errors import InputError
 from ..settings.decoding import DecodingSettings
 from .models import CaptionModel
+from .templates import named
 
 log = logging.getLogger(__name__)
 

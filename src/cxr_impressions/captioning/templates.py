@@ -39,16 +39,21 @@ evaluate, `cxr predict` and `cxr serve` word studies alike.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
-from ..data.labeller import FINDINGS, label_text, sentences
+from ..data.labeller import FINDINGS, label_text
 from ..data.titles import TitleVocabulary, title_key
 from ..data.tokenizer import UNKNOWN_ID, Vocabulary
 
 NO_TITLE = ""  # the templates' key for a study without a known exam title
+# Each finding's phrases as the labeller matches them, negated or not. Here, not in the
+# labeller, which the finetune stage depends on: a change there would rerun the finetune.
+_NAMES = {finding: re.compile(r"\b(" + "|".join(phrases) + r")\b")
+          for finding, phrases in FINDINGS.items()}
 
 
 def normal_templates(titles: Sequence[str | None] | None, texts: Sequence[str],
@@ -97,8 +102,8 @@ def finding_phrases(texts: Sequence[str], vocab: Vocabulary,
     counts: dict[str, Counter] = {finding: Counter() for finding in FINDINGS}
     for text in texts:
         stated = label_text(text)
-        for sentence in sentences(text):
-            words = sentence.split()
+        for sentence in text.split(" . "):
+            words = sentence.removesuffix(" .").removesuffix(".").split()
             for n in range(1, min(max_words, len(words)) + 1):
                 phrase = " ".join(words[len(words) - n:]) + stop
                 if phrase not in reading:
@@ -111,6 +116,12 @@ def finding_phrases(texts: Sequence[str], vocab: Vocabulary,
                     counts[finding][phrase] += 1
     return {finding: min(c, key=lambda p, c=c: (-c[p], len(p.split()), p))
             for finding, c in counts.items() if c}
+
+
+def named(text: str) -> set[str]:
+    """The findings `text` names at all, negated or not ("no effusion" names pleural_effusion):
+    `finding_text: appended` never appends a finding the caption already speaks of."""
+    return {finding for finding, pattern in _NAMES.items() if pattern.search(text)}
 
 
 def template_ids(templates: dict[str, str], known: TitleVocabulary | None,

@@ -64,15 +64,14 @@ MESH_TERMS: dict[str, tuple[str, ...]] = {
 NORMAL_MESH = {"normal"}
 
 
-def sentences(text: str) -> list[str]:
-    """The sentences of normalised text, without their full stops."""
+def _sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"\s\.\s?|\.$", text) if s.strip()]
 
 
 def mentions(text: str) -> dict[str, bool]:
     """For each finding: positive (True) if mentioned without negation in some sentence."""
     found = dict.fromkeys(FINDINGS, False)
-    for sentence in sentences(text):
+    for sentence in _sentences(text):
         for finding, pattern in _PHRASES.items():
             if found[finding]:
                 continue
@@ -81,11 +80,6 @@ def mentions(text: str) -> dict[str, bool]:
                     found[finding] = True
                     break
     return found
-
-
-def named(text: str) -> set[str]:
-    """The findings `text` names at all, negated or not ("no effusion" names pleural_effusion)."""
-    return {finding for finding, pattern in _PHRASES.items() if pattern.search(text)}
 
 
 def _negated(sentence: str, position: int) -> bool:

@@ -29,8 +29,9 @@ class DecodeParams(DecodingSettings):
     beam_choices: tuple[str, ...] = ("score",)  # candidates for `beam_choice` (beams > 1)
     # Candidates for `normal_text` (a conditioned model; unconditioned, only `decoder`).
     normal_texts: tuple[str, ...] = ("template_read",)
-    # Candidates for `finding_text` (a model conditioned on findings; otherwise only `decoder`).
-    finding_texts: tuple[str, ...] = ("decoder",)
+    # Candidates for `finding_text` (a model conditioned on findings; otherwise only `decoder`);
+    # `appended` added on validation over seven runs (docs/results.md, "Finding phrases").
+    finding_texts: tuple[str, ...] = ("decoder", "appended")
     select_metric: SelectMetric = "bleu4"
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
