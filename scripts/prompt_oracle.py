@@ -8,7 +8,9 @@ Also the label head alone. High oracle scores with low predicted ones put the ga
 head (what the image shows), not in the decoder (how it writes what it is told). Last, per
 label, under the model's own decoding settings (models/decoding.json): how many studies the
 label head prompts with it, the share of those whose caption the labeller reads it in, and the
-share of the others (a decoder that drops what it is told, or writes what it is not).
+share of the others (a decoder that drops what it is told, or writes what it is not; under
+`decode.finding_text: appended` the captions state every prompted finding that has a phrase,
+unless they negate it).
 
     python scripts/prompt_oracle.py [--root .] [--features features/xception.h5]
 
@@ -70,8 +72,10 @@ def main() -> None:
     with FeatureStore(args.root / args.features) as store:
         val = load_split(args.root / "data" / "clean", "val", store, bundle.vocab, grid_pool)
     inputs = bundle.model_inputs(val.inputs(), val.titles)
-    # What the decoder writes under each condition: no normal template in these two rows.
-    greedy = replace(bundle.decode, method="greedy", beam_size=1, normal_text="decoder")
+    # What the decoder writes under each condition: no normal template and no finding phrase
+    # in these two rows.
+    greedy = replace(bundle.decode, method="greedy", beam_size=1, normal_text="decoder",
+                     finding_text="decoder")
     predicted = bundle.decoder()
     texts = predicted.texts(predicted.decode(inputs, replace(greedy, labels="consistent")))
     print(summary("predicted labels (consistent), greedy", texts, val.texts))

@@ -51,12 +51,14 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     assert set(thresholds["candidates_mean_val_f1"]) == {
         "0.5", "0.75", "1.0", "1.25", "1.5", "2.0", "2.5", "3.0", "4.0"}
     # (greedy + 1 beam x 2 penalties) x 2 label modes (independent, consistent), each with its
-    # studies predicted normal, or written as the labeller reads normal, templated
+    # studies predicted normal, or written as the labeller reads normal, templated; each once
+    # as the decoder words its findings and once with the phrases of those it left out
     candidates = selection["decoding"]["candidates"]
-    assert [(c["beam_size"], c["length_penalty"], c["labels"], c["normal_text"])
-            for c in candidates] == [
-        (beam, penalty, mode, "template_read") for mode in ("independent", "consistent")
-        for beam, penalty in ((1, 0.7), (2, 0.0), (2, 0.7))]
+    assert [(c["beam_size"], c["length_penalty"], c["labels"], c["normal_text"],
+             c["finding_text"]) for c in candidates] == [
+        (beam, penalty, mode, "template_read", finding) for mode in ("independent", "consistent")
+        for searched in (((1, 0.7),), ((2, 0.0), (2, 0.7)))
+        for finding in ("decoder", "appended") for beam, penalty in searched]
     chosen = selection["decoding"]["chosen"]  # selected on validation, used by evaluate
     decoding = json.loads((repo / "models/decoding.json").read_text())
     label_thresholds = decoding.pop("label_thresholds")
