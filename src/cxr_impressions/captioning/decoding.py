@@ -367,7 +367,7 @@ class Decoder:
     def worded_findings(self, decoded: Sequence[Decoded],
                         finding_text: str) -> list[Decoded]:
         """`decoded` with, under `finding_text: appended`, each finding its labels turn on but
-        its caption does not name (data/labeller.py `named`) stated by that finding's phrase
+        its caption does not name (templates.py `named`) stated by that finding's phrase
         after the caption; under `decoder`, or for a model not conditioned on findings, as it
         is."""
         if finding_text == "decoder" or not self.model.conditioned:
