@@ -45,7 +45,7 @@ from .decoding import Decoder
 from .models import CaptionModel, build_model, ensemble
 from .retrieval import MemoryBank
 from .studies import GRID_POOLING
-from .templates import NO_TITLE, template_ids
+from .templates import NO_TITLE, phrase_ids, template_ids
 
 
 @dataclass
@@ -91,8 +91,7 @@ class Bundle:
         return Decoder(self.model, self.vocab,
                        self.thresholds if thresholds is None else thresholds, self.template_ids,
                        [self.vocab.encode(text)[1:-1] for text in self.normal_impressions],
-                       {finding: self.vocab.encode(phrase)[1:-1]
-                        for finding, phrase in self.finding_phrases.items()} or None)
+                       phrase_ids(self.finding_phrases, self.vocab))
 
     def model_inputs(self, inputs: dict[str, np.ndarray],
                      exam_titles: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:

@@ -25,7 +25,13 @@ from ..settings.decoding import DecodingSettings
 from .bundle import Bundle
 from .decoding import Decoder, has_consistency_rule, minimum_bayes_risk, rerank
 from .studies import Studies
-from .templates import finding_phrases, normal_impressions, normal_templates, template_ids
+from .templates import (
+    finding_phrases,
+    normal_impressions,
+    normal_templates,
+    phrase_ids,
+    template_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +99,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
     decoder = Decoder(model, bundle.vocab, thresholds,
                       template_ids(templates, bundle.titles, bundle.vocab) if templates else None,
                       [bundle.vocab.encode(text)[1:-1] for text in impressions],
-                      {finding: bundle.vocab.encode(phrase)[1:-1]
-                       for finding, phrase in phrases.items()} if phrases else None)
+                      phrase_ids(phrases, bundle.vocab))
     chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
     if decode.select:
         chosen_decoding, candidates, best = select_decoding(decoder, inputs, val.texts, decode)

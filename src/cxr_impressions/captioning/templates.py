@@ -124,6 +124,11 @@ def named(text: str) -> set[str]:
     return {finding for finding, pattern in _NAMES.items() if pattern.search(text)}
 
 
+def phrase_ids(phrases: dict[str, str], vocab: Vocabulary) -> dict[str, list[int]] | None:
+    """The finding phrases' word ids by finding, as the decoder appends them (None: no phrase)."""
+    return {finding: vocab.encode(phrase)[1:-1] for finding, phrase in phrases.items()} or None
+
+
 def template_ids(templates: dict[str, str], known: TitleVocabulary | None,
                  vocab: Vocabulary) -> list[list[int]]:
     """The templates' word ids by title id (data/titles.py): id 0, a study without a known
