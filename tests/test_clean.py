@@ -125,6 +125,15 @@ def test_vocabulary_roundtrip(tmp_path, sample_tables) -> None:
     assert loaded.decode(loaded.encode("no acute disease .")) == "no acute disease ."
 
 
+def test_word_ids_are_the_words_alone_cut_like_encode() -> None:
+    vocab = Vocabulary.build(["lungs clear .", "lungs clear ."], 2, "startseq", "endseq", 5)
+    assert vocab.word_ids("lungs clear .") == [vocab.index[w] for w in ("lungs", "clear", ".")]
+    assert vocab.word_ids("lungs zebra") == [vocab.index["lungs"], 1]
+    long = "lungs clear . lungs clear ."
+    assert vocab.word_ids(long) == vocab.word_ids("lungs clear .") == vocab.encode(long)[1:-1]
+    assert vocab.word_ids("") == []
+
+
 def test_empty_target_dropped_and_counted(sample_tables) -> None:
     reports, images = sample_tables
     result = clean_reports(reports, images, CleanParams(target="findings"))

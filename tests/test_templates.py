@@ -46,7 +46,7 @@ def test_each_title_gets_its_commonest_normal_impression_the_decoder_can_write()
     assert [vocab.decode(i) for i in ids] == ["no .", "no effusion .", "no ."]
     # A model that reads no title: one template, of every normal study.
     assert normal_templates(None, TEXTS, NORMAL, None, vocab) == {NO_TITLE: "no ."}
-    assert template_ids({NO_TITLE: "no ."}, None, vocab) == [vocab.encode("no .")[1:-1]]
+    assert template_ids({NO_TITLE: "no ."}, None, vocab) == [vocab.word_ids("no .")]
     # Too long for the decoder's max_len: not writable either.
     short = Vocabulary(WORDS, "startseq", "endseq", 4)
     assert normal_templates(None, TEXTS, NORMAL, None, short) == {NO_TITLE: "no ."}
@@ -120,7 +120,7 @@ def test_a_caption_the_labeller_reads_as_normal_is_worded_as_its_titles_template
     own = decoder.decode(inputs, DecodingSettings(beam_size=2))
     assert all(d.condition.all() for d in own)
     written = ["no .", "effusion .", "no .", "effusion effusion ."]
-    decoded = [replace(d, ids=vocab.encode(text)[1:-1]) for d, text in zip(own, written,
+    decoded = [replace(d, ids=vocab.word_ids(text)) for d, text in zip(own, written,
                                                                            strict=True)]
     worded = decoder.worded(decoded, inputs, "template_read")
     assert decoder.texts(worded) == ["no effusion .", "effusion .", "no effusion .",
@@ -176,7 +176,7 @@ def test_template_candidates_are_selected_on_validation_and_decode_as_scored() -
                                          r"got \['title'\]"):
         DecodeParams(normal_texts=("title",)).validate("params.yaml")
     # A third candidate per search with template_written, from the same captions.
-    decoder, _, _ = _templated_decoder(1.01, ((vocab.encode("no .")[1:-1]),))
+    decoder, _, _ = _templated_decoder(1.01, ((vocab.word_ids("no .")),))
     written = replace(params, normal_texts=("decoder", "template", "template_written"))
     _, rows, _ = select_decoding(decoder, inputs, references, written)
     assert [(r["beam_size"], r["normal_text"]) for r in rows] == [
@@ -281,7 +281,7 @@ def test_each_findings_phrase_is_the_commonest_sentence_ending_that_states_it_al
 
 def _phrased_decoder(thresholds: float) -> tuple[Decoder, Vocabulary, dict]:
     decoder, vocab, inputs = _templated_decoder(thresholds)
-    decoder.finding_phrases = {"pleural_effusion": vocab.encode("effusion .")[1:-1]}
+    decoder.finding_phrases = {"pleural_effusion": vocab.word_ids("effusion .")}
     return decoder, vocab, inputs
 
 
@@ -289,7 +289,7 @@ def test_a_finding_turned_on_that_the_caption_does_not_name_gets_its_phrase_appe
     decoder, vocab, inputs = _phrased_decoder(0.0)  # every label on; titles 1, 0, 1, 0
     own = decoder.decode(inputs, DecodingSettings(beam_size=2))
     written = ["no .", "effusion .", "no effusion .", "no no ."]
-    decoded = [replace(d, ids=vocab.encode(text)[1:-1]) for d, text in zip(own, written,
+    decoded = [replace(d, ids=vocab.word_ids(text)) for d, text in zip(own, written,
                                                                            strict=True)]
     appended = decoder.worded(decoded, inputs, "decoder", "appended")
     # A caption that names the effusion keeps its word, negated or not: never "no effusion .

@@ -90,7 +90,7 @@ class Bundle:
         label thresholds (or `thresholds`, one per label)."""
         return Decoder(self.model, self.vocab,
                        self.thresholds if thresholds is None else thresholds, self.template_ids,
-                       [self.vocab.encode(text)[1:-1] for text in self.normal_impressions],
+                       [self.vocab.word_ids(text) for text in self.normal_impressions],
                        phrase_ids(self.finding_phrases, self.vocab))
 
     def model_inputs(self, inputs: dict[str, np.ndarray],

@@ -98,7 +98,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
                          "on findings (model.condition: findings)")
     decoder = Decoder(model, bundle.vocab, thresholds,
                       template_ids(templates, bundle.titles, bundle.vocab) if templates else None,
-                      [bundle.vocab.encode(text)[1:-1] for text in impressions],
+                      [bundle.vocab.word_ids(text) for text in impressions],
                       phrase_ids(phrases, bundle.vocab))
     chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
     if decode.select:

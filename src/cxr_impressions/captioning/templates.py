@@ -126,7 +126,7 @@ def named(text: str) -> set[str]:
 
 def phrase_ids(phrases: dict[str, str], vocab: Vocabulary) -> dict[str, list[int]] | None:
     """The finding phrases' word ids by finding, as the decoder appends them (None: no phrase)."""
-    return {finding: vocab.encode(phrase)[1:-1] for finding, phrase in phrases.items()} or None
+    return {finding: vocab.word_ids(phrase) for finding, phrase in phrases.items()} or None
 
 
 def template_ids(templates: dict[str, str], known: TitleVocabulary | None,
@@ -135,9 +135,9 @@ def template_ids(templates: dict[str, str], known: TitleVocabulary | None,
     title, gets the `NO_TITLE` template, as does a known title without one of its own."""
     keys = known.keys if known is not None else []
     texts = [templates[NO_TITLE], *(templates.get(key, templates[NO_TITLE]) for key in keys)]
-    return [vocab.encode(text)[1:-1] for text in texts]
+    return [vocab.word_ids(text) for text in texts]
 
 
 def _writable(text: str, vocab: Vocabulary) -> bool:
-    ids = vocab.encode(text)[1:-1]
+    ids = vocab.word_ids(text)
     return bool(ids) and UNKNOWN_ID not in ids and len(ids) == len(text.split())

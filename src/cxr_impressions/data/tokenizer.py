@@ -60,6 +60,11 @@ class Vocabulary:
         ids = [index.get(w, 1) for w in text.split()][: self.max_len - 2]
         return [self.start_id, *ids, self.end_id]
 
+    def word_ids(self, text: str) -> list[int]:
+        """Ids of the words of `text` alone (no start or end token), cut as `encode` cuts them:
+        what the decoder writes or appends for that text."""
+        return self.encode(text)[1:-1]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Words for `ids`, stopping at the end token and skipping padding and the start token."""
         words = []
