@@ -120,8 +120,8 @@ def test_a_caption_the_labeller_reads_as_normal_is_worded_as_its_titles_template
     own = decoder.decode(inputs, DecodingSettings(beam_size=2))
     assert all(d.condition.all() for d in own)
     written = ["no .", "effusion .", "no .", "effusion effusion ."]
-    decoded = [replace(d, ids=vocab.word_ids(text)) for d, text in zip(own, written,
-                                                                           strict=True)]
+    decoded = [replace(d, ids=vocab.word_ids(text))
+               for d, text in zip(own, written, strict=True)]
     worded = decoder.worded(decoded, inputs, "template_read")
     assert decoder.texts(worded) == ["no effusion .", "effusion .", "no effusion .",
                                      "effusion effusion ."]
@@ -289,8 +289,8 @@ def test_a_finding_turned_on_that_the_caption_does_not_name_gets_its_phrase_appe
     decoder, vocab, inputs = _phrased_decoder(0.0)  # every label on; titles 1, 0, 1, 0
     own = decoder.decode(inputs, DecodingSettings(beam_size=2))
     written = ["no .", "effusion .", "no effusion .", "no no ."]
-    decoded = [replace(d, ids=vocab.word_ids(text)) for d, text in zip(own, written,
-                                                                           strict=True)]
+    decoded = [replace(d, ids=vocab.word_ids(text))
+               for d, text in zip(own, written, strict=True)]
     appended = decoder.worded(decoded, inputs, "decoder", "appended")
     # A caption that names the effusion keeps its word, negated or not: never "no effusion .
     # effusion .".

@@ -48,6 +48,19 @@ from .studies import GRID_POOLING
 from .templates import NO_TITLE, phrase_ids, template_ids
 
 
+def worded_decoder(model: CaptionModel, vocab: Vocabulary, titles: TitleVocabulary | None,
+                   thresholds: float | Sequence[float] | np.ndarray,
+                   templates: dict[str, str], normal_impressions: Sequence[str],
+                   phrases: dict[str, str]) -> Decoder:
+    """A decoder of `model` under `thresholds` (one per label) that words its captions with
+    these texts, as word ids of `vocab`: the normal templates by exam title (empty:
+    none), the normal training impressions and the finding phrases by finding."""
+    return Decoder(model, vocab, thresholds,
+                   template_ids(templates, titles, vocab) if templates else None,
+                   [vocab.word_ids(text) for text in normal_impressions],
+                   phrase_ids(phrases, vocab))
+
+
 @dataclass
 class Bundle:
     model: CaptionModel
@@ -88,10 +101,10 @@ class Bundle:
     def decoder(self, thresholds: np.ndarray | None = None) -> Decoder:
         """The decoder of this model, with its normal templates and finding phrases, under its
         label thresholds (or `thresholds`, one per label)."""
-        return Decoder(self.model, self.vocab,
-                       self.thresholds if thresholds is None else thresholds, self.template_ids,
-                       [self.vocab.word_ids(text) for text in self.normal_impressions],
-                       phrase_ids(self.finding_phrases, self.vocab))
+        return worded_decoder(self.model, self.vocab, self.titles,
+                              self.thresholds if thresholds is None else thresholds,
+                              self.normal_templates, self.normal_impressions,
+                              self.finding_phrases)
 
     def model_inputs(self, inputs: dict[str, np.ndarray],
                      exam_titles: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:

@@ -22,15 +22,13 @@ from ..evaluation.bootstrap import StudyStatistics, paired_differences, study_st
 from ..evaluation.scoring import clinical_scores, text_metrics
 from ..settings.decode import DecodeParams
 from ..settings.decoding import DecodingSettings
-from .bundle import Bundle
+from .bundle import Bundle, worded_decoder
 from .decoding import Decoder, has_consistency_rule, minimum_bayes_risk, rerank
 from .studies import Studies
 from .templates import (
     finding_phrases,
     normal_impressions,
     normal_templates,
-    phrase_ids,
-    template_ids,
 )
 
 log = logging.getLogger(__name__)
@@ -96,10 +94,8 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
     if decode.finding_text != "decoder" and not decode.select and not phrases:
         raise InputError(f"decode.finding_text: {decode.finding_text} needs a model conditioned "
                          "on findings (model.condition: findings)")
-    decoder = Decoder(model, bundle.vocab, thresholds,
-                      template_ids(templates, bundle.titles, bundle.vocab) if templates else None,
-                      [bundle.vocab.word_ids(text) for text in impressions],
-                      phrase_ids(phrases, bundle.vocab))
+    decoder = worded_decoder(model, bundle.vocab, bundle.titles, thresholds, templates,
+                             impressions, phrases)
     chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
     if decode.select:
         chosen_decoding, candidates, best = select_decoding(decoder, inputs, val.texts, decode)
