@@ -16,6 +16,10 @@ sigmoid head train on the cache. `train_from: all` (GPU): the whole backbone tra
 images, with light augmentation (small shifts, zoom, rotation, contrast; no flips, which would
 move the heart to the right).
 
+`head_init: probe` starts the head from the frozen backbone's linear probes (`probe_head`)
+rather than at random, so that the first steps adapt the backbone toward the targets instead of
+pushing a random head's errors into it (LP-FT: Kumar et al., 2022).
+
 Measured in the same run, as linear probes (logistic regression on the pooled vectors, the
 study's views averaged, fitted on the training split, L2 strength chosen per target on
 validation): the frozen starting backbone and the adapted one, AUC per target on val and test.
@@ -350,6 +354,51 @@ def logistic_newton(design: np.ndarray, targets: np.ndarray, l2: float,
     return w
 
 
+@dataclass(frozen=True)
+class ProbeSpace:
+    """Where the probes are fitted: vectors standardised on the training split, in the span
+    of the training vectors (where an L2-penalised solution lies; w = V a with |w| = |a|, so
+    the same problem in min(n, d) coordinates), with an intercept column last."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    basis: np.ndarray  # (d, k)
+
+    @classmethod
+    def of(cls, train_vectors: np.ndarray) -> ProbeSpace:
+        mean, std = train_vectors.mean(axis=0), train_vectors.std(axis=0) + 1e-6
+        standardised = (train_vectors.astype(np.float64) - mean) / std
+        _, singular, basis_t = np.linalg.svd(standardised, full_matrices=False)
+        return cls(mean, std, basis_t[singular > singular[0] * 1e-10].T)
+
+    def design(self, vectors: np.ndarray) -> np.ndarray:
+        coordinates = ((vectors.astype(np.float64) - self.mean) / self.std) @ self.basis
+        return np.hstack([coordinates, np.ones((len(vectors), 1))])
+
+    def linear(self, solution: np.ndarray) -> tuple[np.ndarray, float]:
+        """(kernel, bias) giving the solution's scores on the raw vectors: x @ kernel + bias."""
+        direction = self.basis @ solution[:-1] / self.std
+        return direction, float(solution[-1] - self.mean @ direction)
+
+
+def best_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]
+               ) -> tuple[float, np.ndarray] | None:
+    """(L2, solution) of the logistic regression of one target on `train`'s design, with the
+    L2 strength in `PROBE_L2` of the best `val` AUC (the strongest where validation has one
+    class); None when training has one class."""
+    design, y = train
+    if y.min() == y.max():
+        return None
+    best: tuple[float, float, np.ndarray] | None = None
+    solution = None
+    for l2 in sorted(PROBE_L2, reverse=True):  # each fit starts from the stronger one's
+        solution = logistic_newton(design, y.astype(np.float64), l2, solution)
+        val_auc = auc(val[1], val[0] @ solution)
+        if best is None or (val_auc is not None and val_auc > best[1]):
+            best = (l2, -1.0 if val_auc is None else val_auc, solution)
+    return best[0], best[2]
+
+
 def fit_probes(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                test: tuple[np.ndarray, np.ndarray]) -> tuple[dict[str, dict], np.ndarray]:
     """Logistic regression per target on standardised vectors, L2 strength chosen per target
@@ -357,35 +406,44 @@ def fit_probes(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.n
     Each fit is solved to convergence (Newton) in the span of the training vectors, where an
     L2-penalised solution lies: so tiny changes in the vectors (float16 rounding) move the
     AUCs only as much as they move the optimum."""
-    x, y = train
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
-    standardised = {name: (part[0].astype(np.float64) - mean) / std for name, part in
-                    (("train", train), ("val", val), ("test", test))}
-    # w = V a with |w| = |a|: the same problem in min(n, d) coordinates.
-    _, singular, basis_t = np.linalg.svd(standardised["train"], full_matrices=False)
-    basis = basis_t[singular > singular[0] * 1e-10].T
-    design = {name: np.hstack([v @ basis, np.ones((len(v), 1))])
-              for name, v in standardised.items()}
+    space = ProbeSpace.of(train[0])
+    design = {name: space.design(part[0]) for name, part in
+              (("train", train), ("val", val), ("test", test))}
     out: dict[str, dict] = {"val": {}, "test": {}, "l2": {}}
     test_scores = np.full((len(test[0]), len(TARGETS)), np.nan)
     for j, target in enumerate(TARGETS):
-        if y[:, j].min() == y[:, j].max():  # one class in training: nothing to fit
+        fitted = best_probe((design["train"], train[1][:, j]), (design["val"], val[1][:, j]))
+        if fitted is None:  # one class in training: nothing to fit
             out["l2"][target], out["val"][target], out["test"][target] = None, None, None
             continue
-        best: tuple[float, float, np.ndarray] | None = None
-        solution = None
-        for l2 in sorted(PROBE_L2, reverse=True):  # each fit starts from the stronger one's
-            solution = logistic_newton(design["train"], y[:, j].astype(np.float64), l2,
-                                       solution)
-            val_auc = auc(val[1][:, j], design["val"] @ solution)
-            if best is None or (val_auc is not None and val_auc > best[1]):
-                best = (l2, -1.0 if val_auc is None else val_auc, solution)
-        l2, _, solution = best
-        out["l2"][target] = l2
+        out["l2"][target], solution = fitted
         test_scores[:, j] = design["test"] @ solution
         out["val"][target] = _round(auc(val[1][:, j], design["val"] @ solution))
         out["test"][target] = _round(auc(test[1][:, j], test_scores[:, j]))
     return out, test_scores
+
+
+def probe_head(pooled: np.ndarray, images: LabelledImages) -> tuple[np.ndarray, np.ndarray]:
+    """The head's (kernel, bias) for every training target (the scored ones, then the
+    auxiliary), each the linear probe of `pooled` that `fit_probes` would fit: on the training
+    studies' vectors (views averaged), L2 chosen on validation AUC. On an image's vector it
+    gives the logit the probe gives its study when the views agree. A target with one class
+    in training gets zero weights."""
+    vectors, targets = {}, {}
+    for split in ("train", "val"):
+        rows = view_rows(images, split)
+        vectors[split] = (pooled[rows[:, 0]].astype(np.float64) + pooled[rows[:, 1]]) / 2.0
+        targets[split] = images.training_targets[rows[:, 0]]
+    space = ProbeSpace.of(vectors["train"])
+    design = {split: space.design(v) for split, v in vectors.items()}
+    kernel = np.zeros((pooled.shape[1], targets["train"].shape[1]), np.float32)
+    bias = np.zeros(targets["train"].shape[1], np.float32)
+    for j in range(kernel.shape[1]):
+        fitted = best_probe((design["train"], targets["train"][:, j]),
+                            (design["val"], targets["val"][:, j]))
+        if fitted is not None:
+            kernel[:, j], bias[j] = space.linear(fitted[1])
+    return kernel, bias
 
 
 @dataclass(frozen=True)
@@ -781,6 +839,8 @@ def finetune(examples: pd.DataFrame, images: pd.DataFrame, out_path: str | os.Pa
     if frozen is None:  # the starting backbone, for the probes: before any training step
         frozen, _ = predict(adapter, feed, every, params.batch_size, len(data.paths))
         state.save_array("frozen_pooled", frozen)
+    if params.head_init == "probe" and not state.progress()["epochs_done"]:
+        adapter.model.get_layer("findings").set_weights(list(probe_head(frozen, data)))
     training = train_adapter(adapter, feed, data, params, state, progress)
     adapted, logits = predict(adapter, feed, every, params.batch_size, len(data.paths))
 

@@ -51,6 +51,11 @@ class FinetuneParams:
     # `batch_size` counts images either way (study: batch_size // 2 studies of two views; a
     # study with one view reads it twice). train_from top only.
     unit: Literal["image", "study"] = "image"
+    # random: the head starts at Keras' random initialisation; probe: at the frozen backbone's
+    # linear probes (fitted as metrics/finetune.json's, on the training studies, L2 chosen on
+    # validation), so the first steps adapt the backbone rather than correct a random head
+    # (LP-FT, "linear probing then fine-tuning").
+    head_init: Literal["random", "probe"] = "random"
     # bfloat16: the backbone under Keras' mixed_bfloat16 policy (cache, steps and passes) where
     # the CPU (AVX512_BF16 or AMX) or a GPU supports it, else float32 with a one-line notice.
     # Chosen on validation (README "Results"): as good, and 2.4x faster steps where supported.
