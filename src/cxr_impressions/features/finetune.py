@@ -295,12 +295,13 @@ def view_rows(images: LabelledImages, split: str) -> np.ndarray:
     return np.array([frontal, lateral], dtype=np.int64).T.reshape(len(frontal), 2)
 
 
-def study_vectors(per_image: np.ndarray, images: LabelledImages, split: str
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Per study of `split`: the mean of its view slots' rows of `per_image`, and its labels."""
+def study_vectors(per_image: np.ndarray, images: LabelledImages, split: str,
+                  labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per study of `split`: the mean of its view slots' rows of `per_image`, and its rows of
+    `labels` (per image; default the scored targets, `images.labels`)."""
     rows = view_rows(images, split)
     vectors = (per_image[rows[:, 0]].astype(np.float64) + per_image[rows[:, 1]]) / 2.0
-    return vectors.astype(np.float32), images.labels[rows[:, 0]]
+    return vectors.astype(np.float32), (images.labels if labels is None else labels)[rows[:, 0]]
 
 
 def study_scores(logits: np.ndarray, images: LabelledImages, split: str, unit: str
@@ -431,9 +432,8 @@ def probe_head(pooled: np.ndarray, images: LabelledImages) -> tuple[np.ndarray, 
     in training gets zero weights."""
     vectors, targets = {}, {}
     for split in ("train", "val"):
-        rows = view_rows(images, split)
-        vectors[split] = (pooled[rows[:, 0]].astype(np.float64) + pooled[rows[:, 1]]) / 2.0
-        targets[split] = images.training_targets[rows[:, 0]]
+        vectors[split], targets[split] = study_vectors(pooled, images, split,
+                                                       images.training_targets)
     space = ProbeSpace.of(vectors["train"])
     design = {split: space.design(v) for split, v in vectors.items()}
     kernel = np.zeros((pooled.shape[1], targets["train"].shape[1]), np.float32)
