@@ -27,6 +27,7 @@ from cxr_impressions.features.finetune import (
     labelled_images,
     logistic_newton,
     make_train_step,
+    mix_examples,
     positive_weights,
     probe_head,
     shift_activations,
@@ -40,8 +41,9 @@ from .helpers import REPO, SAMPLE, run_stage, write_params
 # cached activations shifted (so the resume test covers the shifts' seeding too), the
 # positives weighted, the learning rate on the cosine schedule (so a resumed run must
 # restore the optimizer's step count), auxiliary MeSH headings and the text's reading
-# trained beside the targets, and the head started from the frozen probes (so a run killed in
-# its first epoch must fit the same head again).
+# trained beside the targets, the head started from the frozen probes (so a run killed in
+# its first epoch must fit the same head again), and the examples mixed (mixup: a resumed
+# epoch must draw the same partners and weights).
 PARAMS = f"""data:
   root: {SAMPLE}
 features:
@@ -57,6 +59,7 @@ finetune:
   auxiliary_mesh: 3
   auxiliary_text: true
   head_init: probe
+  mixup: 0.4
 """
 OUT = "models/finetuned/xception.weights.h5"
 CACHE = Path("features/.finetune-cache")
@@ -335,6 +338,7 @@ def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) ->
      "activations); with train_from: all, use unit: image"),
     ("  unit: scan\n", "error: params.yaml: finetune.unit must be one of 'image', 'study', "
                        "got 'scan'"),
+    ("  mixup: -0.2\n", "error: params.yaml: finetune.mixup must be >= 0.0, got -0.2"),
     ("  head_init: zeros\n", "error: params.yaml: finetune.head_init must be one of 'random', "
                             "'probe', got 'zeros'"),
     ("  cut: block13_sepconv2_act\n", "error: finetune.cut: the layers above "
@@ -373,6 +377,33 @@ def test_activation_shift_translates_each_map_with_zero_fill() -> None:
         np.testing.assert_array_equal(shifted[i][inside], expected[inside])
         assert not shifted[i][~inside].any()
     np.testing.assert_array_equal(shift_activations(batch, 0, np.random.default_rng(0)), batch)
+
+
+def test_mixup_mixes_each_example_with_a_partner_of_its_batch() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 3, 3, 2)).astype(np.float32)  # 3 studies of two views each
+    y = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    mixed_x, mixed_y = mix_examples(x, y, 0.4, np.random.default_rng(5), views=2)
+    again = mix_examples(x, y, 0.4, np.random.default_rng(5), views=2)
+    np.testing.assert_array_equal(mixed_x, again[0])  # the seed decides: a resumed epoch redraws
+    draw = np.random.default_rng(5)
+    share, partner = draw.beta(0.4, 0.4, size=3).astype(np.float32), draw.permutation(3)
+    assert share.min() > 0 and share.max() < 1 and (partner != np.arange(3)).any()
+    for study in range(3):
+        # A study's two views are mixed with the same partner study's two views, by one weight,
+        # and its targets by that weight too.
+        for view in range(2):
+            np.testing.assert_allclose(
+                mixed_x[2 * study + view],
+                share[study] * x[2 * study + view]
+                + (1 - share[study]) * x[2 * partner[study] + view], rtol=1e-6)
+        np.testing.assert_allclose(mixed_y[study], share[study] * y[study]
+                                   + (1 - share[study]) * y[partner[study]], rtol=1e-6)
+    assert mixed_x.dtype == mixed_y.dtype == np.float32
+    # One view per example: the rows are the examples.
+    single_x, single_y = mix_examples(x, np.vstack([y, y]), 0.4, np.random.default_rng(1))
+    assert single_x.shape == x.shape and single_y.shape == (6, 2)
+    assert ((single_y >= 0) & (single_y <= 1)).all()
 
 
 def test_auxiliary_headings_come_from_training_studies_and_are_never_scored() -> None:

@@ -583,6 +583,21 @@ def shift_activations(batch: np.ndarray, most: int, rng: np.random.Generator) ->
     return shifted
 
 
+def mix_examples(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator,
+                 views: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup: each example (of `views` consecutive rows of `x`, one row of `y`) mixed with a
+    partner drawn from the batch, x = l x + (1 - l) x' and y likewise, l ~ Beta(alpha, alpha)
+    per example."""
+    examples = len(y)
+    share = rng.beta(alpha, alpha, size=examples).astype(np.float32)
+    partner = rng.permutation(examples)
+    partner_rows = (partner[:, None] * views + np.arange(views)).reshape(-1)
+    row_share = np.repeat(share, views).reshape((-1,) + (1,) * (x.ndim - 1))
+    mixed_x = row_share * x + (1 - row_share) * x[partner_rows]
+    mixed_y = share[:, None] * y + (1 - share[:, None]) * y[partner]
+    return mixed_x.astype(np.float32), mixed_y.astype(np.float32)
+
+
 def predict(adapter: Adapter, feed: Feed, rows: np.ndarray, batch_size: int,
             n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """(pooled, the scored targets' logits) for every row of `LabelledImages` (zeros for rows
@@ -751,6 +766,7 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
             # The order depends only on the seed and the epoch: a resumed run sees the same.
             order = np.random.default_rng([params.seed, epoch]).permutation(len(units))
             shifts = np.random.default_rng([params.seed, epoch, 1])
+            mixes = np.random.default_rng([params.seed, epoch, 2])
             losses = []
             with tqdm(total=len(order), unit=params.unit, disable=not progress_bar,
                       desc=f"finetune epoch {epoch}/{params.epochs}") as bar:
@@ -759,7 +775,10 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
                 for rows, x in feed.batches(units[order].reshape(-1), per_batch * views):
                     if params.activation_shift and feed.position is not None:
                         x = shift_activations(x, params.activation_shift, shifts)
-                    losses.append(float(step(x, tf.constant(targets[rows[::views]]))))
+                    y = targets[rows[::views]]
+                    if params.mixup:
+                        x, y = mix_examples(np.asarray(x), y, params.mixup, mixes, views)
+                    losses.append(float(step(x, tf.constant(y))))
                     bar.update(len(rows) // views)
             if interrupted.is_set():
                 raise KeyboardInterrupt

@@ -33,6 +33,10 @@ class FinetuneParams:
     # train_from top: shift each training image's cached activations by up to this many cells
     # of the cut's grid, a random translation (zero fill) drawn per epoch; 0: none.
     activation_shift: int = at_least(0, 0, at_most=8)
+    # > 0: mixup of the training examples (at the cut with train_from top, of the images with
+    # all): each is mixed with a partner from its batch, x = l x + (1 - l) x' and the same for
+    # the targets, l ~ Beta(this, this) per example, drawn from `seed` and the epoch; 0: off.
+    mixup: float = at_least(0.0, 0.0, at_most=10.0)
     # Extra targets for the head, trained and not scored: every other MeSH heading (the term
     # before "/", e.g. calcinosis, aorta, scoliosis) on at least this many training studies; 0:
     # none. More to tell apart may teach the backbone more than the 14 targets alone.
