@@ -7,11 +7,14 @@ text (findings macro-F1 over the findings with a positive there, and abnormal F1
 (`decode.thresholds`):
 
 - `f1`: each label its own best-F1 threshold on the half (0.5 where the half has none).
-- `prevalence`: one multiplier of the training prevalences for every label, the best of
-  `decode.prevalence_multipliers` on the half.
+- `prevalence/shared`: one multiplier of the training prevalences for every label, the best
+  of `decode.prevalence_multipliers` on the half (`decode.abnormal_multiplier: shared`, the
+  default).
+- `prevalence/own`: the findings' one multiplier, their best on the half, and the `abnormal`
+  label's own, its best (`decode.abnormal_multiplier: own`).
 - `0.5` for every label, for reference.
 
-With `--captions`, each of `f1` and `prevalence` also sets the thresholds on the whole
+With `--captions`, each rule but `0.5` also sets the thresholds on the whole
 validation split, as the selection stage does, and the decoding selection (the `decode` section of
 the workspace's params.yaml) runs again under them: the captions' validation scores of the
 setting chosen under each rule (minutes per rule on the full data).
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
     from cxr_impressions.captioning.bundle import Bundle
     from cxr_impressions.settings.decode import DecodeParams
 
-RULES = ("f1", "prevalence", "0.5")
+RULES = ("f1", "prevalence/own", "prevalence/shared", "0.5")
 
 
 def scores_on(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndarray,
@@ -62,9 +65,9 @@ def thresholds_by(rule: str, probabilities: np.ndarray, labels: np.ndarray,
 
     if rule == "f1":
         return choose_thresholds(probabilities, labels, names)[0]
-    if rule == "prevalence":
+    if rule.startswith("prevalence/"):
         return choose_prevalence_thresholds(probabilities, labels, prevalence, multipliers,
-                                            names)[0]
+                                            names, abnormal_own=rule == "prevalence/own")[0]
     return np.full(len(names), 0.5)
 
 
@@ -117,18 +120,25 @@ def main() -> None:
                                            names))
     print(f"validation: {len(labels)} studies, {args.repeats} random halvings (thresholds set "
           "on one half, scored on the other); the label head alone")
-    print(f"{'rule':<12} {'findings macro-F1':>20} {'abnormal F1':>14}")
+    print(f"{'rule':<18} {'findings macro-F1':>18} {'abnormal F1':>12}")
     for rule in RULES:
         values = np.asarray(results[rule])
-        print(f"{rule:<12} {values[:, 0].mean():>20.3f} {values[:, 1].mean():>14.3f}")
-    difference = np.asarray(results["prevalence"]) - np.asarray(results["f1"])
-    low, high = np.percentile(difference[:, 0], [2.5, 97.5])
-    print(f"prevalence - f1, findings macro-F1: {difference[:, 0].mean():+.3f} (middle 95% of "
-          f"the halvings {low:+.3f} to {high:+.3f}; {np.mean(difference[:, 0] > 0):.0%} of them "
-          "favour prevalence)")
+        print(f"{rule:<18} {values[:, 0].mean():>18.3f} {values[:, 1].mean():>12.3f}")
+    print_difference(results, "prevalence/shared", "f1", 0, "findings macro-F1")
+    print_difference(results, "prevalence/own", "prevalence/shared", 1, "abnormal F1")
     if args.captions:
         print_caption_selection(bundle, inputs, val.texts, probabilities, labels,
                                 train.label_matrix(names), decode)
+
+
+def print_difference(results: dict[str, list[tuple[float, float]]], rule: str, other: str,
+                     column: int, score: str) -> None:
+    """The mean over the halvings of `rule` minus `other` on one score, its middle 95% and
+    the share of halvings that favour `rule`."""
+    difference = np.asarray(results[rule])[:, column] - np.asarray(results[other])[:, column]
+    low, high = np.percentile(difference, [2.5, 97.5])
+    print(f"{rule} - {other}, {score}: {difference.mean():+.3f} (middle 95% of the halvings "
+          f"{low:+.3f} to {high:+.3f}; {np.mean(difference > 0):.0%} of them favour {rule})")
 
 
 def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
@@ -144,17 +154,19 @@ def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
     names = tuple(bundle.model.labels)
     metric = decode.select_metric
     rows = []
-    for rule in ("prevalence", "f1"):
-        under = replace(decode, thresholds=rule)
+    for rule in RULES[:-1]:
+        thresholds_rule, _, abnormal = rule.partition("/")
+        under = replace(decode, thresholds=thresholds_rule,
+                        abnormal_multiplier=abnormal or decode.abnormal_multiplier)
         thresholds, _ = select_thresholds(probabilities, val_labels, train_labels, names, under)
         chosen, _, row = select_decoding(bundle.decoder(thresholds), inputs, references, under)
         rows.append((rule, f"beam {chosen.beam_size}, lp {chosen.length_penalty}, "
                            f"{chosen.labels}", row))
     print(f"\nthe decoding selection on validation under each rule (by {metric}):")
-    print(f"{'rule':<12} {'chosen':<34} {metric:>10} {'cider':>7} {'rouge_l':>8} "
+    print(f"{'rule':<18} {'chosen':<34} {metric:>10} {'cider':>7} {'rouge_l':>8} "
           f"{'abn F1':>7} {'find F1':>8} {'top share':>10}")
     for rule, setting, row in rows:
-        print(f"{rule:<12} {setting:<34} {row[metric]:>10.4f} {row['cider']:>7.3f} "
+        print(f"{rule:<18} {setting:<34} {row[metric]:>10.4f} {row['cider']:>7.3f} "
               f"{row['rouge_l']:>8.3f} {row['abnormal_f1']:>7.3f} "
               f"{row['findings_macro_f1']:>8.3f} {row['top_share']:>10.1%}")
 

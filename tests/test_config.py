@@ -48,6 +48,13 @@ def test_an_unknown_guard_metric_is_one_line_error() -> None:
     assert "\n" not in str(info.value)
 
 
+def test_an_unknown_abnormal_multiplier_is_one_line_error() -> None:
+    with pytest.raises(InputError, match=r"decode\.abnormal_multiplier must be one of 'shared', "
+                                         r"'own', got 'both'") as info:
+        build_section("decode", DecodeParams, {"abnormal_multiplier": "both"})
+    assert "\n" not in str(info.value)
+
+
 def test_bad_yaml_names_file(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text("clean:\n  min_count: [\n")

@@ -46,7 +46,7 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     selection = json.loads((repo / "metrics/selection.json").read_text())
     thresholds = selection["label_thresholds"]  # decode.thresholds: prevalence (the default)
     assert len(thresholds["labels"]) == 14  # condition: findings
-    assert thresholds["rule"] == "prevalence"
+    assert thresholds["rule"] == "prevalence" and "abnormal_multiplier" not in thresholds
     assert thresholds["multiplier"] in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
     assert set(thresholds["candidates_mean_val_f1"]) == {
         "0.5", "0.75", "1.0", "1.25", "1.5", "2.0", "2.5", "3.0", "4.0"}
@@ -206,7 +206,7 @@ def test_a_decode_param_reruns_the_selection_never_train(pipeline_repo: Path) ->
     params = (repo / "params.yaml").read_text()
     weights = repo / "models/model.weights.h5"
     before = (weights.read_bytes(), weights.stat().st_mtime_ns)
-    set_params(repo, decode={"select_ties": "best"})
+    set_params(repo, decode={"select_ties": "best", "abnormal_multiplier": "own"})
     status = sh(DVC, "status", cwd=repo)
     assert re.search(r"^selection:\n\s+changed deps:\n\s+params.yaml:\n\s+modified:\s+decode",
                      status, re.MULTILINE), status
@@ -215,8 +215,16 @@ def test_a_decode_param_reruns_the_selection_never_train(pipeline_repo: Path) ->
     assert "Running stage 'selection'" in out and "Stage 'train' didn't change" in out, out
     assert "Running stage 'train'" not in out
     assert (weights.read_bytes(), weights.stat().st_mtime_ns) == before
-    chosen = json.loads((repo / "metrics/selection.json").read_text())["decoding"]
+    selection = json.loads((repo / "metrics/selection.json").read_text())
+    chosen = selection["decoding"]
     assert chosen["ties"] == "best"
+    # The abnormal label's own multiplier, its best validation F1, beside the findings' one.
+    thresholds = selection["label_thresholds"]
+    candidates = thresholds["abnormal_candidates_val_f1"]
+    best = max(candidates.values())
+    assert str(thresholds["abnormal_multiplier"]) == next(
+        m for m, f1 in candidates.items() if f1 == best)  # ties: the earlier
+    assert thresholds["labels"]["abnormal"]["val_f1"] == best
     assert json.loads((repo / "metrics/evaluate.json").read_text())["decode"] == chosen["chosen"]
     assert "up to date" in sh(DVC, "status", cwd=repo)
     (repo / "params.yaml").write_text(params)
@@ -393,18 +401,22 @@ def test_prompt_oracle_decodes_validation_under_both_conditions(pipeline_repo: P
 def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> None:
     """scripts/threshold_rules.py on the sample model: each rule scored on held-out halves;
     with --captions, the decoding selection rerun under each rule, which under the params' own
-    rule (prevalence) finds what the selection stage chose."""
+    rule (prevalence, one multiplier shared by every label) finds what the selection stage
+    chose."""
     out = sh(sys.executable, "scripts/threshold_rules.py", "--repeats", "5", "--captions",
              cwd=pipeline_repo)
-    rows = dict(re.findall(r"^(f1|prevalence|0\.5) +(\d\.\d{3} +\d\.\d{3})$", out, re.MULTILINE))
-    assert set(rows) == {"f1", "prevalence", "0.5"}, out
+    rules = r"(f1|prevalence/own|prevalence/shared|0\.5)"
+    rows = dict(re.findall(rf"^{rules} +(\d\.\d{{3}} +\d\.\d{{3}})$", out, re.MULTILINE))
+    assert set(rows) == {"f1", "prevalence/own", "prevalence/shared", "0.5"}, out
     assert all(0.0 <= float(v) <= 1.0 for values in rows.values() for v in values.split()), out
-    assert re.search(r"prevalence - f1, findings macro-F1: [+-]\d\.\d{3}", out), out
-    chosen = dict(re.findall(r"^(f1|prevalence) +beam \d, lp \S+, \w+ +(\d\.\d{4}) ", out,
+    assert re.search(r"prevalence/shared - f1, findings macro-F1: [+-]\d\.\d{3}", out), out
+    assert re.search(r"prevalence/own - prevalence/shared, abnormal F1: [+-]\d\.\d{3}", out), out
+    chosen = dict(re.findall(rf"^{rules} +beam \d, lp \S+, \w+ +(\d\.\d{{4}}) ", out,
                              re.MULTILINE))
-    assert set(chosen) == {"f1", "prevalence"}, out
+    assert set(chosen) == {"f1", "prevalence/own", "prevalence/shared"}, out
     selected = json.loads((pipeline_repo / "metrics/select.json").read_text())
-    assert float(chosen["prevalence"]) == pytest.approx(selected["val_bleu4"], abs=1e-4), out
+    assert float(chosen["prevalence/shared"]) == pytest.approx(selected["val_bleu4"],
+                                                                abs=1e-4), out
 
 
 def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:

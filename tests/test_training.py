@@ -113,6 +113,40 @@ def test_prevalence_thresholds_share_one_multiplier_chosen_on_the_given_split() 
     assert np.mean(probabilities[:, 2] >= thresholds[2]) == 0.04
 
 
+def test_the_abnormal_label_can_have_its_own_multiplier() -> None:
+    """`abnormal_own`: the findings' m is their best mean F1 without `abnormal`, and
+    `abnormal` gets the m of its own best F1, which the shared m (a mean over all the labels,
+    most of them findings) misses here."""
+    rng = np.random.default_rng(1)
+    probabilities = rng.uniform(size=(400, 3))
+    # Each finding positive in its top 10% (training prevalence 5%: m = 2 is perfect);
+    # abnormal in its top 30% (training prevalence 30%: m = 1 is perfect).
+    labels = np.stack([probabilities[:, 0] >= np.quantile(probabilities[:, 0], 0.9),
+                       probabilities[:, 1] >= np.quantile(probabilities[:, 1], 0.9),
+                       probabilities[:, 2] >= np.quantile(probabilities[:, 2], 0.7)],
+                      axis=1).astype(np.float32)
+    prevalence = np.array([0.05, 0.05, 0.3])
+    names = ("cardiomegaly", "edema", "abnormal")
+    _, shared_summary, shared = choose_prevalence_thresholds(
+        probabilities, labels, prevalence, (1.0, 2.0), names)
+    thresholds, summary, own = choose_prevalence_thresholds(
+        probabilities, labels, prevalence, (1.0, 2.0), names, abnormal_own=True)
+    assert shared["multiplier"] == 2.0 and "abnormal_multiplier" not in shared
+    assert shared_summary["abnormal"]["val_predicted_share"] == 0.6
+    assert own["multiplier"] == 2.0 and own["abnormal_multiplier"] == 1.0
+    assert own["candidates_mean_val_f1"] == {"1.0": 0.6667, "2.0": 1.0}  # the findings alone
+    assert own["abnormal_candidates_val_f1"]["1.0"] == 1.0
+    assert summary["abnormal"]["val_f1"] == 1.0
+    assert summary["abnormal"]["val_predicted_share"] == 0.3
+    assert np.mean(probabilities[:, 2] >= thresholds[2]) == 0.3
+    assert summary["edema"] == shared_summary["edema"]
+    # A model conditioned on `abnormal` alone has nothing to share its m with.
+    _, _, alone = choose_prevalence_thresholds(probabilities[:, 2:], labels[:, 2:],
+                                              prevalence[2:], (1.0, 2.0), ("abnormal",),
+                                              abnormal_own=True)
+    assert alone["multiplier"] == 1.0 and "abnormal_multiplier" not in alone
+
+
 def test_a_label_never_positive_in_training_is_never_predicted() -> None:
     probabilities = np.array([[0.2, 0.9], [0.4, 0.99], [0.6, 0.95], [0.8, 0.97]])
     labels = np.array([[0, 0], [0, 0], [1, 0], [1, 0]])

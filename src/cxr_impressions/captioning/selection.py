@@ -173,18 +173,12 @@ def prevalence_thresholds(probabilities: np.ndarray, prevalence: np.ndarray, mul
     return thresholds
 
 
-def choose_prevalence_thresholds(probabilities: np.ndarray, labels: np.ndarray,
-                                 prevalence: np.ndarray, multipliers: Sequence[float],
-                                 names: tuple[str, ...]
-                                 ) -> tuple[np.ndarray, dict[str, dict], dict[str, object]]:
-    """`decode.thresholds: prevalence`: one multiplier m for every label, the candidate with
-    the best mean validation F1 over the labels with a validation positive (ties: the earlier);
-    each label then predicted positive for m times its training prevalence of the validation
-    studies. One number fitted instead of one threshold per label, so a label with a handful
-    of validation positives (or none) is not fitted to them (README "train").
-    Returns the thresholds, a summary per label as `choose_thresholds`', and the candidates'
-    mean F1 with the multiplier chosen."""
-    scored = [j for j in range(len(names)) if labels[:, j].any()]
+def best_multiplier(probabilities: np.ndarray, labels: np.ndarray, prevalence: np.ndarray,
+                    multipliers: Sequence[float], columns: Sequence[int]
+                    ) -> tuple[float, dict[str, float]]:
+    """The candidate multiplier with the best mean F1 over the labels `columns` with a positive
+    among the given studies (ties: the earlier), and every candidate's mean F1."""
+    scored = [j for j in columns if labels[:, j].any()]
     candidates: dict[str, float] = {}
     best_m, best_score = multipliers[0], -1.0
     for m in multipliers:
@@ -194,7 +188,36 @@ def choose_prevalence_thresholds(probabilities: np.ndarray, labels: np.ndarray,
         candidates[str(m)] = round(score, 4)
         if score > best_score:
             best_m, best_score = m, score
+    return best_m, candidates
+
+
+def choose_prevalence_thresholds(probabilities: np.ndarray, labels: np.ndarray,
+                                 prevalence: np.ndarray, multipliers: Sequence[float],
+                                 names: tuple[str, ...], abnormal_own: bool = False
+                                 ) -> tuple[np.ndarray, dict[str, dict], dict[str, object]]:
+    """`decode.thresholds: prevalence`: one multiplier m for every label, the candidate with
+    the best mean validation F1 over the labels with a validation positive (ties: the earlier);
+    each label then predicted positive for m times its training prevalence of the validation
+    studies. One number fitted instead of one threshold per label, so a label with a handful
+    of validation positives (or none) is not fitted to them (README "train").
+    With `abnormal_own` (`decode.abnormal_multiplier: own`) and findings beside `abnormal`,
+    the `abnormal` label, which splits the captions into normal and abnormal, gets its own
+    multiplier, its best validation F1, and m is the findings' alone: in a mean over 14
+    labels it weighs 1/14, so the rare findings' best m sets it (docs/results.md, "The
+    abnormal label's own multiplier").
+    Returns the thresholds, a summary per label as `choose_thresholds`', and the candidates'
+    mean F1 with the multiplier(s) chosen."""
+    own = names.index("abnormal") if abnormal_own and has_consistency_rule(names) else None
+    shared = [j for j in range(len(names)) if j != own]
+    best_m, candidates = best_multiplier(probabilities, labels, prevalence, multipliers, shared)
     thresholds = prevalence_thresholds(probabilities, prevalence, best_m)
+    choice: dict[str, object] = {"multiplier": best_m, "candidates_mean_val_f1": candidates}
+    if own is not None:
+        abnormal_m, abnormal_candidates = best_multiplier(
+            probabilities, labels, prevalence, multipliers, [own])
+        thresholds[own] = prevalence_thresholds(probabilities, prevalence, abnormal_m)[own]
+        choice |= {"abnormal_multiplier": abnormal_m,
+                   "abnormal_candidates_val_f1": abnormal_candidates}
     summary: dict[str, dict] = {}
     for j, name in enumerate(names):
         positives = int(labels[:, j].sum())
@@ -205,7 +228,7 @@ def choose_prevalence_thresholds(probabilities: np.ndarray, labels: np.ndarray,
                          "train_prevalence": round(float(prevalence[j]), 4),
                          "val_predicted_share": round(float(np.mean(
                              probabilities[:, j] >= thresholds[j])), 4)}
-    return thresholds, summary, {"multiplier": best_m, "candidates_mean_val_f1": candidates}
+    return thresholds, summary, choice
 
 
 def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
@@ -214,13 +237,14 @@ def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
     """The label thresholds by `decode.thresholds`, from the validation split's probabilities
     and labels (and, for `prevalence`, the training split's labels), and what metrics/
     selection.json records of the choice: the rule, a row per label, and for `prevalence`
-    the multiplier chosen with every candidate's mean validation F1."""
+    the multiplier(s) chosen with every candidate's mean validation F1."""
     if decode.thresholds == "f1":
         thresholds, per_label = choose_thresholds(probabilities, val_labels, names)
         return thresholds, {"rule": "f1", "labels": per_label}
     prevalence = train_labels.mean(axis=0) if len(train_labels) else np.zeros(len(names))
     thresholds, per_label, choice = choose_prevalence_thresholds(
-        probabilities, val_labels, prevalence, decode.prevalence_multipliers, names)
+        probabilities, val_labels, prevalence, decode.prevalence_multipliers, names,
+        abnormal_own=decode.abnormal_multiplier == "own")
     return thresholds, {"rule": "prevalence", **choice, "labels": per_label}
 
 

@@ -51,6 +51,11 @@ class DecodeParams(DecodingSettings):
     # labels chosen among `prevalence_multipliers`; `f1`, each label its own best-F1 threshold.
     thresholds: Literal["prevalence", "f1"] = "prevalence"
     prevalence_multipliers: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+    # Under `prevalence`: `shared`, one m for all the labels; `own`, the `abnormal` label
+    # (which splits the captions into normal and abnormal) gets its own m, its best validation
+    # F1, and the findings share theirs. `own` fell short of its rule on validation halves
+    # over seven folds (docs/results.md, "The abnormal label's own multiplier").
+    abnormal_multiplier: Literal["shared", "own"] = "shared"
 
     def validate(self, source: str) -> None:
         if not self.beam_sizes or any(isinstance(b, bool) or b < 1 for b in self.beam_sizes):
