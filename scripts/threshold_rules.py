@@ -22,7 +22,12 @@ setting chosen under each rule (minutes per rule on the full data).
 The validation split only: this is how the default was chosen (README "Results"), so the
 test split stays unseen.
 
-    python scripts/threshold_rules.py [--root .] [--repeats 200] [--seed 0] [--captions]
+With several `--root` workspaces (the folds of `clean.split: kfold`, say), each is compared
+as above and a last table lists, per workspace, the two differences printed for it and their
+mean over the workspaces.
+
+    python scripts/threshold_rules.py [--root . [ROOT ...]] [--repeats 200] [--seed 0]
+                                      [--captions]
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ def thresholds_by(rule: str, probabilities: np.ndarray, labels: np.ndarray,
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_argument("--root", type=Path, default=Path("."), help="the pipeline's workspace")
+    cli.add_argument("--root", type=Path, nargs="+", default=[Path(".")],
+                     help="the pipeline's workspace(s)")
     cli.add_argument("--features", default="features/xception.h5", help="under --root")
     cli.add_argument("--repeats", type=int, default=200, help="random halvings")
     cli.add_argument("--seed", type=int, default=0)
@@ -83,6 +89,19 @@ def main() -> None:
     args = cli.parse_args()
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    differences = {root: compare_rules(root, args.features, args.repeats, args.seed,
+                                       args.captions) for root in args.root}
+    if len(differences) > 1:
+        print_workspaces(differences)
+
+
+COMPARED = (("prevalence/shared", "f1", 0, "findings macro-F1"),
+            ("prevalence/own", "prevalence/shared", 1, "abnormal F1"))
+
+
+def compare_rules(root: Path, features: str, repeats: int, seed: int, captions: bool
+                  ) -> list[float]:
+    """One workspace's comparison (printed), and its mean difference for each of `COMPARED`."""
     # TensorFlow loads here, after run_stage has quietened its logs.
     from cxr_impressions.captioning.bundle import load_bundle
     from cxr_impressions.captioning.decoding import Decoder
@@ -90,17 +109,17 @@ def main() -> None:
     from cxr_impressions.config import load_section
     from cxr_impressions.features.store import FeatureStore
 
-    bundle = load_bundle(args.root / "models")
+    bundle = load_bundle(root / "models")
     names = tuple(bundle.model.labels)
     if "abnormal" not in names:
-        raise InputError(f"{args.root / 'models'}: the model is conditioned on "
+        raise InputError(f"{root / 'models'}: the model is conditioned on "
                          f"{list(names) or 'nothing'}; this needs model.condition: findings "
                          "or abnormal")
-    decode = load_section("decode", path=args.root / "params.yaml")
+    decode = load_section("decode", path=root / "params.yaml")
     multipliers = decode.prevalence_multipliers
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
-    clean = args.root / "data" / "clean"
-    with FeatureStore(args.root / args.features) as store:
+    clean = root / "data" / "clean"
+    with FeatureStore(root / features) as store:
         val = load_split(clean, "val", store, bundle.vocab, grid_pool)
         train = load_split(clean, "train", store, bundle.vocab)
     inputs = bundle.model_inputs(val.inputs(), val.titles)
@@ -108,9 +127,9 @@ def main() -> None:
     labels = val.label_matrix(names)
     prevalence = train.label_matrix(names).mean(axis=0)
 
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     results = {rule: [] for rule in RULES}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         order = rng.permutation(len(labels))
         fit, held = order[:len(order) // 2], order[len(order) // 2:]
         for rule in RULES:
@@ -118,27 +137,46 @@ def main() -> None:
                                        multipliers, names)
             results[rule].append(scores_on(probabilities[held], labels[held], thresholds,
                                            names))
-    print(f"validation: {len(labels)} studies, {args.repeats} random halvings (thresholds set "
-          "on one half, scored on the other); the label head alone")
+    print(f"{root}, validation: {len(labels)} studies, {repeats} random halvings (thresholds "
+          "set on one half, scored on the other); the label head alone")
     print(f"{'rule':<18} {'findings macro-F1':>18} {'abnormal F1':>12}")
     for rule in RULES:
         values = np.asarray(results[rule])
         print(f"{rule:<18} {values[:, 0].mean():>18.3f} {values[:, 1].mean():>12.3f}")
-    print_difference(results, "prevalence/shared", "f1", 0, "findings macro-F1")
-    print_difference(results, "prevalence/own", "prevalence/shared", 1, "abnormal F1")
-    if args.captions:
+    differences = [print_difference(results, *compared) for compared in COMPARED]
+    if captions:
         print_caption_selection(bundle, inputs, val.texts, probabilities, labels,
                                 train.label_matrix(names), decode)
+    print()
+    return differences
+
+
+def print_workspaces(differences: dict[Path, list[float]]) -> None:
+    """Per workspace, its mean difference for each of `COMPARED`; then their mean over the
+    workspaces and on how many the difference is above 0."""
+    headers = [f"{rule} - {other}, {score}" for rule, other, _, score in COMPARED]
+    width = max(len(str(root)) for root in differences)
+    print(f"{'workspace':<{width}}  " + "  ".join(headers))
+    for root, values in differences.items():
+        print(f"{str(root):<{width}}  " + "  ".join(
+            f"{value:>+{len(header)}.3f}" for value, header in zip(values, headers, strict=True)))
+    table = np.asarray(list(differences.values()))
+    print(f"{'mean':<{width}}  " + "  ".join(
+        f"{table[:, j].mean():>+{len(header)}.3f}" for j, header in enumerate(headers)))
+    print(f"{'above 0 on':<{width}}  " + "  ".join(
+        f"{int((table[:, j] > 0).sum()):>{len(header) - len(str(len(table))) - 1}}/"
+        f"{len(table)}" for j, header in enumerate(headers)))
 
 
 def print_difference(results: dict[str, list[tuple[float, float]]], rule: str, other: str,
-                     column: int, score: str) -> None:
-    """The mean over the halvings of `rule` minus `other` on one score, its middle 95% and
-    the share of halvings that favour `rule`."""
+                     column: int, score: str) -> float:
+    """Prints the mean over the halvings of `rule` minus `other` on one score, its middle 95%
+    and the share of halvings that favour `rule`; returns that mean."""
     difference = np.asarray(results[rule])[:, column] - np.asarray(results[other])[:, column]
     low, high = np.percentile(difference, [2.5, 97.5])
     print(f"{rule} - {other}, {score}: {difference.mean():+.3f} (middle 95% of the halvings "
           f"{low:+.3f} to {high:+.3f}; {np.mean(difference > 0):.0%} of them favour {rule})")
+    return float(difference.mean())
 
 
 def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],

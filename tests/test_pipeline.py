@@ -417,6 +417,14 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
     selected = json.loads((pipeline_repo / "metrics/select.json").read_text())
     assert float(chosen["prevalence/shared"]) == pytest.approx(selected["val_bleu4"],
                                                                 abs=1e-4), out
+    # Several workspaces: each compared, then a row of differences per workspace and their
+    # mean, here of the same workspace twice (so each row and the mean agree).
+    out = sh(sys.executable, "scripts/threshold_rules.py", "--root", ".", str(pipeline_repo),
+             "--repeats", "3", cwd=pipeline_repo)
+    rows = re.findall(r"^(\S+) +([+-]\d\.\d{3}) +([+-]\d\.\d{3})$", out, re.MULTILINE)
+    assert [r[0] for r in rows] == [".", str(pipeline_repo), "mean"], out
+    assert rows[0][1:] == rows[1][1:] == rows[2][1:], out
+    assert re.search(r"^above 0 on +[0-2]/2 +[0-2]/2$", out, re.MULTILINE), out
 
 
 def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:
