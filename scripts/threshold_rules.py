@@ -164,8 +164,8 @@ def print_workspaces(differences: dict[Path, list[float]]) -> None:
     print(f"{'mean':<{width}}  " + "  ".join(
         f"{table[:, j].mean():>+{len(header)}.3f}" for j, header in enumerate(headers)))
     print(f"{'above 0 on':<{width}}  " + "  ".join(
-        f"{int((table[:, j] > 0).sum()):>{len(header) - len(str(len(table))) - 1}}/"
-        f"{len(table)}" for j, header in enumerate(headers)))
+        f"{f'{int((table[:, j] > 0).sum())}/{len(table)}':>{len(header)}}"
+        for j, header in enumerate(headers)))
 
 
 def print_difference(results: dict[str, list[tuple[float, float]]], rule: str, other: str,
@@ -192,7 +192,7 @@ def print_caption_selection(bundle: Bundle, inputs: dict[str, np.ndarray],
     names = tuple(bundle.model.labels)
     metric = decode.select_metric
     rows = []
-    for rule in RULES[:-1]:
+    for rule in (rule for rule in RULES if rule != "0.5"):
         thresholds_rule, _, abnormal = rule.partition("/")
         under = replace(decode, thresholds=thresholds_rule,
                         abnormal_multiplier=abnormal or decode.abnormal_multiplier)
