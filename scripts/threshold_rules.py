@@ -22,12 +22,22 @@ setting chosen under each rule (minutes per rule on the full data).
 The validation split only: this is how the default was chosen (README "Results"), so the
 test split stays unseen.
 
+With `--fixed M`, a fifth rule, `prevalence/M`, puts every label at M times its training
+prevalence, nothing fitted (`decode.prevalence_multipliers: [M]`), and the captions judge
+it against `prevalence/shared`: the workspace's chosen decoding (models/decoding.json)
+decodes the validation split once under the shared thresholds of each candidate multiplier
+and of M (set on the whole split, as the selection stage sets them); in each halving,
+`prevalence/shared` picks its multiplier on one half by the label head's mean F1, and the
+captions of that multiplier and of M are scored on the other half (BLEU-4, ROUGE-L, CIDEr,
+and the labeller's abnormal F1 and findings macro-F1 on the captions). Label F1 rewards
+calling a weak label often, text overlap calling it seldom: this measures that trade.
+
 With several `--root` workspaces (the folds of `clean.split: kfold`, say), each is compared
-as above and a last table lists, per workspace, the two differences printed for it and their
+as above and a last table lists, per workspace, the differences printed for it and their
 mean over the workspaces.
 
     python scripts/threshold_rules.py [--root . [ROOT ...]] [--repeats 200] [--seed 0]
-                                      [--captions]
+                                      [--captions] [--fixed M]
 """
 
 from __future__ import annotations
@@ -66,10 +76,13 @@ def thresholds_by(rule: str, probabilities: np.ndarray, labels: np.ndarray,
     from cxr_impressions.captioning.selection import (
         choose_prevalence_thresholds,
         choose_thresholds,
+        prevalence_thresholds,
     )
 
     if rule == "f1":
         return choose_thresholds(probabilities, labels, names)[0]
+    if rule.startswith("prevalence/") and rule not in ("prevalence/own", "prevalence/shared"):
+        return prevalence_thresholds(probabilities, prevalence, float(rule.partition("/")[2]))
     if rule.startswith("prevalence/"):
         return choose_prevalence_thresholds(probabilities, labels, prevalence, multipliers,
                                             names, abnormal_own=rule == "prevalence/own")[0]
@@ -86,22 +99,32 @@ def main() -> None:
     cli.add_argument("--seed", type=int, default=0)
     cli.add_argument("--captions", action="store_true",
                      help="also rerun the decoding selection under each rule (validation)")
+    cli.add_argument("--fixed", type=float, metavar="M",
+                     help="also the rule prevalence/M (one multiplier, not fitted), judged "
+                          "on the held-out halves' captions too")
     args = cli.parse_args()
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.fixed is not None and not args.fixed > 0:
+        raise InputError(f"--fixed must be a multiplier above 0, got {args.fixed}")
     differences = {root: compare_rules(root, args.features, args.repeats, args.seed,
-                                       args.captions) for root in args.root}
+                                       args.captions, args.fixed) for root in args.root}
     if len(differences) > 1:
         print_workspaces(differences)
 
 
 COMPARED = (("prevalence/shared", "f1", 0, "findings macro-F1"),
             ("prevalence/own", "prevalence/shared", 1, "abnormal F1"))
+# The captions' scores that --fixed compares on the held-out halves, and the two of them
+# that go into the table of workspaces.
+CAPTION_METRICS = ("bleu4", "rouge_l", "cider", "abnormal_f1", "findings_macro_f1")
+CAPTION_COLUMNS = ("rouge_l", "abnormal_f1")
 
 
-def compare_rules(root: Path, features: str, repeats: int, seed: int, captions: bool
-                  ) -> list[float]:
-    """One workspace's comparison (printed), and its mean difference for each of `COMPARED`."""
+def compare_rules(root: Path, features: str, repeats: int, seed: int, captions: bool,
+                  fixed: float | None = None) -> dict[str, float]:
+    """One workspace's comparison (printed), and its mean difference for each of `COMPARED`
+    (and, with `fixed`, of the captions' `CAPTION_COLUMNS`), by column header."""
     # TensorFlow loads here, after run_stage has quietened its logs.
     from cxr_impressions.captioning.bundle import load_bundle
     from cxr_impressions.captioning.decoding import Decoder
@@ -127,23 +150,38 @@ def compare_rules(root: Path, features: str, repeats: int, seed: int, captions: 
     labels = val.label_matrix(names)
     prevalence = train.label_matrix(names).mean(axis=0)
 
+    rules = RULES if fixed is None else (*RULES, f"prevalence/{fixed:g}")
+    judged = None if fixed is None else CaptionsByMultiplier(
+        bundle, inputs, val.texts, probabilities, prevalence, (*multipliers, fixed))
     rng = np.random.default_rng(seed)
-    results = {rule: [] for rule in RULES}
+    results = {rule: [] for rule in rules}
+    caption_differences = []
     for _ in range(repeats):
         order = rng.permutation(len(labels))
         fit, held = order[:len(order) // 2], order[len(order) // 2:]
-        for rule in RULES:
+        for rule in rules:
             thresholds = thresholds_by(rule, probabilities[fit], labels[fit], prevalence,
                                        multipliers, names)
             results[rule].append(scores_on(probabilities[held], labels[held], thresholds,
                                            names))
+        if judged is not None:
+            from cxr_impressions.captioning.selection import best_multiplier
+
+            shared_m, _ = best_multiplier(probabilities[fit], labels[fit], prevalence,
+                                          multipliers, range(len(names)))
+            caption_differences.append(judged.scores(fixed, held)
+                                       - judged.scores(shared_m, held))
     print(f"{root}, validation: {len(labels)} studies, {repeats} random halvings (thresholds "
           "set on one half, scored on the other); the label head alone")
     print(f"{'rule':<18} {'findings macro-F1':>18} {'abnormal F1':>12}")
-    for rule in RULES:
+    for rule in rules:
         values = np.asarray(results[rule])
         print(f"{rule:<18} {values[:, 0].mean():>18.3f} {values[:, 1].mean():>12.3f}")
-    differences = [print_difference(results, *compared) for compared in COMPARED]
+    differences = {f"{rule} - {other}, {score}": print_difference(results, rule, other,
+                                                                   column, score)
+                   for rule, other, column, score in COMPARED}
+    if judged is not None:
+        differences |= judged.report(fixed, np.asarray(caption_differences))
     if captions:
         print_caption_selection(bundle, inputs, val.texts, probabilities, labels,
                                 train.label_matrix(names), decode)
@@ -151,16 +189,89 @@ def compare_rules(root: Path, features: str, repeats: int, seed: int, captions: 
     return differences
 
 
-def print_workspaces(differences: dict[Path, list[float]]) -> None:
-    """Per workspace, its mean difference for each of `COMPARED`; then their mean over the
+class CaptionsByMultiplier:
+    """The validation captions of a workspace's chosen decoding under the shared prevalence
+    thresholds of each multiplier (set on the whole split), and their scores on a subset."""
+
+    def __init__(self, bundle: Bundle, inputs: dict[str, np.ndarray], references: list[str],
+                 probabilities: np.ndarray, prevalence: np.ndarray,
+                 multipliers: tuple[float, ...]) -> None:
+        from cxr_impressions.captioning.selection import prevalence_thresholds
+        from cxr_impressions.data.labeller import label_text
+
+        self.setting = bundle.decode
+        self.references = references
+        self.reference_labels = [label_text(text) for text in references]
+        self.captions: dict[float, list[str]] = {}
+        self.labels: dict[float, list[dict[str, bool]]] = {}
+        self.abnormal_share: dict[float, float] = {}
+        abnormal = list(bundle.model.labels).index("abnormal")
+        for m in dict.fromkeys(multipliers):
+            thresholds = prevalence_thresholds(probabilities, prevalence, m)
+            self.captions[m] = chosen_captions(bundle, thresholds, inputs, f"val, m {m:g}")
+            self.labels[m] = [label_text(text) for text in self.captions[m]]
+            self.abnormal_share[m] = float(np.mean(probabilities[:, abnormal]
+                                                   >= thresholds[abnormal]))
+
+    def scores(self, m: float, studies: np.ndarray) -> np.ndarray:
+        """`CAPTION_METRICS` of multiplier `m`'s captions of `studies` (indices)."""
+        from cxr_impressions.evaluation.scoring import clinical_scores, text_metrics
+
+        text = text_metrics([self.references[i] for i in studies],
+                            [self.captions[m][i] for i in studies])
+        clinical = clinical_scores([self.reference_labels[i] for i in studies],
+                                   [self.labels[m][i] for i in studies])
+        scores = text | {"abnormal_f1": clinical["abnormal"]["f1"],
+                         "findings_macro_f1": clinical["findings_macro_f1"]}
+        return np.array([scores[name] for name in CAPTION_METRICS])
+
+    def report(self, fixed: float, differences: np.ndarray) -> dict[str, float]:
+        """Prints each multiplier's scores on the whole split and `differences` (per halving,
+        `fixed`'s captions minus those of the multiplier `prevalence/shared` picked); returns
+        their means on `CAPTION_COLUMNS`, by column header."""
+        every = np.arange(len(self.references))
+        setting = self.setting
+        print(f"\nthe chosen decoding (beam {setting.beam_size}, lp {setting.length_penalty}, "
+              f"{setting.labels}, {setting.normal_text}, {setting.finding_text}) under each "
+              "multiplier's thresholds, the whole validation split:")
+        print(f"{'m':>5} {'abnormal called':>16} " + " ".join(f"{name:>17}"
+                                                          for name in CAPTION_METRICS))
+        for m in self.captions:
+            print(f"{m:>5g} {self.abnormal_share[m]:>16.1%} " + " ".join(
+                f"{value:>17.4f}" for value in self.scores(m, every)))
+        print(f"captions, prevalence/{fixed:g} - prevalence/shared (its m picked on one half by "
+              "the label head), on the other half:")
+        columns = {}
+        for j, name in enumerate(CAPTION_METRICS):
+            low, high = np.percentile(differences[:, j], [2.5, 97.5])
+            mean = float(differences[:, j].mean())
+            print(f"  {name}: {mean:+.4f} (middle 95% of the halvings {low:+.4f} to "
+                  f"{high:+.4f}; {np.mean(differences[:, j] > 0):.0%} of them favour "
+                  f"prevalence/{fixed:g})")
+            if name in CAPTION_COLUMNS:
+                columns[f"captions {name}, prevalence/{fixed:g} - shared"] = mean
+        return columns
+
+
+def chosen_captions(bundle: Bundle, thresholds: np.ndarray, inputs: dict[str, np.ndarray],
+                    progress: str) -> list[str]:
+    """The captions of the bundle's chosen decoding setting under `thresholds`, decoded and
+    worded as evaluate decodes them."""
+    decoder = bundle.decoder(thresholds)
+    return decoder.texts(decoder.decode(inputs, bundle.decode, progress=progress))
+
+
+def print_workspaces(differences: dict[Path, dict[str, float]]) -> None:
+    """Per workspace, its mean differences (the columns, by header); then their mean over the
     workspaces and on how many the difference is above 0."""
-    headers = [f"{rule} - {other}, {score}" for rule, other, _, score in COMPARED]
+    headers = list(next(iter(differences.values())))
     width = max(len(str(root)) for root in differences)
     print(f"{'workspace':<{width}}  " + "  ".join(headers))
     for root, values in differences.items():
         print(f"{str(root):<{width}}  " + "  ".join(
-            f"{value:>+{len(header)}.3f}" for value, header in zip(values, headers, strict=True)))
-    table = np.asarray(list(differences.values()))
+            f"{values[header]:>+{len(header)}.3f}" for header in headers))
+    table = np.asarray([[values[header] for header in headers]
+                        for values in differences.values()])
     print(f"{'mean':<{width}}  " + "  ".join(
         f"{table[:, j].mean():>+{len(header)}.3f}" for j, header in enumerate(headers)))
     print(f"{'above 0 on':<{width}}  " + "  ".join(

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cxr_impressions.captioning.training import backed_up_epochs
 from cxr_impressions.data.labeller import FINDINGS, label_text
@@ -402,12 +403,14 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
     """scripts/threshold_rules.py on the sample model: each rule scored on held-out halves;
     with --captions, the decoding selection rerun under each rule, which under the params' own
     rule (prevalence, one multiplier shared by every label) finds what the selection stage
-    chose."""
+    chose; with --fixed, the chosen decoding's captions under each multiplier, of which the
+    selection's own multiplier gives the selection's validation score, and the fixed rule's
+    captions against the shared rule's on held-out halves."""
     out = sh(sys.executable, "scripts/threshold_rules.py", "--repeats", "5", "--captions",
-             cwd=pipeline_repo)
-    rules = r"(f1|prevalence/own|prevalence/shared|0\.5)"
+             "--fixed", "1", cwd=pipeline_repo)
+    rules = r"(f1|prevalence/own|prevalence/shared|0\.5|prevalence/1)"
     rows = dict(re.findall(rf"^{rules} +(\d\.\d{{3}} +\d\.\d{{3}})$", out, re.MULTILINE))
-    assert set(rows) == {"f1", "prevalence/own", "prevalence/shared", "0.5"}, out
+    assert set(rows) == {"f1", "prevalence/own", "prevalence/shared", "0.5", "prevalence/1"}, out
     assert all(0.0 <= float(v) <= 1.0 for values in rows.values() for v in values.split()), out
     assert re.search(r"prevalence/shared - f1, findings macro-F1: [+-]\d\.\d{3}", out), out
     assert re.search(r"prevalence/own - prevalence/shared, abnormal F1: [+-]\d\.\d{3}", out), out
@@ -417,14 +420,30 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
     selected = json.loads((pipeline_repo / "metrics/select.json").read_text())
     assert float(chosen["prevalence/shared"]) == pytest.approx(selected["val_bleu4"],
                                                                 abs=1e-4), out
+    by_multiplier = {float(m): float(bleu4) for m, bleu4 in re.findall(
+        r"^ *(\d+(?:\.\d+)?) +\d+\.\d% +(\d\.\d{4}) +\d\.\d{4} ", out, re.MULTILINE)}
+    params = yaml.safe_load((pipeline_repo / "params.yaml").read_text())["decode"]
+    assert set(by_multiplier) == {*params["prevalence_multipliers"], 1.0}, out
+    selection = json.loads((pipeline_repo / "metrics/selection.json").read_text())
+    assert by_multiplier[selection["label_thresholds"]["multiplier"]] == pytest.approx(
+        selected["val_bleu4"], abs=1e-4), out
+    for metric in ("bleu4", "rouge_l", "cider", "abnormal_f1", "findings_macro_f1"):
+        assert re.search(rf"^  {metric}: [+-]\d+\.\d{{4}} \(middle 95%", out, re.MULTILINE), out
     # Several workspaces: each compared, then a row of differences per workspace and their
-    # mean, here of the same workspace twice (so each row and the mean agree).
+    # mean, here of the same workspace twice (so each row and the mean agree); --fixed adds
+    # the captions' two columns.
     out = sh(sys.executable, "scripts/threshold_rules.py", "--root", ".", str(pipeline_repo),
-             "--repeats", "3", cwd=pipeline_repo)
-    rows = re.findall(r"^(\S+) +([+-]\d\.\d{3}) +([+-]\d\.\d{3})$", out, re.MULTILINE)
+             "--repeats", "3", "--fixed", "1", cwd=pipeline_repo)
+    value = r" +([+-]\d+\.\d{3})"
+    rows = re.findall(rf"^(\S+){value * 4}$", out, re.MULTILINE)
     assert [r[0] for r in rows] == [".", str(pipeline_repo), "mean"], out
     assert rows[0][1:] == rows[1][1:] == rows[2][1:], out
-    assert re.search(r"^above 0 on +[0-2]/2 +[0-2]/2$", out, re.MULTILINE), out
+    assert re.search(r"^above 0 on( +[0-2]/2){4}$", out, re.MULTILINE), out
+    assert "captions rouge_l, prevalence/1 - shared" in out, out
+    bad = subprocess.run([sys.executable, "scripts/threshold_rules.py", "--fixed", "0"],
+                         cwd=pipeline_repo, capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert "--fixed must be a multiplier above 0, got 0.0" in bad.stderr.splitlines()[-1]
 
 
 def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:
@@ -547,8 +566,6 @@ def test_training_is_seeded_and_resumes(pipeline_repo: Path) -> None:
 def test_model_artifact_is_fetched_by_name(finished_pipeline: Path, tmp_path: Path) -> None:
     """dvc.yaml's `artifacts:` names the model; with a version registered (a GTO git tag),
     `dvc artifacts get REPO impression-writer` fetches the folder `cxr predict` loads."""
-    import yaml
-
     from .repos import git
 
     repo = copy_repo(finished_pipeline, tmp_path / "registry")
