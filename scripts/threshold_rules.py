@@ -72,7 +72,9 @@ def scores_on(probabilities: np.ndarray, labels: np.ndarray, thresholds: np.ndar
 
 def thresholds_by(rule: str, probabilities: np.ndarray, labels: np.ndarray,
                   prevalence: np.ndarray, multipliers: tuple[float, ...],
-                  names: tuple[str, ...]) -> np.ndarray:
+                  names: tuple[str, ...]) -> tuple[np.ndarray, float | None]:
+    """The thresholds that `rule` sets on these studies, and the shared multiplier it used
+    (None for `f1` and `0.5`)."""
     from cxr_impressions.captioning.selection import (
         choose_prevalence_thresholds,
         choose_thresholds,
@@ -80,13 +82,16 @@ def thresholds_by(rule: str, probabilities: np.ndarray, labels: np.ndarray,
     )
 
     if rule == "f1":
-        return choose_thresholds(probabilities, labels, names)[0]
+        return choose_thresholds(probabilities, labels, names)[0], None
     if rule.startswith("prevalence/") and rule not in ("prevalence/own", "prevalence/shared"):
-        return prevalence_thresholds(probabilities, prevalence, float(rule.partition("/")[2]))
+        m = float(rule.partition("/")[2])
+        return prevalence_thresholds(probabilities, prevalence, m), m
     if rule.startswith("prevalence/"):
-        return choose_prevalence_thresholds(probabilities, labels, prevalence, multipliers,
-                                            names, abnormal_own=rule == "prevalence/own")[0]
-    return np.full(len(names), 0.5)
+        thresholds, _, choice = choose_prevalence_thresholds(
+            probabilities, labels, prevalence, multipliers, names,
+            abnormal_own=rule == "prevalence/own")
+        return thresholds, choice["multiplier"]
+    return np.full(len(names), 0.5), None
 
 
 def main() -> None:
@@ -159,18 +164,15 @@ def compare_rules(root: Path, features: str, repeats: int, seed: int, captions: 
     for _ in range(repeats):
         order = rng.permutation(len(labels))
         fit, held = order[:len(order) // 2], order[len(order) // 2:]
+        chosen_m = {}
         for rule in rules:
-            thresholds = thresholds_by(rule, probabilities[fit], labels[fit], prevalence,
-                                       multipliers, names)
+            thresholds, chosen_m[rule] = thresholds_by(rule, probabilities[fit], labels[fit],
+                                                       prevalence, multipliers, names)
             results[rule].append(scores_on(probabilities[held], labels[held], thresholds,
                                            names))
         if judged is not None:
-            from cxr_impressions.captioning.selection import best_multiplier
-
-            shared_m, _ = best_multiplier(probabilities[fit], labels[fit], prevalence,
-                                          multipliers, range(len(names)))
             caption_differences.append(judged.scores(fixed, held)
-                                       - judged.scores(shared_m, held))
+                                       - judged.scores(chosen_m["prevalence/shared"], held))
     print(f"{root}, validation: {len(labels)} studies, {repeats} random halvings (thresholds "
           "set on one half, scored on the other); the label head alone")
     print(f"{'rule':<18} {'findings macro-F1':>18} {'abnormal F1':>12}")
