@@ -32,12 +32,18 @@ captions of that multiplier and of M are scored on the other half (BLEU-4, ROUGE
 and the labeller's abnormal F1 and findings macro-F1 on the captions). Label F1 rewards
 calling a weak label often, text overlap calling it seldom: this measures that trade.
 
+`--multipliers M [M ...]` replaces the workspace's `decode.prevalence_multipliers` as the
+shared rule's candidates (and the selection's, with `--captions`), so that a workspace built
+under one candidate list can judge another without editing its params.yaml: `--fixed 1.25
+--multipliers 0.5 0.75 1 1.25 1.5 2 2.5 3 4` compares m = 1.25 with the nine-candidate rule
+that it replaced as the default.
+
 With several `--root` workspaces (the folds of `clean.split: kfold`, say), each is compared
 as above and a last table lists, per workspace, the differences printed for it and their
 mean over the workspaces.
 
     python scripts/threshold_rules.py [--root . [ROOT ...]] [--repeats 200] [--seed 0]
-                                      [--captions] [--fixed M]
+                                      [--captions] [--fixed M] [--multipliers M [M ...]]
 """
 
 from __future__ import annotations
@@ -49,11 +55,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cxr_impressions.errors import InputError
+from cxr_impressions.settings.decode import DecodeParams
 from cxr_impressions.stage import run_stage
 
 if TYPE_CHECKING:
     from cxr_impressions.captioning.bundle import Bundle
-    from cxr_impressions.settings.decode import DecodeParams
 
 RULES = ("f1", "prevalence/own", "prevalence/shared", "0.5")
 
@@ -107,13 +113,20 @@ def main() -> None:
     cli.add_argument("--fixed", type=float, metavar="M",
                      help="also the rule prevalence/M (one multiplier, not fitted), judged "
                           "on the held-out halves' captions too")
+    cli.add_argument("--multipliers", type=float, nargs="+", metavar="M",
+                     help="the shared rule's candidate multipliers (default: each workspace's "
+                          "decode.prevalence_multipliers)")
     args = cli.parse_args()
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
     if args.fixed is not None and not args.fixed > 0:
         raise InputError(f"--fixed must be a multiplier above 0, got {args.fixed}")
+    multipliers = None if args.multipliers is None else tuple(args.multipliers)
+    if multipliers is not None:
+        DecodeParams(prevalence_multipliers=multipliers).validate("--multipliers")
     differences = {root: compare_rules(root, args.features, args.repeats, args.seed,
-                                       args.captions, args.fixed) for root in args.root}
+                                       args.captions, args.fixed, multipliers)
+                   for root in args.root}
     if len(differences) > 1:
         print_workspaces(differences)
 
@@ -127,9 +140,13 @@ CAPTION_COLUMNS = ("rouge_l", "abnormal_f1")
 
 
 def compare_rules(root: Path, features: str, repeats: int, seed: int, captions: bool,
-                  fixed: float | None = None) -> dict[str, float]:
+                  fixed: float | None = None,
+                  multipliers: tuple[float, ...] | None = None) -> dict[str, float]:
     """One workspace's comparison (printed), and its mean difference for each of `COMPARED`
-    (and, with `fixed`, of the captions' `CAPTION_COLUMNS`), by column header."""
+    (and, with `fixed`, of the captions' `CAPTION_COLUMNS`), by column header. `multipliers`
+    replaces the workspace's `decode.prevalence_multipliers`."""
+    from dataclasses import replace
+
     # TensorFlow loads here, after run_stage has quietened its logs.
     from cxr_impressions.captioning.bundle import load_bundle
     from cxr_impressions.captioning.decoding import Decoder
@@ -144,6 +161,8 @@ def compare_rules(root: Path, features: str, repeats: int, seed: int, captions: 
                          f"{list(names) or 'nothing'}; this needs model.condition: findings "
                          "or abnormal")
     decode = load_section("decode", path=root / "params.yaml")
+    if multipliers is not None:
+        decode = replace(decode, prevalence_multipliers=multipliers)
     multipliers = decode.prevalence_multipliers
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     clean = root / "data" / "clean"

@@ -445,6 +445,19 @@ def test_threshold_rules_compare_on_validation_halves(pipeline_repo: Path) -> No
                          cwd=pipeline_repo, capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
     assert "--fixed must be a multiplier above 0, got 0.0" in bad.stderr.splitlines()[-1]
+    # --multipliers replaces the params' candidates: the shared rule and the captions' table
+    # take these, not params.yaml's.
+    out = sh(sys.executable, "scripts/threshold_rules.py", "--repeats", "3", "--fixed", "1.5",
+             "--multipliers", "1", "2", cwd=pipeline_repo)
+    tabled = {float(m) for m in re.findall(r"^ *(\d+(?:\.\d+)?) +\d+\.\d% +\d\.\d{4} +\d\.\d{4} ",
+                                           out, re.MULTILINE)}
+    assert tabled == {1.0, 2.0, 1.5}, out
+    bad = subprocess.run([sys.executable, "scripts/threshold_rules.py", "--multipliers", "2",
+                          "0"], cwd=pipeline_repo, capture_output=True, text=True)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert bad.stderr.splitlines()[-1].endswith(
+        "--multipliers: decode.prevalence_multipliers must be a non-empty list of numbers in "
+        "(0, 100], got [2.0, 0.0]"), bad.stderr
 
 
 def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -> None:
