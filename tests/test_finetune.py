@@ -18,10 +18,12 @@ from cxr_impressions.errors import InputError
 from cxr_impressions.features.backbones import build_base, get_spec, sha256_of, split_base
 from cxr_impressions.features.finetune import (
     TARGETS,
+    Adapter,
     Feed,
     LabelledImages,
     auc,
     auxiliary_headings,
+    backbone_anchors,
     cache_lock,
     fit_probes,
     labelled_images,
@@ -328,6 +330,12 @@ def test_features_read_the_finetuned_weights(tmp_path: Path, reference: Path) ->
                                "'all', got 'middle'"),
     ("  ema_momentum: 1.5\n", "error: params.yaml: finetune.ema_momentum must be <= 0.9999, "
                               "got 1.5"),
+    ("  anchor_decay: 20000\n", "error: params.yaml: finetune.anchor_decay x "
+                                "finetune.learning_rate must be at most 1 (the share of the "
+                                "distance to the starting weights taken back per step), got "
+                                "20000.0 x 0.0002 = 4"),
+    ("  anchor_decay: -1\n", "error: params.yaml: finetune.anchor_decay must be >= 0.0, "
+                             "got -1.0"),
     ("  precision: float16\n", "error: params.yaml: finetune.precision must be one of "
                                "'float32', 'bfloat16', got 'float16'"),
     ("  schedule: step\n", "error: params.yaml: finetune.schedule must be one of 'constant', "
@@ -485,6 +493,45 @@ def test_weighted_step_pulls_a_rare_positive_harder() -> None:
     plain, weighted = one_step(None), one_step(np.array([4.0, 4.0], np.float32))
     np.testing.assert_allclose(weighted[0], 4 * plain[0], rtol=1e-5)  # the positive
     np.testing.assert_allclose(weighted[1], plain[1], rtol=1e-5)  # the negative
+
+
+def test_anchor_decay_pulls_the_backbone_back_toward_its_start() -> None:
+    """`finetune.anchor_decay`: after a step, each backbone weight has moved (1 - lr x decay)
+    times as far from its start as without it (the optimizer's own step is the same), the
+    head as far as without it; at lr x decay = 1 the backbone stays where it started. Over
+    several steps the anchors stay the starting values, not the last step's."""
+    import keras
+
+    def steps(decay: float, learning_rate: float = 0.1, n: int = 1
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((3,))
+        body = keras.Sequential([keras.layers.Dense(4, name="body")], name="net")
+        logits = keras.layers.Dense(2, name="head")(body(inputs))
+        model = keras.Model(inputs, {"logits": logits})
+        start = body.get_layer("body").kernel.numpy()
+        anchors = backbone_anchors(Adapter(model, body, body))
+        assert len(anchors) == 2  # the body's kernel and bias, not the head's
+        step = make_train_step(model, keras.optimizers.Adam(learning_rate), None, 1, anchors,
+                               decay)
+        x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+        y = np.tile(np.array([[1.0, 0.0]], np.float32), (8, 1))
+        for _ in range(n):
+            step(x, y)
+        return start, body.get_layer("body").kernel.numpy(), model.get_layer("head").bias.numpy()
+
+    start, plain, plain_head = steps(0.0)
+    _, pulled, pulled_head = steps(2.5)  # lr x decay = 0.25
+    np.testing.assert_allclose(pulled - start, 0.75 * (plain - start), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(pulled_head, plain_head, rtol=1e-6)
+    assert np.abs(plain - start).min() > 1e-3  # Adam moved every weight
+    _, held, held_head = steps(10.0, n=3)  # lr x decay = 1
+    np.testing.assert_allclose(held, start, atol=1e-6)
+    assert np.abs(held_head).min() > 1e-3  # the head still trains (its bias starts at 0)
+    # Over three steps at lr x decay = 0.25 the body is nearer its start than without.
+    _, far, _ = steps(0.0, n=3)
+    _, near, _ = steps(2.5, n=3)
+    assert np.abs(near - start).sum() < 0.9 * np.abs(far - start).sum()
 
 
 def test_a_study_step_trains_on_the_mean_of_its_views_logits() -> None:

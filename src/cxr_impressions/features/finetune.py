@@ -16,6 +16,10 @@ sigmoid head train on the cache. `train_from: all` (GPU): the whole backbone tra
 images, with light augmentation (small shifts, zoom, rotation, contrast; no flips, which would
 move the heart to the right).
 
+`anchor_decay` pulls the trained backbone weights back toward their starting values after
+every step (a decoupled L2-SP: Li et al., 2018, "Explicit inductive bias for transfer
+learning"), by the learning rate times it, of the difference.
+
 `head_init: probe` starts the head from the frozen backbone's linear probes (`probe_head`)
 rather than at random, so that the first steps adapt the backbone toward the targets instead of
 pushing a random head's errors into it (LP-FT: Kumar et al., 2022).
@@ -693,14 +697,19 @@ def positive_weights(labels: np.ndarray, power: float) -> np.ndarray:
 
 
 def make_train_step(model: object, optimizer: object,
-                    positive_weight: np.ndarray | None = None, views: int = 1) -> Callable:
+                    positive_weight: np.ndarray | None = None, views: int = 1,
+                    anchors: list[tuple[object, object]] | None = None,
+                    anchor_decay: float = 0.0) -> Callable:
     """One optimizer step on a batch: binary cross-entropy over every target, each target's
     positive term weighted by `positive_weight` where given. With `views` 2, the batch's
     images come in consecutive pairs, one study each, `y` has a row per study, and a study's
-    logits are the mean of its two images'."""
+    logits are the mean of its two images'. With `anchor_decay`, each (variable, start) of
+    `anchors` then moves toward its start by the step's learning rate x `anchor_decay` of the
+    difference."""
     import tensorflow as tf
 
     weight = None if positive_weight is None else tf.constant(positive_weight, tf.float32)
+    anchors = anchors if anchor_decay > 0 else []
 
     @tf.function(reduce_retracing=True)
     def step(x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
@@ -716,9 +725,21 @@ def make_train_step(model: object, optimizer: object,
                 loss = loss * (1.0 + (weight - 1.0) * y)
             loss = tf.reduce_mean(loss)
         grads = tape.gradient(loss, model.trainable_variables)
+        # The rate of the step just taken (the schedule is read before apply_gradients counts it).
+        pull = tf.cast(optimizer.learning_rate, tf.float32) * anchor_decay
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        for variable, start in anchors:
+            variable.assign_sub(pull * (variable - start))
         return loss
     return step
+
+
+def backbone_anchors(adapter: Adapter) -> list[tuple[object, object]]:
+    """Each trainable backbone variable (not the head's) with a constant copy of its value
+    now, the start that `finetune.anchor_decay` pulls it back toward."""
+    import tensorflow as tf
+
+    return [(v, tf.constant(v.numpy())) for v in adapter.net.trainable_variables]
 
 
 def val_score(logits: np.ndarray, images: LabelledImages, unit: str = "image"
@@ -749,6 +770,8 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
     optimizer = keras.optimizers.Adam(learning_rate(params.learning_rate, params.schedule, steps),
                                       use_ema=params.ema_momentum > 0,
                                       ema_momentum=params.ema_momentum or 0.99)
+    # Taken before a resumed run restores its last epoch, so the start is the starting weights.
+    anchors = backbone_anchors(adapter) if params.anchor_decay > 0 else None
     progress = state.progress()
     if progress["epochs_done"]:
         state.restore(model, optimizer, progress)
@@ -757,7 +780,7 @@ def train_adapter(adapter: Adapter, feed: Feed, images: LabelledImages, params: 
     weights = (positive_weights(unit_targets, params.positive_weight_power)
                if params.positive_weight_power else None)
     views = 2 if params.unit == "study" else 1
-    step = make_train_step(model, optimizer, weights, views)
+    step = make_train_step(model, optimizer, weights, views, anchors, params.anchor_decay)
 
     seconds = []
     with noting_interrupts() as interrupted:

@@ -29,6 +29,11 @@ class FinetuneParams:
     # moving average of the trained weights (this momentum per step), while training goes on
     # from the raw ones; 0: off.
     ema_momentum: float = at_least(0.0, 0.0, at_most=0.9999)
+    # > 0: after every step the backbone's trained weights move back toward their starting
+    # values (the ImageNet weights, or `weights`) by learning_rate x this of the difference, a
+    # decoupled L2-SP (AdamW's weight decay, toward the start rather than toward zero), so the
+    # adapted backbone keeps what it already knew; the head is not pulled. 0: off.
+    anchor_decay: float = at_least(0.0, 0.0)
     seed: int = at_least(0, 0)
     # train_from top: shift each training image's cached activations by up to this many cells
     # of the cut's grid, a random translation (zero fill) drawn per epoch; 0: none.
@@ -72,6 +77,11 @@ class FinetuneParams:
         if self.unit == "study" and self.batch_size < 2:
             raise InputError(f"{source}: finetune.unit: study needs finetune.batch_size >= 2 "
                              "(it counts images: two views per study)")
+        if self.anchor_decay * self.learning_rate > 1.0:
+            raise InputError(f"{source}: finetune.anchor_decay x finetune.learning_rate must be "
+                             f"at most 1 (the share of the distance to the starting weights "
+                             f"taken back per step), got {self.anchor_decay} x "
+                             f"{self.learning_rate} = {self.anchor_decay * self.learning_rate:g}")
         if self.auxiliary_text and self.labels == "text":
             raise InputError(f"{source}: finetune.auxiliary_text needs finetune.labels: mesh "
                              "(with labels: text the text is already the target); set it false")
