@@ -725,6 +725,9 @@ def make_train_step(model: object, optimizer: object,
                 loss = loss * (1.0 + (weight - 1.0) * y)
             loss = tf.reduce_mean(loss)
         grads = tape.gradient(loss, model.trainable_variables)
+        if not anchors:
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
         # The rate of the step just taken (the schedule is read before apply_gradients counts it).
         pull = tf.cast(optimizer.learning_rate, tf.float32) * anchor_decay
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
