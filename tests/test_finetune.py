@@ -44,8 +44,10 @@ from .helpers import REPO, SAMPLE, run_stage, write_params
 # positives weighted, the learning rate on the cosine schedule (so a resumed run must
 # restore the optimizer's step count), auxiliary MeSH headings and the text's reading
 # trained beside the targets, the head started from the frozen probes (so a run killed in
-# its first epoch must fit the same head again), and the examples mixed (mixup: a resumed
-# epoch must draw the same partners and weights).
+# its first epoch must fit the same head again), the examples mixed (mixup: a resumed
+# epoch must draw the same partners and weights), and the backbone pulled toward its start
+# (anchor_decay, lr x d = 0.05: a resumed run must pull toward the starting weights, not
+# toward the epoch it restored).
 PARAMS = f"""data:
   root: {SAMPLE}
 features:
@@ -62,6 +64,7 @@ finetune:
   auxiliary_text: true
   head_init: probe
   mixup: 0.4
+  anchor_decay: 250
 """
 OUT = "models/finetuned/xception.weights.h5"
 CACHE = Path("features/.finetune-cache")
