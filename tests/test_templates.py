@@ -320,6 +320,39 @@ def test_a_finding_turned_on_that_the_caption_does_not_name_gets_its_phrase_appe
         decoder.worded(decoded, inputs, "decoder", "appended")
 
 
+def test_a_study_with_a_finding_on_is_phrased_as_its_titles_template_and_the_phrases() -> None:
+    """`finding_text: phrased`: a caption whose labels turn on a finding with a phrase becomes
+    its exam title's normal template followed by the phrases, whatever the decoder wrote; a
+    caption with no such finding on keeps the decoder's words (then the normal wording)."""
+    decoder, vocab, inputs = _phrased_decoder(0.0)  # every label on; titles 1, 0, 1, 0
+    own = decoder.decode(inputs, DecodingSettings(beam_size=2))
+    decoded = [replace(d, ids=vocab.word_ids(text))
+               for d, text in zip(own, ["no .", "effusion .", "no effusion .", "no no ."],
+                                  strict=True)]
+    phrased = decoder.worded(decoded, inputs, "decoder", "phrased")
+    assert decoder.texts(phrased) == ["no effusion . effusion .", "no . effusion .",
+                                      "no effusion . effusion .", "no . effusion ."]
+    assert all(d.appended == ("pleural_effusion",) and d.attention is None and not d.template
+               for d in phrased)
+    # Only the abnormal label on (no finding with a phrase): the decoder's words, and under
+    # template_read the one the labeller reads as normal gets its title's template.
+    names = list(decoder.model.labels)
+    only_abnormal = np.array([name == "abnormal" for name in names])
+    bare = [replace(d, condition=only_abnormal.copy()) for d in decoded]
+    assert decoder.texts(decoder.worded(bare, inputs, "decoder", "phrased")) == [
+        "no .", "effusion .", "no effusion .", "no no ."]
+    assert decoder.texts(decoder.worded(bare, inputs, "template_read", "phrased")) == [
+        "no effusion .", "effusion .", "no effusion .", "no ."]
+    # Through decode(): the same captions, whatever the decoder wrote.
+    assert decoder.texts(decoder.decode(inputs, DecodingSettings(
+        beam_size=2, finding_text="phrased"))) == decoder.texts(phrased)
+    # Phrases without templates cannot: one line.
+    decoder.templates = None
+    with pytest.raises(InputError, match=r"decode.finding_text: phrased, but the model has no "
+                                         r"normal templates"):
+        decoder.worded(decoded, inputs, "decoder", "phrased")
+
+
 def test_finding_text_candidates_are_selected_on_validation_and_decode_as_scored() -> None:
     decoder, vocab, inputs = _phrased_decoder(0.0)
     references = ["no . effusion ."] * 4
@@ -344,7 +377,8 @@ def test_finding_text_candidates_are_selected_on_validation_and_decode_as_scored
     _, rows, _ = select_decoding(decoder, inputs, references, params)
     assert {r["finding_text"] for r in rows} == {"decoder"}
     with pytest.raises(InputError, match=r"decode.finding_texts must be a non-empty list of "
-                                         r"decoder \| appended, got \['always'\]"):
+                                         r"decoder \| appended \| phrased, got "
+                                         r"\['always'\]"):
         DecodeParams(finding_texts=("always",)).validate("params.yaml")
 
 

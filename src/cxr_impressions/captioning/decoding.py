@@ -17,7 +17,11 @@ never saw in training, and under which it falls back to the most frequent normal
 With `decode.normal_text: template`, a study decoded under no label on is then worded as its
 exam title's normal template instead (templates.py); with `template_written`, so is any study
 whose caption is word for word a normal training impression; with `template_read`, any study
-whose caption the labeller reads as normal (no finding), whatever its labels.
+whose caption the labeller reads as normal (no finding), whatever its labels. With
+`decode.finding_text: appended`, a finding turned on that the caption does not name gets its
+phrase appended; with `phrased`, a study with a finding turned on is worded as its exam
+title's normal template followed by the phrases of its findings, as a radiologist's
+"No acute cardiopulmonary abnormality. Cardiomegaly." (templates.py).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ class Decoded:
     # decoder's caption (whose `score` it keeps).
     template: bool = False
     # The findings whose phrases `decode.finding_text: appended` added after the decoder's
-    # caption, in the order of the model's labels.
+    # caption (`phrased`: after the exam title's template), in the order of the model's labels.
     appended: tuple[str, ...] = ()
 
 
@@ -361,21 +365,25 @@ class Decoder:
                normal_text: str, finding_text: str = "decoder") -> list[Decoded]:
         """`decoded` with its findings worded by `finding_text` (`decode.finding_text`), then
         its normal studies by `normal_text`."""
-        return self.worded_normal(self.worded_findings(decoded, finding_text), inputs,
-                                  normal_text)
+        return self.worded_normal(self.worded_findings(decoded, finding_text, inputs),
+                                  inputs, normal_text)
 
-    def worded_findings(self, decoded: Sequence[Decoded],
-                        finding_text: str) -> list[Decoded]:
+    def worded_findings(self, decoded: Sequence[Decoded], finding_text: str,
+                        inputs: dict[str, np.ndarray] | None = None) -> list[Decoded]:
         """`decoded` with, under `finding_text: appended`, each finding its labels turn on but
         its caption does not name (templates.py `named`) stated by that finding's phrase
-        after the caption; under `decoder`, or for a model not conditioned on findings, as it
-        is."""
+        after the caption; under `phrased`, each caption whose labels turn on a finding with a
+        phrase replaced by its exam title's normal template (`inputs["exam_title"]`) and the
+        phrases of those findings, in the labels' order; under `decoder`, or for a model not
+        conditioned on findings, as it is."""
         if finding_text == "decoder" or not self.model.conditioned:
             return list(decoded)
         if self.finding_phrases is None:
-            raise InputError("decode.finding_text: appended, but the model has no finding "
+            raise InputError(f"decode.finding_text: {finding_text}, but the model has no finding "
                              "phrases (models/decoding.json: rerun the selection stage)")
         labels = self.model.labels
+        if finding_text == "phrased":
+            return self._phrased(decoded, inputs or {})
         out = []
         for d in decoded:
             text = self.vocab.decode(d.ids)
@@ -386,6 +394,27 @@ class Decoder:
                                                for i in self.finding_phrases[name])],
                                hypotheses=None, appended=missing) if missing else d)
         return out
+
+    def _phrased(self, decoded: Sequence[Decoded], inputs: dict[str, np.ndarray]
+                 ) -> list[Decoded]:
+        if self.templates is None:
+            raise InputError("decode.finding_text: phrased, but the model has no normal "
+                             "templates (models/decoding.json: rerun the selection stage)")
+        out = []
+        for d, title in zip(decoded, self._title_ids(inputs, len(decoded)), strict=True):
+            found = tuple(name for name, on in zip(self.model.labels, d.condition, strict=True)
+                          if on and name in self.finding_phrases)
+            out.append(replace(d, ids=[*self.templates[int(title)],
+                                       *(i for name in found for i in self.finding_phrases[name])],
+                               attention=None, hypotheses=None, appended=found)
+                       if found else d)
+        return out
+
+    @staticmethod
+    def _title_ids(inputs: dict[str, np.ndarray], studies: int) -> np.ndarray:
+        """Each study's exam-title id (0, no title, for a model without titles)."""
+        return (np.asarray(inputs["exam_title"]).reshape(-1) if "exam_title" in inputs
+                else np.zeros(studies, np.int64))
 
     def worded_normal(self, decoded: Sequence[Decoded], inputs: dict[str, np.ndarray],
                       normal_text: str) -> list[Decoded]:
@@ -407,8 +436,7 @@ class Decoder:
             raise InputError("decode.normal_text: template_written, but the model has no "
                              "normal impressions (models/decoding.json: rerun the selection "
                              "stage)")
-        title_ids = (np.asarray(inputs["exam_title"]).reshape(-1) if "exam_title" in inputs
-                     else np.zeros(len(decoded), np.int64))
+        title_ids = self._title_ids(inputs, len(decoded))
 
         def normal(d: Decoded) -> bool:
             if d.condition is not None and not d.condition.any():

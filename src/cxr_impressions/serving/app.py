@@ -90,7 +90,8 @@ class PredictResponse(BaseModel):
     # template_written or template_read its caption written or read as normal).
     normal_template: bool
     # The findings whose phrases `decode.finding_text: appended` added after the decoder's
-    # words (empty: every word is the decoder's, or the template's).
+    # words, or `phrased` after the exam title's template (empty: every word is the
+    # decoder's, or the template's).
     appended_findings: list[str]
     labels: Labels
     views: list[str]

@@ -17,7 +17,7 @@ from .fields import at_least
 LabelMode = Literal["independent", "consistent"]
 BeamChoice = Literal["score", "mbr"]
 NormalText = Literal["decoder", "template", "template_written", "template_read"]
-FindingText = Literal["decoder", "appended"]
+FindingText = Literal["decoder", "appended", "phrased"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,10 @@ class DecodingSettings:
     # How the findings a conditioned model's labels turn on are worded: `decoder`, as the
     # decoder writes them (it drops some it is prompted with); `appended`, the caption gets,
     # for each finding turned on that it does not name at all (negated or not), that finding's
-    # phrase (captioning/templates.py) appended. Applied before `normal_text`.
+    # phrase (captioning/templates.py) appended; `phrased`, a caption whose labels turn on a
+    # finding with a phrase is replaced by its exam title's normal template followed by the
+    # phrase of every finding on (the decoder's words kept where none is). Applied before
+    # `normal_text`.
     finding_text: FindingText = "decoder"
 
     LABEL_MODES: ClassVar[tuple[str, ...]] = get_args(LabelMode)
