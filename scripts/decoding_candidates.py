@@ -147,8 +147,8 @@ def pick(choice: Choice, rows: list[dict], statistics: Sequence[StudyStatistics]
 def describe(row: dict) -> str:
     search = "greedy" if row["beam_size"] == 1 else (
         f"beam {row['beam_size']}, lp {row['length_penalty']}")
-    appended = ", appended" if row["finding_text"] == "appended" else ""
-    return f"{search}, {row['labels']}, {row['normal_text']}{appended}"
+    found = "" if row["finding_text"] == "decoder" else f", {row['finding_text']}"
+    return f"{search}, {row['labels']}, {row['normal_text']}{found}"
 
 
 def table_row(label: str, chosen: str, values: dict, width: int) -> str:
