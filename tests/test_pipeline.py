@@ -54,13 +54,14 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     assert set(thresholds["candidates_mean_val_f1"]) == {"1.25"}
     # (greedy + 1 beam x 2 penalties) x 2 label modes (independent, consistent), each with its
     # studies predicted normal, or written as the labeller reads normal, templated; each once
-    # as the decoder words its findings and once with the phrases of those it left out
+    # as the decoder words its findings, once with the phrases of those it left out, and once
+    # with its title's template and the phrases of its findings
     candidates = selection["decoding"]["candidates"]
     assert [(c["beam_size"], c["length_penalty"], c["labels"], c["normal_text"],
              c["finding_text"]) for c in candidates] == [
         (beam, penalty, mode, "template_read", finding) for mode in ("independent", "consistent")
         for searched in (((1, 0.7),), ((2, 0.0), (2, 0.7)))
-        for finding in ("decoder", "appended") for beam, penalty in searched]
+        for finding in ("decoder", "appended", "phrased") for beam, penalty in searched]
     chosen = selection["decoding"]["chosen"]  # selected on validation, used by evaluate
     decoding = json.loads((repo / "models/decoding.json").read_text())
     label_thresholds = decoding.pop("label_thresholds")
@@ -480,8 +481,10 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
     assert decoding["normal_text"] == "template_read"
     assert rows["template_read"][1] == pytest.approx(selected["val_bleu4"], abs=1e-4), out
     assert rows["template_read"][0].endswith(
-        f", template_read{', appended' if decoding['finding_text'] == 'appended' else ''}"), out
-    assert rows["decoder,template"][0].endswith((", decoder", ", template", ", appended")), out
+        ", template_read" + ("" if decoding["finding_text"] == "decoder"
+                             else f", {decoding['finding_text']}")), out
+    assert rows["decoder,template"][0].endswith((", decoder", ", template", ", appended",
+                                                 ", phrased")), out
     assert re.search(r"^normal_text=template_read;finding_text=appended +(greedy|beam \d, "
                      r"lp \S+), \w+, template_read, appended ", out, re.MULTILINE), out
     narrowed = re.search(r"^normal_text=template_read;length_penalty=0\.0 +(greedy|beam \d, "

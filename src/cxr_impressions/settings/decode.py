@@ -30,8 +30,9 @@ class DecodeParams(DecodingSettings):
     # Candidates for `normal_text` (a conditioned model; unconditioned, only `decoder`).
     normal_texts: tuple[str, ...] = ("template_read",)
     # Candidates for `finding_text` (a model conditioned on findings; otherwise only `decoder`);
-    # `appended` added on validation over seven runs (docs/results.md, "Finding phrases").
-    finding_texts: tuple[str, ...] = ("decoder", "appended")
+    # `appended`, then `phrased`, added on held-out validation halves over seven runs each
+    # (docs/results.md, "Finding phrases" and "Phrased findings").
+    finding_texts: tuple[str, ...] = ("decoder", "appended", "phrased")
     select_metric: SelectMetric = "bleu4"
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
