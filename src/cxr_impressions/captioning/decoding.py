@@ -369,7 +369,7 @@ class Decoder:
                                   inputs, normal_text)
 
     def worded_findings(self, decoded: Sequence[Decoded], finding_text: str,
-                        inputs: dict[str, np.ndarray] | None = None) -> list[Decoded]:
+                        inputs: dict[str, np.ndarray]) -> list[Decoded]:
         """`decoded` with, under `finding_text: appended`, each finding its labels turn on but
         its caption does not name (templates.py `named`) stated by that finding's phrase
         after the caption; under `phrased`, each caption whose labels turn on a finding with a
@@ -381,9 +381,9 @@ class Decoder:
         if self.finding_phrases is None:
             raise InputError(f"decode.finding_text: {finding_text}, but the model has no finding "
                              "phrases (models/decoding.json: rerun the selection stage)")
-        labels = self.model.labels
         if finding_text == "phrased":
-            return self._phrased(decoded, inputs or {})
+            return self._phrased(decoded, inputs)
+        labels = self.model.labels
         out = []
         for d in decoded:
             text = self.vocab.decode(d.ids)

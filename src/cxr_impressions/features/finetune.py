@@ -725,11 +725,9 @@ def make_train_step(model: object, optimizer: object,
                 loss = loss * (1.0 + (weight - 1.0) * y)
             loss = tf.reduce_mean(loss)
         grads = tape.gradient(loss, model.trainable_variables)
-        if not anchors:
-            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            return loss
-        # The rate of the step just taken (the schedule is read before apply_gradients counts it).
-        pull = tf.cast(optimizer.learning_rate, tf.float32) * anchor_decay
+        if anchors:  # read only then: one more op changes the step's numerics (its graph)
+            # The rate of the step about to be taken (read before apply_gradients counts it).
+            pull = tf.cast(optimizer.learning_rate, tf.float32) * anchor_decay
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         for variable, start in anchors:
             variable.assign_sub(pull * (variable - start))
