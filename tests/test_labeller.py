@@ -20,6 +20,15 @@ from cxr_impressions.data.text import normalise
         ("Opacity may represent atelectasis.", "atelectasis", True),
         ("Resolved left basilar opacity.", "opacity", False),
         ("No focal consolidation, effusion, or pneumothorax.", "consolidation", False),
+        # one negation over a list of nine words (normalised text has no commas)
+        ("The lungs are normally inflated without evidence of focal airspace disease, pleural "
+         "effusion, or pneumothorax.", "pneumothorax", False),
+        ("No focal consolidation, suspicious pulmonary opacity, large pleural effusion, or "
+         "pneumothorax is identified.", "pleural_effusion", False),
+        # pseudo-negations: the finding is reported, unchanged
+        ("No interval change in the appearance of the bilateral opacities.", "opacity", True),
+        ("No significant change in right pneumothorax.", "pneumothorax", True),
+        ("No comparison. Calcified granuloma.", "granuloma", True),
     ],
 )
 def test_findings_with_negation(text: str, finding: str, expected: bool) -> None:

@@ -3,7 +3,8 @@
 `label_text` maps normalised report text to `abnormal` and to FINDINGS. A finding is positive
 when one of its phrases occurs in a sentence and no negation trigger precedes it in the same
 sentence within NEGATION_WINDOW words, unless a scope breaker ("but", "however", ...) lies
-between them. Uncertain mentions ("may represent", "possible") count as positive, as CheXpert's
+between them. A trigger inside a pseudo-negation ("no change in the nodule", NegEx's term)
+negates nothing. Uncertain mentions ("may represent", "possible") count as positive, as CheXpert's
 U-Ones policy does. A report is abnormal when any finding is positive.
 
 `mesh_labels` gives the same labels from the data set's MeSH codes, to validate the labeller.
@@ -36,11 +37,19 @@ FINDINGS: dict[str, tuple[str, ...]] = {
 NEGATIONS = (r"no", r"not", r"without", r"negative for", r"free of", r"clear of", r"resolved",
              r"resolution of", r"no evidence of", r"absence of", r"rule out", r"ruled out",
              r"neither", r"nor", r"removed", r"never")
+# A negation cue that states no absence: "no interval change in the opacities" reports them.
+PSEUDO_NEGATIONS = (r"no (interval |significant |appreciable )?change",
+                    r"(no|without) (prior )?comparisons?")
 SCOPE_BREAKERS = (r"but", r"however", r"although", r"though", r"which", r"except", r"with")
-NEGATION_WINDOW = 8
+# Twelve: normalised text has lost its commas, so one negation covers a whole list ("without
+# evidence of focal airspace disease pleural effusion or pneumothorax": pneumothorax is the 9th
+# word after "without"). Chosen on the training splits' agreement with the MeSH codes:
+# docs/results.md "The labeller's negation window".
+NEGATION_WINDOW = 12
 
 _PHRASES = {f: re.compile(r"\b(" + "|".join(p) + r")\b") for f, p in FINDINGS.items()}
 _NEGATION = re.compile(r"\b(" + "|".join(NEGATIONS) + r")\b")
+_PSEUDO = re.compile(r"\b(" + "|".join(PSEUDO_NEGATIONS) + r")\b")
 _BREAKER = re.compile(r"\b(" + "|".join(SCOPE_BREAKERS) + r")\b")
 
 # MeSH heads (the part before "/") that code each finding
@@ -85,7 +94,9 @@ def mentions(text: str) -> dict[str, bool]:
 def _negated(sentence: str, position: int) -> bool:
     before = sentence[:position].split()
     window = " ".join(before[-NEGATION_WINDOW:])
-    negations = list(_NEGATION.finditer(window))
+    pseudo = [m.span() for m in _PSEUDO.finditer(window)]
+    negations = [m for m in _NEGATION.finditer(window)
+                 if not any(start <= m.start() < end for start, end in pseudo)]
     if not negations:
         return False
     after_negation = window[negations[-1].end():]
