@@ -23,10 +23,10 @@ from cxr_impressions.data.text import normalise
         # one negation over a list of nine words (normalised text has no commas)
         ("The lungs are normally inflated without evidence of focal airspace disease, pleural "
          "effusion, or pneumothorax.", "pneumothorax", False),
-        ("No focal consolidation, suspicious pulmonary opacity, large pleural effusion, or "
-         "pneumothorax is identified.", "pleural_effusion", False),
+        ("No focal consolidation, suspicious pulmonary opacity, pneumothorax, or definite "
+         "pleural effusion.", "pleural_effusion", False),
         # pseudo-negations: the finding is reported, unchanged
-        ("No interval change in the appearance of the bilateral opacities.", "opacity", True),
+        ("No interval change in the bilateral opacities.", "opacity", True),
         ("No significant change in right pneumothorax.", "pneumothorax", True),
         ("No comparison. Calcified granuloma.", "granuloma", True),
     ],
