@@ -28,7 +28,7 @@ from cxr_impressions.data.text import normalise
         # pseudo-negations: the finding is reported, unchanged
         ("No interval change in the bilateral opacities.", "opacity", True),
         ("No significant change in right pneumothorax.", "pneumothorax", True),
-        ("No comparison. Calcified granuloma.", "granuloma", True),
+        ("Without comparison, a calcified granuloma in the right upper lobe.", "granuloma", True),
     ],
 )
 def test_findings_with_negation(text: str, finding: str, expected: bool) -> None:
