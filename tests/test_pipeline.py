@@ -209,7 +209,8 @@ def test_a_decode_param_reruns_the_selection_never_train(pipeline_repo: Path) ->
     params = (repo / "params.yaml").read_text()
     weights = repo / "models/model.weights.h5"
     before = (weights.read_bytes(), weights.stat().st_mtime_ns)
-    set_params(repo, decode={"select_ties": "best", "abnormal_multiplier": "own"})
+    set_params(repo, decode={"select_ties": "best", "abnormal_multiplier": "own",
+                             "template_rules": ["commonest", "closest"]})
     status = sh(DVC, "status", cwd=repo)
     assert re.search(r"^selection:\n\s+changed deps:\n\s+params.yaml:\n\s+modified:\s+decode",
                      status, re.MULTILINE), status
@@ -229,6 +230,16 @@ def test_a_decode_param_reruns_the_selection_never_train(pipeline_repo: Path) ->
         m for m, f1 in candidates.items() if f1 == best)  # ties: the earlier
     assert thresholds["labels"]["abnormal"]["val_f1"] == best
     assert json.loads((repo / "metrics/evaluate.json").read_text())["decode"] == chosen["chosen"]
+    # Both template rules weighed: every templated candidate once per rule, the chosen rule's
+    # templates kept in the bundle.
+    rules = [(r["normal_text"], r["template_rule"]) for r in chosen["candidates"]]
+    assert rules.count(("template_read", "closest")) == rules.count(
+        ("template_read", "commonest")) > 0
+    by_rule = selection["normal_templates_by_rule"]
+    assert set(by_rule) == {"commonest", "closest"}
+    assert selection["normal_templates"] == by_rule[chosen["template_rule"]]
+    decoding = json.loads((repo / "models/decoding.json").read_text())
+    assert decoding["normal_templates"] == by_rule[chosen["template_rule"]]
     assert "up to date" in sh(DVC, "status", cwd=repo)
     (repo / "params.yaml").write_text(params)
     out = sh(DVC, "repro", cwd=repo)  # back: from the run-cache, the model still untouched

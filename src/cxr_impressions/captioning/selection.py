@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,10 +25,10 @@ from ..settings.decoding import DecodingSettings
 from .bundle import Bundle, worded_decoder
 from .decoding import Decoder, has_consistency_rule, minimum_bayes_risk, rerank
 from .studies import Studies
+from .template_rules import templates_by_rule
 from .templates import (
     finding_phrases,
     normal_impressions,
-    normal_templates,
 )
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
             **{f"{name}_share_known": round(float(np.mean(
                 bundle.titles.encode(split.titles) != UNKNOWN)), 4)
                for name, split in (("train", train), ("val", val))}}
-    templates: dict[str, str] = {}
+    rules = decode.template_rules if decode.select else (decode.template_rule,)
+    by_rule: dict[str, dict[str, str]] = {}  # template rule to its templates
     impressions: list[str] = []
     phrases: dict[str, str] = {}
     if model.conditioned:
@@ -80,10 +81,9 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
         record["label_thresholds"] = chosen
         summary["val_label_f1"] = mean_val_f1(chosen["labels"])
         normal = ~train.label_matrix(model.labels).any(axis=1)
-        templates = normal_templates(train.titles, train.texts, normal, bundle.titles,
-                                     bundle.vocab)
+        by_rule = {rule: templates_by_rule(rule, train.titles, train.texts, normal,
+                                           bundle.titles, bundle.vocab) for rule in rules}
         impressions = normal_impressions(train.texts, normal, bundle.vocab)
-        record["normal_templates"] = templates
         record["normal_impressions"] = len(impressions)
         phrases = {finding: phrase for finding, phrase in
                    finding_phrases(train.texts, bundle.vocab).items() if finding in model.labels}
@@ -94,11 +94,17 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
     if decode.finding_text != "decoder" and not decode.select and not phrases:
         raise InputError(f"decode.finding_text: {decode.finding_text} needs a model conditioned "
                          "on findings (model.condition: findings)")
-    decoder = worded_decoder(model, bundle.vocab, bundle.titles, thresholds, templates,
-                             impressions, phrases)
+    # A decoder per template rule (they share the model's traced functions), the first searches.
+    worders = {rule: worded_decoder(model, bundle.vocab, bundle.titles, thresholds, templates,
+                                    impressions, phrases)
+               for rule, templates in (by_rule or {rules[0]: {}}).items()}
+    decoder = next(iter(worders.values()))
     chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
+    rule = decode.template_rule
     if decode.select:
-        chosen_decoding, candidates, best = select_decoding(decoder, inputs, val.texts, decode)
+        chosen_decoding, candidates, best = select_decoding(decoder, inputs, val.texts, decode,
+                                                            worders)
+        rule = best["template_rule"]
         summary[f"val_{decode.select_metric}"] = best[decode.select_metric]
         record["decoding"] = {"metric": decode.select_metric,
                               "max_top_share": decode.max_top_share,
@@ -107,6 +113,12 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
                               "chosen": chosen_decoding.settings(), "candidates": candidates}
     else:
         record["decoding"] = {"chosen": chosen_decoding.settings()}
+    record["decoding"]["template_rule"] = rule  # not a setting: its templates are kept
+    templates = by_rule.get(rule, {})
+    if model.conditioned:
+        record["normal_templates"] = templates
+        if len(by_rule) > 1:
+            record["normal_templates_by_rule"] = by_rule
     return Selection(chosen_decoding, label_thresholds, templates, impressions, phrases, record,
                      summary)
 
@@ -249,12 +261,16 @@ def select_thresholds(probabilities: np.ndarray, val_labels: np.ndarray,
 
 
 def decoding_candidates(decoder: Decoder, inputs: dict[str, np.ndarray],
-                        references: Sequence[str], params: DecodeParams
+                        references: Sequence[str], params: DecodeParams,
+                        worders: Mapping[str, Decoder] | None = None
                         ) -> tuple[list[dict], list[StudyStatistics], list[list[str]]]:
     """Every candidate of `select_decoding` decoded on the given studies: a row per candidate
     with its settings and scores, its per-study statistics (for `select_ties: varied`) and its
-    captions, in the same order."""
+    captions, in the same order. `worders`: by template rule, the decoder that words the
+    captions with that rule's templates (None: `decoder`, under `params.template_rule`)."""
     given = params.decoding()  # each candidate replaces some of these
+    worders = dict(worders) if worders else {params.template_rule: decoder}
+    first_rule = next(iter(worders))
     reference_labels = [label_text(r) for r in references]
     modes = (params.label_modes if has_consistency_rule(decoder.model.labels)
              else ("independent",))
@@ -289,12 +305,15 @@ def decoding_candidates(decoder: Decoder, inputs: dict[str, np.ndarray],
                 candidates.append((replace(given, method="beam", beam_size=beam_size,
                                            labels=mode, beam_choice="mbr"),
                                    minimum_bayes_risk(searched)))
-        # Each candidate once per finding text and normal text: neither searches again.
-        candidates = [(replace(chosen, finding_text=found, normal_text=text),
-                       decoder.worded(decoded, inputs, text, found))
-                      for found in finding_texts for text in normal_texts
-                      for chosen, decoded in candidates]
-        for chosen, decoded in candidates:
+        # Each candidate once per template rule, finding text and normal text: none searches
+        # again. A template rule only where a template words something.
+        worded = [(replace(chosen, finding_text=found, normal_text=text), rule,
+                   worder.worded(decoded, inputs, text, found))
+                  for rule, worder in worders.items() for found in finding_texts
+                  for text in normal_texts
+                  if rule == first_rule or text != "decoder" or found == "phrased"
+                  for chosen, decoded in candidates]
+        for chosen, rule, decoded in worded:
             texts = decoder.texts(decoded)
             labels = [label_text(t) for t in texts]
             clinical = clinical_scores(reference_labels, labels)
@@ -307,6 +326,7 @@ def decoding_candidates(decoder: Decoder, inputs: dict[str, np.ndarray],
                          "length_penalty": chosen.length_penalty, "labels": mode,
                          "beam_choice": chosen.beam_choice, "normal_text": chosen.normal_text,
                          "finding_text": chosen.finding_text,
+                         "template_rule": rule,
                          **text_metrics(references, texts),
                          "abnormal_f1": clinical["abnormal"]["f1"],
                          "findings_macro_f1": clinical["findings_macro_f1"],
@@ -316,9 +336,11 @@ def decoding_candidates(decoder: Decoder, inputs: dict[str, np.ndarray],
 
 
 def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
-                    references: Sequence[str], params: DecodeParams
+                    references: Sequence[str], params: DecodeParams,
+                    worders: Mapping[str, Decoder] | None = None
                     ) -> tuple[DecodingSettings, list[dict], dict]:
-    """The decoding settings, among `params.beam_sizes` x (`params.length_penalties`, and
+    """The decoding settings (and, in the chosen row, `template_rule`), among
+    `params.beam_sizes` x (`params.length_penalties`, and
     `mbr` where `params.beam_choices` holds it) x `params.label_modes`, whose captions of the
     given studies (the validation split: never the test split) score best on
     `params.select_metric` (a text metric, or the labeller's abnormal F1 or findings macro-F1
@@ -341,9 +363,11 @@ def select_decoding(decoder: Decoder, inputs: dict[str, np.ndarray],
     training impression; `template_read`, also those whose caption the labeller reads as
     normal; `Decoder.worded`), and once per `params.finding_texts`, for a model whose
     decoder has finding phrases (`appended`: each finding the labels turn on that the
-    caption does not name, its phrase appended)."""
+    caption does not name, its phrase appended); and, where a normal template words them,
+    once per template rule of `worders` (by rule, the decoder wording with its templates:
+    `params.template_rules`)."""
     given = params.decoding()
-    rows, statistics, _ = decoding_candidates(decoder, inputs, references, params)
+    rows, statistics, _ = decoding_candidates(decoder, inputs, references, params, worders)
     row = rows[choose(rows, statistics, params)]
     if row["top_share"] > params.max_top_share:
         log.warning("decode.max_top_share %s: no decoding candidate keeps its commonest "

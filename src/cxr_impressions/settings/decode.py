@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, get_args
 
 from ..errors import InputError
 from .decoding import DecodingSettings
 from .fields import at_least
 
 SelectMetric = Literal["bleu4", "cider", "rouge_l", "abnormal_f1", "findings_macro_f1"]
+# Which normal training text is an exam title's template (captioning/template_rules.py). Here,
+# not in settings/decoding.py, which the train stage imports: the rule is the selection's.
+TemplateRule = Literal["commonest", "closest"]
+TEMPLATE_RULES: tuple[str, ...] = get_args(TemplateRule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,15 @@ class DecodeParams(DecodingSettings):
     # `appended`, then `phrased`, added on held-out validation halves over seven runs each
     # (docs/results.md, "Finding phrases" and "Phrased findings").
     finding_texts: tuple[str, ...] = ("decoder", "appended", "phrased")
+    # Which normal training text is a title's template, what `normal_text` and `phrased` word
+    # with: `commonest`, its most frequent; `closest`, of those written often enough, the one
+    # with the best corpus BLEU-4 against all of them. Used as given with `select: false`; the
+    # selection stage keeps the chosen rule's templates in models/decoding.json.
+    template_rule: TemplateRule = "commonest"
+    # Candidates for `template_rule` (a model with normal templates; otherwise it changes
+    # nothing). `closest` is weighed on R2Gen's findings split only (docs/results.md, "The
+    # closest normal template"), not on the impression target: not a default candidate.
+    template_rules: tuple[str, ...] = ("commonest",)
     select_metric: SelectMetric = "bleu4"
     # Only candidates whose most frequent validation caption is at most this share of the
     # studies compete (1.0: every candidate); none qualifying, the lowest share wins.
@@ -84,3 +97,6 @@ class DecodeParams(DecodingSettings):
         if not self.finding_texts or any(t not in self.FINDING_TEXTS for t in self.finding_texts):
             raise InputError(f"{source}: decode.finding_texts must be a non-empty list of "
                              f"{' | '.join(self.FINDING_TEXTS)}, got {list(self.finding_texts)}")
+        if not self.template_rules or any(r not in TEMPLATE_RULES for r in self.template_rules):
+            raise InputError(f"{source}: decode.template_rules must be a non-empty list of "
+                             f"{' | '.join(TEMPLATE_RULES)}, got {list(self.template_rules)}")
