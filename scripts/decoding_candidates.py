@@ -1,21 +1,23 @@
 """Do other decoding candidates (`decode.normal_texts`, `finding_texts`, `length_penalties`,
-`beam_sizes`, `label_modes`), or another tie rule, hold up on validation studies they were not
-chosen on? The full validation split, then split-half.
+`beam_sizes`, `label_modes`, `template_rules`), or another tie rule, hold up on validation
+studies they were not chosen on? The full validation split, then split-half.
 
 Each choice to weigh is a candidate grid and a tie rule (`decode.select_ties`), written
 `KEY=VALUES[;KEY=VALUES...][@TIES]`, KEY one of normal_text, finding_text, length_penalty,
-beam_size, labels and VALUES comma-separated, e.g.
+beam_size, labels, template_rule and VALUES comma-separated, e.g.
 `normal_text=template_read;length_penalty=0,0.7,1,1.5,2@varied`;
 a part without `KEY=` lists normal texts (`decoder,template`); a key not given keeps the
 workspace's candidates, and without `@` the workspace's rule. The first choice is the baseline.
 The workspace's trained model decodes the validation split once under every candidate of every
 choice (the selection stage's candidates, `decoding_candidates`, under the label thresholds,
-normal templates and finding phrases of its models/decoding.json). Then:
+normal impressions and finding phrases of its models/decoding.json, and the normal templates
+each template rule takes from the training split, as the selection stage does). Then:
 
 - **Full validation**, as the selection stage chooses: each choice's pick (`choose`, with the
   workspace's `decode` section otherwise: metric, guards), its validation scores, and the paired
   95% interval of each pick minus the baseline's (1,000 resamples of the studies); also the
-  baseline's pick decoded alike but worded by each other normal or finding text.
+  baseline's pick decoded alike but worded by each other normal or finding text or template
+  rule.
 - **Split-half**: many times over, the validation studies are split at random into two halves;
   each choice picks on one half and is scored on the other. A larger candidate set always scores
   at least as well where it chooses, so only the held-out half tells whether it gains.
@@ -47,14 +49,16 @@ if TYPE_CHECKING:
 
 METRICS = ("bleu4", "rouge_l", "cider", "abnormal_f1", "findings_macro_f1")
 SETTING = ("method", "beam_size", "length_penalty", "labels", "beam_choice", "normal_text",
-           "finding_text")
-WORDING = ("normal_text", "finding_text")  # how a decoded caption is worded, not searched
+           "finding_text", "template_rule")
+# How a decoded caption is worded, not searched.
+WORDING = ("normal_text", "finding_text", "template_rule")
 
 
 # A choice's keys: the candidate row's field, the `decode` list it narrows, and its values' type.
 GRID = {"normal_text": ("normal_texts", str), "finding_text": ("finding_texts", str),
         "length_penalty": ("length_penalties", float),
-        "beam_size": ("beam_sizes", int), "labels": ("label_modes", str)}
+        "beam_size": ("beam_sizes", int), "labels": ("label_modes", str),
+        "template_rule": ("template_rules", str)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Choice:
 
 
 def parse_choice(value: str) -> Choice:
+    from cxr_impressions.settings.decode import TEMPLATE_RULES
     from cxr_impressions.settings.decoding import DecodingSettings
 
     grid_part, _, ties = value.partition("@")
@@ -96,7 +101,8 @@ def parse_choice(value: str) -> Choice:
                 f"{value!r}: {key} takes {kind.__name__} values, got {listed!r}") from None
         allowed = {"normal_text": DecodingSettings.NORMAL_TEXTS,
                    "finding_text": DecodingSettings.FINDING_TEXTS,
-                   "labels": DecodingSettings.LABEL_MODES}.get(key)
+                   "labels": DecodingSettings.LABEL_MODES,
+                   "template_rule": TEMPLATE_RULES}.get(key)
         if not grid[key] or (allowed and any(v not in allowed for v in grid[key])):
             raise argparse.ArgumentTypeError(
                 f"{value!r}: expected {key} values"
@@ -148,7 +154,8 @@ def describe(row: dict) -> str:
     search = "greedy" if row["beam_size"] == 1 else (
         f"beam {row['beam_size']}, lp {row['length_penalty']}")
     found = "" if row["finding_text"] == "decoder" else f", {row['finding_text']}"
-    return f"{search}, {row['labels']}, {row['normal_text']}{found}"
+    rule = "" if row["template_rule"] == "commonest" else f", {row['template_rule']} template"
+    return f"{search}, {row['labels']}, {row['normal_text']}{found}{rule}"
 
 
 def table_row(label: str, chosen: str, values: dict, width: int) -> str:
@@ -174,7 +181,11 @@ def main() -> None:
         raise InputError("--compare needs at least two different choices, the baseline first")
     # TensorFlow loads here, after run_stage has quietened its logs.
     from cxr_impressions.captioning.bundle import load_bundle
-    from cxr_impressions.captioning.selection import decoding_candidates
+    from cxr_impressions.captioning.selection import (
+        decoding_candidates,
+        rule_decoders,
+        rule_templates,
+    )
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.config import load_section
     from cxr_impressions.evaluation.bootstrap import paired_differences
@@ -194,9 +205,15 @@ def main() -> None:
     grid_pool = bundle.params.grid_pool if bundle.params.needs_grid else None
     with FeatureStore(args.root / args.features) as store:
         val = load_split(args.root / "data" / "clean", "val", store, bundle.vocab, grid_pool)
+        train = load_split(args.root / "data" / "clean", "train", store, bundle.vocab)
     inputs = bundle.model_inputs(val.inputs(), val.titles)
-    rows, statistics, captions = decoding_candidates(bundle.decoder(), inputs, val.texts,
-                                                     params)
+    # Each template rule's templates from the training split, as the selection stage takes
+    # them; the bundle keeps only the chosen rule's.
+    worders = rule_decoders(bundle, bundle.thresholds,
+                            rule_templates(bundle, train, params.template_rules),
+                            bundle.normal_impressions, bundle.finding_phrases)
+    rows, statistics, captions = decoding_candidates(next(iter(worders.values())), inputs,
+                                                     val.texts, params, worders)
     n = len(val.texts)
     full = rows_on(rows, statistics, captions, np.arange(n))
     picks = [pick(choice, full, statistics, decode) for choice in choices]

@@ -481,7 +481,8 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
     out = sh(sys.executable, "scripts/decoding_candidates.py", "--repeats", "3", "--compare",
              "decoder,template", "template_read", "decoder,template,template_read@best",
              "normal_text=template_read;length_penalty=0.0",
-             "normal_text=template_read;finding_text=appended", cwd=pipeline_repo)
+             "normal_text=template_read;finding_text=appended",
+             "normal_text=template_read;template_rule=commonest,closest", cwd=pipeline_repo)
     rows = {choice: (chosen, float(bleu4)) for choice, chosen, bleu4 in re.findall(
         r"^((?:decoder,)?template\S*) +(\S.*?\S) +(\d\.\d{4}) ", out.split("\nsplit-half")[0],
         re.MULTILINE)}
@@ -498,6 +499,10 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
                                                  ", phrased")), out
     assert re.search(r"^normal_text=template_read;finding_text=appended +(greedy|beam \d, "
                      r"lp \S+), \w+, template_read, appended ", out, re.MULTILINE), out
+    # Both template rules weighed: the pick is worded by one of them.
+    assert re.search(r"^normal_text=template_read;template_rule=commonest,closest +(greedy|beam "
+                     r"\d, lp \S+), \w+, template_read(, \w+)?(, closest template)? ", out,
+                     re.MULTILINE), out
     narrowed = re.search(r"^normal_text=template_read;length_penalty=0\.0 +(greedy|beam \d, "
                          r"lp (\S+)),", out, re.MULTILINE)
     assert narrowed and narrowed[2] in (None, "0.0"), out
@@ -510,6 +515,7 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
     # A choice it cannot read: one line, no traceback.
     for choice, message in (("title@varied", "'title@varied': expected normal_text values"),
                             ("finding_text=always", "expected finding_text values"),
+                            ("template_rule=longest", "expected template_rule values"),
                             ("length_penalty=long", "length_penalty takes float values"),
                             ("beams=3", "expected KEY=VALUES parts"),
                             ("length_penalty=0.7,5", "error: --compare: decode.length_penalties "

@@ -81,8 +81,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
         record["label_thresholds"] = chosen
         summary["val_label_f1"] = mean_val_f1(chosen["labels"])
         normal = ~train.label_matrix(model.labels).any(axis=1)
-        by_rule = {rule: templates_by_rule(rule, train.titles, train.texts, normal,
-                                           bundle.titles, bundle.vocab) for rule in rules}
+        by_rule = rule_templates(bundle, train, rules)
         impressions = normal_impressions(train.texts, normal, bundle.vocab)
         record["normal_impressions"] = len(impressions)
         phrases = {finding: phrase for finding, phrase in
@@ -94,11 +93,8 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
     if decode.finding_text != "decoder" and not decode.select and not phrases:
         raise InputError(f"decode.finding_text: {decode.finding_text} needs a model conditioned "
                          "on findings (model.condition: findings)")
-    # A decoder per template rule (they share the model's traced functions), the first searches.
-    worders = {rule: worded_decoder(model, bundle.vocab, bundle.titles, thresholds, templates,
-                                    impressions, phrases)
-               for rule, templates in (by_rule or {rules[0]: {}}).items()}
-    decoder = next(iter(worders.values()))
+    worders = rule_decoders(bundle, thresholds, by_rule or {rules[0]: {}}, impressions, phrases)
+    decoder = next(iter(worders.values()))  # the first rule's searches; the others only word
     chosen_decoding = decode.decoding()  # as given in params.yaml, unless selected below
     rule = decode.template_rule
     if decode.select:
@@ -121,6 +117,26 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
             record["normal_templates_by_rule"] = by_rule
     return Selection(chosen_decoding, label_thresholds, templates, impressions, phrases, record,
                      summary)
+
+
+def rule_templates(bundle: Bundle, train: Studies, rules: Sequence[str]
+                   ) -> dict[str, dict[str, str]]:
+    """By template rule (`decode.template_rules`), the normal templates (title key to text)
+    that the training split `train` gives a conditioned model."""
+    normal = ~train.label_matrix(bundle.model.labels).any(axis=1)
+    return {rule: templates_by_rule(rule, train.titles, train.texts, normal, bundle.titles,
+                                    bundle.vocab) for rule in rules}
+
+
+def rule_decoders(bundle: Bundle, thresholds: np.ndarray, by_rule: dict[str, dict[str, str]],
+                  impressions: Sequence[str], phrases: dict[str, str]) -> dict[str, Decoder]:
+    """By template rule, a decoder of the bundle's model under `thresholds` that words its
+    captions with that rule's templates (`by_rule`), the normal `impressions` and the finding
+    `phrases`: what `select_decoding` words each candidate with. They share the model's traced
+    functions."""
+    return {rule: worded_decoder(bundle.model, bundle.vocab, bundle.titles, thresholds,
+                                 templates, impressions, phrases)
+            for rule, templates in by_rule.items()}
 
 
 def mean_val_f1(chosen: dict[str, dict]) -> float | None:
