@@ -1,5 +1,6 @@
 """evaluate: decode the test split; score the model beside the baselines (the constant, the
-constant by exam title, 1-NN), with bootstrap intervals and paired differences."""
+closest constant, the constant by exam title, 1-NN), with bootstrap intervals and paired
+differences."""
 
 import argparse
 from pathlib import Path
@@ -28,11 +29,12 @@ def main() -> None:
     params = load_section("evaluate")
 
     from cxr_impressions.captioning.bundle import load_bundle
+    from cxr_impressions.captioning.retrieval import study_vectors
     from cxr_impressions.captioning.studies import load_split
     from cxr_impressions.evaluation.baselines import (
+        closest_constant_baseline,
         constant_baseline,
         nearest_neighbour_baseline,
-        study_vectors,
         title_constant_baseline,
     )
     from cxr_impressions.evaluation.bootstrap import LEVEL
@@ -65,6 +67,7 @@ def main() -> None:
     systems = {
         "model": generated,
         "constant": constant_baseline(train.texts, len(test)),
+        "closest_constant": closest_constant_baseline(train.texts, len(test)),
         "title_constant": title_constant_baseline(train.titles, train.texts, test.titles,
                                                   bundle.params.exam_title_min_count),
         "nearest_neighbour": nearest_neighbour_baseline(

@@ -115,7 +115,8 @@ def test_dag_and_metrics_show(pipeline_repo: Path) -> None:
     assert set(workspace) == {"metrics/scores.json", "metrics/train.json",
                               "metrics/select.json"}, set(workspace)
     scores = workspace["metrics/scores.json"]["data"]
-    assert set(scores) == {"model", "constant", "title_constant", "nearest_neighbour"}
+    assert set(scores) == {"model", "constant", "closest_constant", "title_constant",
+                           "nearest_neighbour"}
     assert {"bleu4", "rouge_l", "cider", "abnormal_f1"} <= set(scores["model"])
     assert "seconds" not in json.dumps(workspace)
     table = sh(DVC, "metrics", "show", cwd=pipeline_repo)
@@ -260,22 +261,24 @@ def test_a_decode_param_reruns_the_selection_never_train(pipeline_repo: Path) ->
 @needs_shared(SHARED)
 def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
     scores = json.loads((pipeline_repo / "metrics/evaluate.json").read_text())
-    for system in ("model", "constant", "title_constant", "nearest_neighbour"):
+    for system in ("model", "constant", "closest_constant", "title_constant",
+                   "nearest_neighbour"):
         for metric in ("bleu1", "bleu4", "meteor", "rouge_l", "cider", "distinct"):
             assert metric in scores[system], (system, metric)
         assert set(scores[system]["clinical"]["abnormal"]) == {"precision", "recall", "f1"}
-    assert scores["constant"]["distinct"] == 1
+    assert scores["constant"]["distinct"] == scores["closest_constant"]["distinct"] == 1
     assert scores["test_studies"] == 10
     # Bootstrap intervals around every reported score, METEOR included; paired differences.
     assert scores["bootstrap"] == {"resamples": 1000, "seed": 0, "level": 0.95}
-    for system in ("model", "constant", "title_constant", "nearest_neighbour"):
+    for system in ("model", "constant", "closest_constant", "title_constant",
+                   "nearest_neighbour"):
         bounds = scores[system]["ci95"]
         for metric in ("bleu1", "bleu4", "meteor", "rouge_l", "cider"):
             low, high = bounds[f"{metric}_low"], bounds[f"{metric}_high"]
             assert low <= scores[system][metric] <= high, (system, metric)
         assert (bounds["abnormal_f1_low"] <= scores[system]["clinical"]["abnormal"]["f1"]
                 <= bounds["abnormal_f1_high"])
-    for baseline in ("constant", "title_constant", "nearest_neighbour"):
+    for baseline in ("constant", "closest_constant", "title_constant", "nearest_neighbour"):
         paired = scores[f"model_vs_{baseline}"]
         assert {"bleu4", "meteor", "cider", "abnormal_f1", "findings_macro_f1"} <= set(paired)
         assert all(e["low"] <= e["diff"] <= e["high"] for e in paired.values()), paired
@@ -284,7 +287,8 @@ def test_evaluate_scores_model_and_baselines(pipeline_repo: Path) -> None:
 
     table = pd.read_csv(pipeline_repo / "metrics/eval/per_study.csv")
     assert len(table) == 10
-    assert {"model", "constant", "title_constant", "nearest_neighbour"} <= set(table)
+    assert {"model", "constant", "closest_constant", "title_constant",
+            "nearest_neighbour"} <= set(table)
     curves = pipeline_repo / "metrics/train/plots/metrics"
     assert (curves / "train" / "loss.tsv").exists() and (curves / "eval" / "bleu4.tsv").exists()
 

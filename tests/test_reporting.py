@@ -64,8 +64,9 @@ def _with_intervals() -> dict:
 def test_headline_table_shows_intervals_and_marks_wins_and_losses() -> None:
     html = headline_table(_with_intervals())
     header = html.split("<thead>")[1].split("</thead>")[0]
-    assert header.count("<th>") == 8 and "model − constant" in header
-    assert "model − title constant" in header  # a file without it shows "–" there
+    assert header.count("<th>") == 10 and "model − constant" in header
+    # Files without these baselines show "–" there.
+    assert "model − title constant" in header and "model − closest constant" in header
     bleu = html.split('data-metric="bleu4"')[1].split("</tr>")[0]
     assert '0.120 <span class="ci">[0.110, 0.130]</span>' in bleu
     assert ('<td class="diff win" data-baseline="constant">+0.020 <span class="ci">'
@@ -110,10 +111,10 @@ def test_scores_command_prints_the_table(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores", str(path)],
                          capture_output=True, text=True, check=True).stdout
     assert "merge model, 3 test studies" in out
-    # A file without intervals (an older run, from before the title constant): the values,
-    # and "–" for the differences and for the baseline it lacks.
+    # A file without intervals (an older run, from before the closest and title constants):
+    # the values, and "–" for the differences and for the baselines it lacks.
     assert [line.split()[1:] for line in out.splitlines() if line.startswith("BLEU-4")] == [
-        ["0.250", "0.250", "–", "0.250"], ["–", "–", "–"]]
+        ["0.250", "0.250", "–", "–", "0.250"], ["–", "–", "–", "–"]]
     missing = subprocess.run([sys.executable, "-m", "cxr_impressions.cli", "scores",
                               str(tmp_path / "none.json")], capture_output=True, text=True)
     assert missing.returncode == 2 and "not found" in missing.stderr

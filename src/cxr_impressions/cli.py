@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         compare.add_argument(f"--{side}-system", default="model", metavar="SYSTEM",
                              help=f"the system of {side.upper()}'s table to compare: model "
                                   "(default), or a baseline the evaluate stage scored beside it "
-                                  "(constant, title_constant, nearest_neighbour)")
+                                  "(constant, closest_constant, title_constant, "
+                                  "nearest_neighbour)")
     compare.add_argument("--md", action="store_true", help="a Markdown table")
     compare.add_argument("--resamples", type=int, default=EvaluateParams.bootstrap,
                          help="bootstrap resamples (default: %(default)s, as evaluate.bootstrap)")

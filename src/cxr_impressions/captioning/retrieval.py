@@ -1,8 +1,8 @@
 """Retrieval memory (`model.retrieval_k`): the impressions of the k training studies most similar
 to a study, for the transformer decoder to attend to beside the image regions.
 
-Similarity is the cosine of the views-averaged pooled features (`evaluation.baselines.
-study_vectors`, the 1-NN baseline's). The memory bank is the training split: its studies' uids,
+Similarity is the cosine of the views-averaged pooled features (`study_vectors`, which the 1-NN
+baseline uses too). The memory bank is the training split: its studies' uids,
 vectors and impression token ids. In training a study never retrieves itself (its uid is
 excluded), or it would learn to copy the answer; at decode time (validation, test, `cxr predict`)
 the bank is the whole training split, carried in the model bundle (`retrieval.npz`).
@@ -18,8 +18,14 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from ..evaluation.baselines import study_vectors
 from .studies import Studies
+
+
+def study_vectors(pooled: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Each study's pooled features averaged over its views, L2-normalised."""
+    weights = views[:, :, None]
+    mean = (pooled * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1.0)
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass

@@ -3,13 +3,14 @@
 (`decode.template_rules`).
 
 `commonest` is the title's most frequent normal text the decoder can write (templates.py
-`normal_templates`). `closest` is, of those written at least `CLOSEST_MIN_COUNT` times, the one
-whose corpus BLEU-4, said for every normal training study of the title, is highest against
-their references: the normal report that shares most with the others. Where normal reports are
-worded many ways, the commonest can be a short one that leaves out what most of them name: on
-R2Gen's findings split it is "the heart is normal in size . the mediastinum is unremarkable .
-the lungs are clear ." (15 words, where normal findings run to 30), said for every normal study
-without the pleura and the bones that most of them name.
+`normal_templates`). `closest` is, of those written at least three times (`evaluation.baselines.
+CLOSEST_MIN_COUNT`), the one whose corpus BLEU-4, said for every normal training study of the
+title, is highest against their references (`closest_text`, which chooses the closest-constant
+baseline among all training texts too): the normal report that shares most with the others.
+Where normal reports are worded many ways, the commonest can be a short one that leaves out what
+most of them name: on R2Gen's findings split it is "the heart is normal in size . the
+mediastinum is unremarkable . the lungs are clear ." (15 words, where normal findings run to
+30), said for every normal study without the pleura and the bones that most of them name.
 
 A module of its own, apart from templates.py, which the train stage imports: a new rule reruns
 the selection stage and what follows it, never training.
@@ -24,13 +25,9 @@ import numpy as np
 
 from ..data.titles import TitleVocabulary, title_key
 from ..data.tokenizer import Vocabulary
-from ..evaluation.bootstrap import bleu_scores, bleu_statistics
+from ..evaluation.baselines import closest_text
 from ..settings.decode import TEMPLATE_RULES
 from .templates import NO_TITLE, normal_impressions, normal_templates
-
-# Under `closest`, a candidate template is a normal text at least this many training studies of
-# its title share, so that no one radiologist's idiosyncratic report wins on a few overlaps.
-CLOSEST_MIN_COUNT = 3
 
 
 def templates_by_rule(rule: str, titles: Sequence[str | None] | None, texts: Sequence[str],
@@ -38,8 +35,7 @@ def templates_by_rule(rule: str, titles: Sequence[str | None] | None, texts: Seq
                       vocab: Vocabulary) -> dict[str, str]:
     """The normal templates by title key (as `normal_templates`, whose arguments these are)
     under `rule`. Under `closest`, a title none of whose writable normal texts is written
-    `CLOSEST_MIN_COUNT` times keeps its commonest; ties go to the more frequent text, then the
-    first in sort order."""
+    `CLOSEST_MIN_COUNT` times keeps its commonest."""
     if rule not in TEMPLATE_RULES:
         raise ValueError(f"unknown template rule {rule!r}")
     commonest = normal_templates(titles, texts, normal, known, vocab)
@@ -53,11 +49,5 @@ def templates_by_rule(rule: str, titles: Sequence[str | None] | None, texts: Seq
         references = [text for text, k, is_normal in zip(texts, keys, normal, strict=True)
                       if is_normal and key in (NO_TITLE, k)]
         counts = Counter(text for text in references if text in writable)
-        candidates = [text for text, n in counts.items() if n >= CLOSEST_MIN_COUNT]
-        if not candidates:
-            closest[key] = fallback
-            continue
-        bleu4 = {text: float(bleu_scores(bleu_statistics(
-            references, [text] * len(references)).sum(axis=0))[3]) for text in candidates}
-        closest[key] = min(candidates, key=lambda t: (-bleu4[t], -counts[t], t))
+        closest[key] = closest_text(references, counts) or fallback
     return closest

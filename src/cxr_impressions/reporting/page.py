@@ -24,8 +24,8 @@ from .assets import ramp_anchors, read_static
 from .charts import PALETTE, bar_chart, line_chart
 from .heatmaps import grid_side
 
-SYSTEMS = {"model": "model", "constant": "constant", "title_constant": "title constant",
-           "nearest_neighbour": "1-NN"}
+SYSTEMS = {"model": "model", "constant": "constant", "closest_constant": "closest constant",
+           "title_constant": "title constant", "nearest_neighbour": "1-NN"}
 TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "distinct")
 NAMES = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4",
          "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
