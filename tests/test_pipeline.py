@@ -342,18 +342,22 @@ def test_report_renders_in_headless_chromium(pipeline_repo: Path, tmp_path: Path
             page.on("requestfailed", lambda request: failed.append(request.url))
             page.goto((report / "index.html").as_uri())
             page.wait_for_selector("body[data-ready='1']", timeout=30000)
-            # The headline table: every metric row, with the model and the three baselines.
+            # The headline table: every metric row, with the model and the four baselines.
             header = page.locator("#headline thead th").all_inner_texts()
-            assert header == ["metric", "model", "constant", "title constant", "1-NN",
-                              "model − constant", "model − title constant", "model − 1-NN"]
+            assert header == ["metric", "model", "constant", "closest constant",
+                              "title constant", "1-NN", "model − constant",
+                              "model − closest constant", "model − title constant",
+                              "model − 1-NN"]
             for metric in ("bleu4", "meteor", "rouge_l", "cider", "distinct", "abnormal_f1",
                            "findings_macro_f1"):
                 cells = page.locator(f"#headline tr[data-metric='{metric}'] td")
-                assert cells.count() == 8 and "–" not in cells.all_inner_texts()[1:], metric
+                assert cells.count() == 10 and "–" not in cells.all_inner_texts()[1:], metric
             # Intervals beside the values; paired differences with theirs.
             bleu4 = page.locator("#headline tr[data-metric='bleu4'] td").all_inner_texts()
             assert all("[" in cell for cell in bleu4[1:]), bleu4
-            assert page.locator("p.verdict").count() == 3  # one per baseline
+            assert page.locator("p.verdict").count() == 4  # one per baseline
+            # The page never scrolls sideways, the headline table being its widest part.
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1280
             assert page.locator("#labeller").count() == 1
             assert page.locator("svg.chart").count() >= 5  # curves, by length, top impressions
             faults = page.evaluate(CHART_LAYOUT_FAULTS)  # no text clipped or over the lines

@@ -69,8 +69,8 @@ def test_headline_table_shows_intervals_and_marks_wins_and_losses() -> None:
     assert "model − title constant" in header and "model − closest constant" in header
     bleu = html.split('data-metric="bleu4"')[1].split("</tr>")[0]
     assert '0.120 <span class="ci">[0.110, 0.130]</span>' in bleu
-    assert ('<td class="diff win" data-baseline="constant">+0.020 <span class="ci">'
-            '[+0.004, +0.035]</span> <span class="mark">▲</span></td>') in bleu
+    assert ('<td class="diff win" data-baseline="constant">+0.020 <span class="mark">▲</span> '
+            '<span class="ci">[+0.004, +0.035]</span></td>') in bleu
     assert '<td class="diff " data-baseline="nearest_neighbour">–</td>' in bleu
     rouge = html.split('data-metric="rouge_l"')[1].split("</tr>")[0]
     assert 'class="diff loss" data-baseline="constant">-0.030' in rouge and "▼" in rouge

@@ -225,13 +225,14 @@ def headline_table(scores: dict) -> str:
             value, _, interval = text.partition(" ")
             kind = {BETTER: "win", WORSE: "loss"}.get(mark, "")
             cells.append(f'<td class="diff {kind}" data-baseline="{baseline}">{value}'
-                         + (f' <span class="ci">{interval}</span>' if interval else "")
-                         + (f' <span class="mark">{mark}</span>' if mark else "") + "</td>")
+                         + (f' <span class="mark">{mark}</span>' if mark else "")
+                         + (f' <span class="ci">{interval}</span>' if interval else "") + "</td>")
         body.append(f'<tr data-metric="{metric}"><td>{escape(label)}</td>{"".join(cells)}</tr>')
     note = bootstrap_note(scores)
     caption = f"<caption>{escape(note)}</caption>" if note else ""
-    return (f'<table class="scores" id="headline">{caption}<thead><tr><th>metric</th>{header}'
-            f'</tr></thead><tbody>{"".join(body)}</tbody></table>')
+    # A narrow window scrolls the table, never the page.
+    return (f'<div class="table-scroll"><table class="scores" id="headline">{caption}<thead><tr>'
+            f'<th>metric</th>{header}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
 
 
 def labeller_table(labeller: dict) -> str:
