@@ -55,12 +55,15 @@ def test_repro_builds_every_stage(pipeline_repo: Path) -> None:
     # (greedy + 1 beam x 2 penalties) x 2 label modes (independent, consistent), each with its
     # studies predicted normal, or written as the labeller reads normal, templated; each once
     # as the decoder words its findings, once with the phrases of those it left out, and once
-    # with its title's template and the phrases of its findings
+    # with its title's template and the phrases of its findings; and all of those once per
+    # template rule (decode.template_rules: [commonest, closest])
     candidates = selection["decoding"]["candidates"]
     assert [(c["beam_size"], c["length_penalty"], c["labels"], c["normal_text"],
-             c["finding_text"]) for c in candidates] == [
-        (beam, penalty, mode, "template_read", finding) for mode in ("independent", "consistent")
+             c["finding_text"], c["template_rule"]) for c in candidates] == [
+        (beam, penalty, mode, "template_read", finding, rule)
+        for mode in ("independent", "consistent")
         for searched in (((1, 0.7),), ((2, 0.0), (2, 0.7)))
+        for rule in ("commonest", "closest")
         for finding in ("decoder", "appended", "phrased") for beam, penalty in searched]
     chosen = selection["decoding"]["chosen"]  # selected on validation, used by evaluate
     decoding = json.loads((repo / "models/decoding.json").read_text())
