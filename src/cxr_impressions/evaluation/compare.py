@@ -50,11 +50,10 @@ class RunOutputs:
 
 def read_run(sources: str, system: str = "model", repo: Path = Path(".")) -> RunOutputs:
     """A run's per-study outputs of one system (`model`, or a baseline the evaluate stage scored
-    beside it: `constant`, `closest_constant`, `title_constant`,
-    `nearest_neighbour`). `sources` names a file, or a
-    git revision of `repo` whose `metrics/eval/per_study.csv` DVC reads (from the cache, or the
-    remote); or several of these, comma-separated, whose test studies are pooled: the folds of
-    `clean.split: kfold`, which test every study once."""
+    beside it: `constant`, `closest_constant`, `title_constant`, `nearest_neighbour`). `sources`
+    names a file, or a git revision of `repo` whose `metrics/eval/per_study.csv` DVC reads (from
+    the cache, or the remote); or several of these, comma-separated, whose test studies are
+    pooled: the folds of `clean.split: kfold`, which test every study once."""
     names = [name.strip() for name in sources.split(",")]
     if "" in names:
         raise InputError(f"{sources}: an empty name in the comma-separated list of runs")
