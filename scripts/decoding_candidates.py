@@ -2,12 +2,14 @@
 `beam_sizes`, `label_modes`, `template_rules`), or another tie rule, hold up on validation
 studies they were not chosen on? The full validation split, then split-half.
 
-Each choice to weigh is a candidate grid and a tie rule (`decode.select_ties`), written
-`KEY=VALUES[;KEY=VALUES...][@TIES]`, KEY one of normal_text, finding_text, length_penalty,
-beam_size, labels, template_rule and VALUES comma-separated, e.g.
-`normal_text=template_read;length_penalty=0,0.7,1,1.5,2@varied`;
-a part without `KEY=` lists normal texts (`decoder,template`); a key not given keeps the
-workspace's candidates, and without `@` the workspace's rule. The first choice is the baseline.
+Each choice to weigh is a candidate grid and a tie rule (`decode.select_ties`, optionally
+with `:` and a guard reference, `decode.select_guard_reference`), written
+`KEY=VALUES[;KEY=VALUES...][@TIES[:REFERENCE]]`, KEY one of normal_text, finding_text,
+length_penalty, beam_size, labels, template_rule and VALUES comma-separated, e.g.
+`normal_text=template_read;length_penalty=0,0.7,1,1.5,2@varied`, or `@varied:leader` (the
+workspace's grid, guards against the tied leader); a part without `KEY=` lists normal texts
+(`decoder,template`); a key not given keeps the workspace's candidates, and without `@` (or
+`:`) the workspace's rule (reference). The first choice is the baseline.
 The workspace's trained model decodes the validation split once under every candidate of every
 choice (the selection stage's candidates, `decoding_candidates`, under the label thresholds,
 normal impressions and finding phrases of its models/decoding.json, and the normal templates
@@ -66,6 +68,7 @@ class Choice:
     text: str  # as written
     grid: tuple[tuple[str, tuple], ...]  # (key, its candidate values); keys not given: the params'
     ties: str | None  # select_ties; None: the workspace's
+    reference: str | None  # select_guard_reference; None: the workspace's
 
     def __str__(self) -> str:
         return self.text
@@ -85,9 +88,10 @@ def parse_choice(value: str) -> Choice:
     from cxr_impressions.settings.decode import TEMPLATE_RULES
     from cxr_impressions.settings.decoding import DecodingSettings
 
-    grid_part, _, ties = value.partition("@")
+    grid_part, _, rule = value.partition("@")
+    ties, _, reference = rule.partition(":")
     grid: dict[str, tuple] = {}
-    for part in (p.strip() for p in grid_part.split(";")):
+    for part in (p.strip() for p in grid_part.split(";") if p.strip() or grid_part.strip()):
         key, _, listed = part.rpartition("=")
         key = key.strip() or "normal_text"
         if key not in GRID or key in grid:
@@ -111,7 +115,10 @@ def parse_choice(value: str) -> Choice:
     if ties and ties not in ("best", "varied"):
         raise argparse.ArgumentTypeError(f"{value!r}: the tie rule must be best or varied, "
                                          f"got {ties!r}")
-    return Choice(value, tuple(grid.items()), ties or None)
+    if reference and reference not in ("best", "leader"):
+        raise argparse.ArgumentTypeError(f"{value!r}: the guard reference must be best or "
+                                          f"leader, got {reference!r}")
+    return Choice(value, tuple(grid.items()), ties or None, reference or None)
 
 
 def subset(stats: StudyStatistics, index: np.ndarray) -> StudyStatistics:
@@ -144,7 +151,9 @@ def pick(choice: Choice, rows: list[dict], statistics: Sequence[StudyStatistics]
     from cxr_impressions.captioning.selection import choose
 
     candidates = [i for i, row in enumerate(rows) if choice.allows(row, params)]
-    rule = dataclasses.replace(params, select_ties=choice.ties or params.select_ties)
+    rule = dataclasses.replace(
+        params, select_ties=choice.ties or params.select_ties,
+        select_guard_reference=choice.reference or params.select_guard_reference)
     picked = choose([dict(rows[i]) for i in candidates], [statistics[i] for i in candidates],
                     rule)
     return candidates[picked]
@@ -169,8 +178,8 @@ def main() -> None:
     cli.add_argument("--root", type=Path, default=Path("."), help="the pipeline's workspace")
     cli.add_argument("--features", default="features/xception.h5", help="under --root")
     cli.add_argument("--compare", type=parse_choice, nargs="+", required=True,
-                     help="choices KEY=VALUES[;KEY=VALUES...][@TIES] to weigh, the baseline "
-                          "first")
+                     help="choices KEY=VALUES[;KEY=VALUES...][@TIES[:REFERENCE]] to weigh, "
+                          "the baseline first")
     cli.add_argument("--repeats", type=int, default=20, help="random halvings")
     cli.add_argument("--seed", type=int, default=0)
     args = cli.parse_args()
@@ -218,7 +227,8 @@ def main() -> None:
     full = rows_on(rows, statistics, captions, np.arange(n))
     picks = [pick(choice, full, statistics, decode) for choice in choices]
     print(f"validation: {n} studies; {len(rows)} candidates; chosen by {decode.select_metric}, "
-          f"ties {decode.select_ties} unless given, guards {list(decode.select_guards)}")
+          f"ties {decode.select_ties} unless given, guards {list(decode.select_guards)} "
+          f"against the {decode.select_guard_reference} unless given")
     width = max(44, *(len(str(choice)) for choice in choices))
     print(f"{'choice (grid@ties)':<{width}} {'chosen':<56} "
           + " ".join(f"{m[:9]:>9}" for m in (*METRICS, "top")))

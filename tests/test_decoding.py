@@ -428,3 +428,36 @@ def test_selection_with_varied_ties_reports_each_candidates_interval() -> None:
                                        replace(params, select_ties="best"))
     assert chosen["bleu1"] == best and "vs_best_low" not in chosen
     assert [r["bleu1"] for r in plain] == [r["bleu1"] for r in rows]
+
+
+def test_guards_against_the_leader_untie_the_best_where_a_tied_candidate_beats_it() -> None:
+    from cxr_impressions.evaluation.bootstrap import metric_values, study_statistics
+
+    short, long = "no acute disease .", "the heart is normal . the lungs are clear ."
+    references = [short] * 180 + [long] * 120
+    # "long" wins corpus BLEU-4 through the brevity penalty, within noise of "short"; "short"
+    # words more of the studies exactly, so it is well ahead on ROUGE-L (the closest template
+    # against the commonest on impressions, in small).
+    candidates = {"long": [long] * 300, "short": [short] * 300}
+    statistics = [study_statistics(references, texts) for texts in candidates.values()]
+
+    def rows() -> list[dict]:
+        return [{**{m: float(metric_values(s, np.ones((1, 300)))[m][0])
+                    for m in ("bleu4", "rouge_l")}, "top_share": 1.0} for s in statistics]
+
+    assert rows()[0]["bleu4"] > rows()[1]["bleu4"] and rows()[0]["rouge_l"] < rows()[1]["rouge_l"]
+    against_best = rows()
+    assert choose(against_best, statistics, DecodeParams(select_ties="varied",
+                                                         select_guards=("rouge_l",))) == 0
+    assert against_best[1]["vs_best_low"] < 0 <= against_best[1]["vs_best_high"]  # tied
+    assert against_best[1]["vs_best_rouge_l_low"] > 0  # and above the best on the guard
+    against_leader = rows()
+    assert choose(against_leader, statistics,
+                  DecodeParams(select_ties="varied", select_guards=("rouge_l",),
+                               select_guard_reference="leader")) == 1
+    assert against_leader[0]["vs_leader_rouge_l_high"] < 0
+    assert against_leader[1]["vs_leader_rouge_l_low"] == 0
+    assert "vs_best_rouge_l_low" not in against_leader[0]
+    # Without a guard the reference changes nothing.
+    assert choose(rows(), statistics, DecodeParams(select_ties="varied", select_guards=(),
+                                                   select_guard_reference="leader")) == 0

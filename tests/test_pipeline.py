@@ -493,7 +493,8 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
              "decoder,template", "template_read", "decoder,template,template_read@best",
              "normal_text=template_read;length_penalty=0.0",
              "normal_text=template_read;finding_text=appended",
-             "normal_text=template_read;template_rule=commonest,closest", cwd=pipeline_repo)
+             "normal_text=template_read;template_rule=commonest,closest", "@varied:leader",
+             cwd=pipeline_repo)
     rows = {choice: (chosen, float(bleu4)) for choice, chosen, bleu4 in re.findall(
         r"^((?:decoder,)?template\S*) +(\S.*?\S) +(\d\.\d{4}) ", out.split("\nsplit-half")[0],
         re.MULTILINE)}
@@ -514,6 +515,8 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
     assert re.search(r"^normal_text=template_read;template_rule=commonest,closest +(greedy|beam "
                      r"\d, lp \S+), \w+, template_read(, \w+)?(, closest template)? ", out,
                      re.MULTILINE), out
+    # The workspace's grid, the guards against the tied leader (decode.select_guard_reference).
+    assert re.search(r"^@varied:leader +(greedy|beam \d, lp \S+), \w+, ", out, re.MULTILINE), out
     narrowed = re.search(r"^normal_text=template_read;length_penalty=0\.0 +(greedy|beam \d, "
                          r"lp (\S+)),", out, re.MULTILINE)
     assert narrowed and narrowed[2] in (None, "0.0"), out
@@ -529,6 +532,7 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
                             ("template_rule=longest", "expected template_rule values"),
                             ("length_penalty=long", "length_penalty takes float values"),
                             ("beams=3", "expected KEY=VALUES parts"),
+                            ("@varied:ahead", "the guard reference must be best or leader"),
                             ("length_penalty=0.7,5", "error: --compare: decode.length_penalties "
                                                      "must be a non-empty list of numbers in "
                                                      "[0, 3], got [")):

@@ -106,6 +106,7 @@ def select_on_validation(bundle: Bundle, val: Studies, train: Studies, decode: D
                               "max_top_share": decode.max_top_share,
                               "ties": decode.select_ties,
                               "guards": list(decode.select_guards),
+                              "guard_reference": decode.select_guard_reference,
                               "chosen": chosen_decoding.settings(), "candidates": candidates}
     else:
         record["decoding"] = {"chosen": chosen_decoding.settings()}
@@ -401,7 +402,10 @@ def choose(rows: list[dict], statistics: Sequence[StudyStatistics],
     varied`, each row gets `vs_best_low`/`vs_best_high`: the paired 95% interval of its metric
     minus the best's, from `statistics` (per candidate, on the same studies); and for each of
     `params.select_guards`, `vs_best_<guard>_low`/`_high`, the same for that metric. A row is
-    tied with the best when none of those intervals lies wholly below 0."""
+    tied with the best when none of those intervals lies wholly below 0. With
+    `select_guard_reference: leader`, the guards' intervals are against the tied row highest
+    on each guard instead (`vs_leader_<guard>_low`/`_high`, guards in turn, on the rows still
+    tied), so that the best too is untied where it falls below that leader."""
     def eligible(row: dict) -> float:
         """1 under `max_top_share`; else the less one caption dominates, the better."""
         share = row["top_share"]
@@ -412,14 +416,30 @@ def choose(rows: list[dict], statistics: Sequence[StudyStatistics],
     if params.select_ties == "best":
         return best
     guards = [g for g in dict.fromkeys(params.select_guards) if g != metric]
-    below = [False] * len(rows)  # significantly below the best on the metric or a guard
-    differences = paired_differences(statistics[best], statistics, (metric, *guards),
-                                     params.select_resamples, params.select_seed)
-    for name, bounds in differences.items():
-        prefix = "vs_best" if name == metric else f"vs_best_{name}"
-        for i, (low, high) in enumerate(bounds):
-            rows[i][f"{prefix}_low"], rows[i][f"{prefix}_high"] = round(low, 4), round(high, 4)
-            below[i] = below[i] or high < 0
-    tied = [i for i in range(len(rows))
-            if eligible(rows[i]) == eligible(rows[best]) and (i == best or not below[i])]
+    against_best = (metric, *guards) if params.select_guard_reference == "best" else (metric,)
+    tied = [i for i in untie(rows, statistics, range(len(rows)), best, against_best, "vs_best",
+                             params)
+            if eligible(rows[i]) == eligible(rows[best])]
+    if params.select_guard_reference == "leader":
+        for guard in guards:
+            leader = max(tied, key=lambda i: (rows[i][guard], -i))
+            tied = untie(rows, statistics, tied, leader, (guard,), "vs_leader", params)
     return min(tied, key=lambda i: (rows[i]["top_share"], -rows[i][metric], i))
+
+
+def untie(rows: list[dict], statistics: Sequence[StudyStatistics], tied: Sequence[int],
+          reference: int, metrics: Sequence[str], prefix: str, params: DecodeParams
+          ) -> list[int]:
+    """Those of `tied` that are not significantly below `reference` (always kept) on any of
+    `metrics`: each row of `tied` gets `<prefix>_<metric>_low`/`_high` (`<prefix>_low`/`_high`
+    for `params.select_metric`), its paired 95% interval minus `reference`'s."""
+    differences = paired_differences(statistics[reference], [statistics[i] for i in tied],
+                                     metrics, params.select_resamples, params.select_seed)
+    below = [False] * len(tied)
+    for name, bounds in differences.items():
+        key = prefix if name == params.select_metric else f"{prefix}_{name}"
+        for j, (low, high) in enumerate(bounds):
+            rows[tied[j]][f"{key}_low"], rows[tied[j]][f"{key}_high"] = (round(low, 4),
+                                                                         round(high, 4))
+            below[j] = below[j] or high < 0
+    return [i for j, i in enumerate(tied) if i == reference or not below[j]]

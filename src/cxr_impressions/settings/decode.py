@@ -59,6 +59,11 @@ class DecodeParams(DecodingSettings):
     # significantly below that best on each of these (the same paired interval reaches 0):
     # BLEU-4 alone let ties trade ROUGE-L away for variety.
     select_guards: tuple[SelectMetric, ...] = ("rouge_l",)
+    # What a tied candidate must not fall significantly below on each guard: `best`, the best
+    # on `select_metric`; `leader`, of the candidates still tied, the one highest on that
+    # guard (guards in turn), so that the best itself is dropped where a candidate validation
+    # cannot tell from it on `select_metric` beats it on a guard.
+    select_guard_reference: Literal["best", "leader"] = "best"
     select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
     select_seed: int = at_least(0, 0)  # seeds those resamples
     # How the selection stage sets a conditioned model's label thresholds on validation:
