@@ -115,9 +115,9 @@ def parse_choice(value: str) -> Choice:
     if ties and ties not in ("best", "varied"):
         raise argparse.ArgumentTypeError(f"{value!r}: the tie rule must be best or varied, "
                                          f"got {ties!r}")
-    if reference and reference not in ("best", "leader"):
-        raise argparse.ArgumentTypeError(f"{value!r}: the guard reference must be best or "
-                                          f"leader, got {reference!r}")
+    if reference and reference not in ("best", "leader", "twin"):
+        raise argparse.ArgumentTypeError(f"{value!r}: the guard reference must be best, "
+                                          f"leader or twin, got {reference!r}")
     return Choice(value, tuple(grid.items()), ties or None, reference or None)
 
 

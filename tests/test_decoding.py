@@ -461,3 +461,39 @@ def test_guards_against_the_leader_untie_the_best_where_a_tied_candidate_beats_i
     # Without a guard the reference changes nothing.
     assert choose(rows(), statistics, DecodeParams(select_ties="varied", select_guards=(),
                                                    select_guard_reference="leader")) == 0
+
+
+def test_twin_guards_compare_only_the_same_captions_worded_by_another_template_rule() -> None:
+    from cxr_impressions.evaluation.bootstrap import metric_values, study_statistics
+
+    short, long = "no acute disease .", "the heart is normal . the lungs are clear ."
+    references = [short] * 180 + [long] * 120
+    greedy = {"method": "greedy", "beam_size": 1, "length_penalty": 0.7, "labels": "consistent",
+              "beam_choice": "score", "normal_text": "template_read", "finding_text": "phrased"}
+    beam = {**greedy, "method": "beam", "beam_size": 3}
+    # Greedy captions worded by the closest (long) and the commonest (short) template, and a
+    # beam search whose captions happen to be the long ones too.
+    candidates = [({**greedy, "template_rule": "closest"}, [long] * 300),
+                  ({**greedy, "template_rule": "commonest"}, [short] * 300),
+                  ({**beam, "template_rule": "closest"}, [long] * 300)]
+    statistics = [study_statistics(references, texts) for _, texts in candidates]
+
+    def rows() -> list[dict]:
+        return [{**settings, "top_share": 1.0,
+                 **{m: float(metric_values(s, np.ones((1, 300)))[m][0])
+                    for m in ("bleu4", "rouge_l")}}
+                for (settings, _), s in zip(candidates, statistics, strict=True)]
+
+    def chosen(reference: str, scored: list[dict] | None = None) -> int:
+        return choose(rows() if scored is None else scored, statistics,
+                      DecodeParams(select_ties="varied", select_guards=("rouge_l",),
+                                   select_guard_reference=reference))
+
+    assert chosen("best") == 0  # the BLEU-4 best, never guarded
+    assert chosen("leader") == 1  # every long-worded row is below the short one on ROUGE-L
+    twin = rows()
+    # Only greedy's closest wording meets its commonest twin; the beam's has no twin.
+    assert chosen("twin", twin) == 2
+    assert twin[0]["vs_twin_rouge_l_high"] < 0 and twin[1]["vs_twin_rouge_l_low"] == 0
+    assert "vs_twin_rouge_l_low" not in twin[2]
+    assert twin[2]["vs_best_low"] == twin[2]["vs_best_high"] == 0  # identical to the best

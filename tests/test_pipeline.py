@@ -532,7 +532,7 @@ def test_decoding_candidates_compare_on_validation_halves(pipeline_repo: Path) -
                             ("template_rule=longest", "expected template_rule values"),
                             ("length_penalty=long", "length_penalty takes float values"),
                             ("beams=3", "expected KEY=VALUES parts"),
-                            ("@varied:ahead", "the guard reference must be best or leader"),
+                            ("@varied:ahead", "the guard reference must be best, leader or twin"),
                             ("length_penalty=0.7,5", "error: --compare: decode.length_penalties "
                                                      "must be a non-empty list of numbers in "
                                                      "[0, 3], got [")):

@@ -33,6 +33,11 @@ from .templates import (
 
 log = logging.getLogger(__name__)
 
+# A candidate row's settings but its template rule: rows equal on these are the same captions
+# worded by different template rules (`select_guard_reference: twin`).
+TWIN_SETTINGS = ("method", "beam_size", "length_penalty", "labels", "beam_choice",
+                 "normal_text", "finding_text")
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -405,7 +410,10 @@ def choose(rows: list[dict], statistics: Sequence[StudyStatistics],
     tied with the best when none of those intervals lies wholly below 0. With
     `select_guard_reference: leader`, the guards' intervals are against the tied row highest
     on each guard instead (`vs_leader_<guard>_low`/`_high`, guards in turn, on the rows still
-    tied), so that the best too is untied where it falls below that leader."""
+    tied), so that the best too is untied where it falls below that leader; with `twin`, as
+    `best`, and then against the tied row highest on each guard among those that differ from
+    it only in `template_rule` (`vs_twin_<guard>_low`/`_high`): the same captions worded by
+    another template rule."""
     def eligible(row: dict) -> float:
         """1 under `max_top_share`; else the less one caption dominates, the better."""
         share = row["top_share"]
@@ -416,15 +424,32 @@ def choose(rows: list[dict], statistics: Sequence[StudyStatistics],
     if params.select_ties == "best":
         return best
     guards = [g for g in dict.fromkeys(params.select_guards) if g != metric]
-    against_best = (metric, *guards) if params.select_guard_reference == "best" else (metric,)
+    reference = params.select_guard_reference
+    against_best = (metric, *guards) if reference != "leader" else (metric,)
     tied = [i for i in untie(rows, statistics, range(len(rows)), best, against_best, "vs_best",
                              params)
             if eligible(rows[i]) == eligible(rows[best])]
-    if params.select_guard_reference == "leader":
-        for guard in guards:
-            leader = max(tied, key=lambda i: (rows[i][guard], -i))
-            tied = untie(rows, statistics, tied, leader, (guard,), "vs_leader", params)
+    if reference != "best":
+        groups = [tied] if reference == "leader" else twin_groups(rows, tied)
+        tied = []
+        for group in groups:
+            for guard in guards if len(group) > 1 else ():
+                leader = max(group, key=lambda i: (rows[i][guard], -i))
+                group = untie(rows, statistics, group, leader, (guard,), f"vs_{reference}",
+                              params)
+            tied += group
     return min(tied, key=lambda i: (rows[i]["top_share"], -rows[i][metric], i))
+
+
+def twin_groups(rows: list[dict], indices: Sequence[int]) -> list[list[int]]:
+    """`indices` grouped into twins: rows equal on every one of TWIN_SETTINGS, the same
+    captions worded by different template rules (a row without those settings is alone)."""
+    groups: dict[tuple, list[int]] = {}
+    for i in indices:
+        key = (tuple(rows[i][k] for k in TWIN_SETTINGS)
+               if all(k in rows[i] for k in TWIN_SETTINGS) else (i,))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 def untie(rows: list[dict], statistics: Sequence[StudyStatistics], tied: Sequence[int],

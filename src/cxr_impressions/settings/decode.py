@@ -60,10 +60,14 @@ class DecodeParams(DecodingSettings):
     # BLEU-4 alone let ties trade ROUGE-L away for variety.
     select_guards: tuple[SelectMetric, ...] = ("rouge_l",)
     # What a tied candidate must not fall significantly below on each guard: `best`, the best
-    # on `select_metric`; `leader`, of the candidates still tied, the one highest on that
-    # guard (guards in turn), so that the best itself is dropped where a candidate validation
-    # cannot tell from it on `select_metric` beats it on a guard.
-    select_guard_reference: Literal["best", "leader"] = "best"
+    # on `select_metric` (the best itself is never guarded); `leader`, of the candidates still
+    # tied, the one highest on that guard (guards in turn), so that the best too is dropped
+    # where a candidate validation cannot tell from it on `select_metric` beats it on a guard
+    # (lost abnormal F1 on held-out validation halves: not adopted); `twin`, as `best`, and
+    # then also its twins still tied, the same captions worded by another template rule
+    # (adopted on held-out validation halves: ROUGE-L +0.009 on impressions at two seeds, F1s
+    # unchanged, R2Gen's split unchanged; docs/results.md).
+    select_guard_reference: Literal["best", "leader", "twin"] = "twin"
     select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
     select_seed: int = at_least(0, 0)  # seeds those resamples
     # How the selection stage sets a conditioned model's label thresholds on validation:
