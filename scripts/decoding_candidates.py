@@ -85,13 +85,14 @@ class Choice:
 
 
 def parse_choice(value: str) -> Choice:
-    from cxr_impressions.settings.decode import TEMPLATE_RULES
+    from cxr_impressions.settings.decode import GUARD_REFERENCES, TEMPLATE_RULES
     from cxr_impressions.settings.decoding import DecodingSettings
 
     grid_part, _, rule = value.partition("@")
     ties, _, reference = rule.partition(":")
     grid: dict[str, tuple] = {}
-    for part in (p.strip() for p in grid_part.split(";") if p.strip() or grid_part.strip()):
+    parts = grid_part.split(";") if grid_part.strip() else []  # `@TIES` alone: no grid
+    for part in (p.strip() for p in parts):
         key, _, listed = part.rpartition("=")
         key = key.strip() or "normal_text"
         if key not in GRID or key in grid:
@@ -115,9 +116,10 @@ def parse_choice(value: str) -> Choice:
     if ties and ties not in ("best", "varied"):
         raise argparse.ArgumentTypeError(f"{value!r}: the tie rule must be best or varied, "
                                          f"got {ties!r}")
-    if reference and reference not in ("best", "leader", "twin"):
-        raise argparse.ArgumentTypeError(f"{value!r}: the guard reference must be best, "
-                                          f"leader or twin, got {reference!r}")
+    if reference and reference not in GUARD_REFERENCES:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: the guard reference must be {', '.join(GUARD_REFERENCES[:-1])} or "
+            f"{GUARD_REFERENCES[-1]}, got {reference!r}")
     return Choice(value, tuple(grid.items()), ties or None, reference or None)
 
 

@@ -14,6 +14,9 @@ SelectMetric = Literal["bleu4", "cider", "rouge_l", "abnormal_f1", "findings_mac
 # not in settings/decoding.py, which the train stage imports: the rule is the selection's.
 TemplateRule = Literal["commonest", "closest"]
 TEMPLATE_RULES: tuple[str, ...] = get_args(TemplateRule)
+# What the selection's guards compare a tied candidate with (`select_guard_reference`).
+GuardReference = Literal["best", "leader", "twin"]
+GUARD_REFERENCES: tuple[str, ...] = get_args(GuardReference)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,7 @@ class DecodeParams(DecodingSettings):
     # then also its twins still tied, the same captions worded by another template rule
     # (adopted on held-out validation halves: ROUGE-L +0.009 on impressions at two seeds, F1s
     # unchanged, R2Gen's split unchanged; docs/results.md).
-    select_guard_reference: Literal["best", "leader", "twin"] = "twin"
+    select_guard_reference: GuardReference = "twin"
     select_resamples: int = at_least(100, 1000)  # resamples of the validation studies (ties)
     select_seed: int = at_least(0, 0)  # seeds those resamples
     # How the selection stage sets a conditioned model's label thresholds on validation:
