@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +22,17 @@ from cxr_impressions.captioning.training import (
     SelectOnValidation,
     backed_up_epochs,
     live_copies,
+    live_logging,
     make_dataset,
     restore_live,
     train,
     train_members,
     training_pairs,
 )
+from cxr_impressions.errors import InputError
 from cxr_impressions.schedules import learning_rate
 
+from .repos import DVC
 from .tiny_models import tiny
 
 
@@ -409,3 +413,22 @@ def test_train_keeps_the_best_epochs_moving_average(tmp_path: Path) -> None:
     val_data = make_dataset(val_set, model, params.batch_size, False, params.seed)
     logs = model.train_model.evaluate(val_data, verbose=0, return_dict=True)
     assert logs["loss"] == pytest.approx(summary["best_value"], abs=1e-4)
+
+
+def test_live_logging_in_a_git_repository_without_commits_is_a_one_line_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError) as caught, live_logging(
+            tmp_path / "live", tmp_path / "state", resuming=False, first_epoch=0):
+        pass
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{tmp_path}: ") and "git commit" in message
+    # After the first commit the same call logs.
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "first"], cwd=tmp_path, check=True)
+    with live_logging(tmp_path / "live", tmp_path / "state", resuming=False,
+                      first_epoch=0) as callbacks:
+        assert len(callbacks) == 2

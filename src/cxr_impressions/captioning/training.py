@@ -28,6 +28,7 @@ import tensorflow as tf
 from ..atomic import atomic_path, write_json
 from ..data.titles import TitleVocabulary, hide_titles
 from ..data.tokenizer import Vocabulary
+from ..errors import InputError
 from ..evaluation.scoring import text_metrics
 from ..schedules import learning_rate, load_moving_average, restore_raw
 from ..settings.decoding import DecodingSettings
@@ -374,8 +375,14 @@ def live_logging(live_dir: Path | None, state_dir: Path, resuming: bool,
         return
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
+    from scmrepo.exceptions import SCMError
 
-    with Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None) as live:
+    try:
+        live = Live(str(live_dir), resume=resuming, save_dvc_exp=False, dvcyaml=None)
+    except SCMError as exc:  # DVCLive reads HEAD before it checks that there is one
+        raise InputError(f"{Path.cwd()}: {exc}: train's live metrics (DVCLive) need a first "
+                         "commit in this git repository (git add -A && git commit)") from None
+    with live:
         # DVCLive's own resume adds 1 to the step it read except to step 0, so after one epoch
         # it would log the second at step 0 again: the backup's epoch count is the step.
         live.step = first_epoch
